@@ -1,0 +1,1 @@
+"""SGD(m) with residuals (RSGD(m)) as Optax gradient transformations."""
