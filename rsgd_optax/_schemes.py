@@ -194,7 +194,10 @@ class _TopK(StepAwareScheme):
     if not leaves:
       return tree
     specs = [_explicit_spec(leaf) for leaf in leaves]
-    leaves = [_reshard(leaf, None if spec is None else P()) for leaf, spec in zip(leaves, specs)]
+    leaves = [
+      _reshard(leaf, None if spec is None else P())
+      for leaf, spec in zip(leaves, specs, strict=True)
+    ]
     if self.per_leaf:
       ks = [top_k_count(self.fraction, leaf.size) for leaf in leaves]
       kept = _topk.keep_top_k_leaves(leaves, ks)
