@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -50,7 +51,17 @@ def validate_scheme(scheme: Any, name: str = "scheme") -> None:
     )
 
 
-def _validate_fraction(value: Any, name: str) -> None:
+def _validate_fraction(value: Any, name: str, *, may_be_traced: bool = False) -> None:
+  """Checks ``0 < value <= 1``; a traced value (``optax.inject_hyperparams`` under jit) is let be."""
+  if isinstance(value, jax.core.Tracer):
+    if may_be_traced:
+      return
+    raise ValueError(
+      f"`{name}` must be a concrete number: it fixes array shapes. With optax.inject_hyperparams, "
+      f"list it in static_args=('{name}',)."
+    )
+  if isinstance(value, jax.Array | np.ndarray) and value.shape == () and not value.dtype == bool:
+    value = value.item()
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"`{name}` must be a real number in (0, 1], got {value!r}.")
   if not 0.0 < float(value) <= 1.0:
@@ -102,7 +113,7 @@ def scaling(alpha: float | optax.Schedule) -> Scheme:
     if not 0.0 < first <= 1.0:
       raise ValueError(f"The `alpha` schedule must take values in (0, 1]; at step 0 it is {first}.")
   else:
-    _validate_fraction(alpha, "alpha")
+    _validate_fraction(alpha, "alpha", may_be_traced=True)
   return _Scaling(alpha)
 
 

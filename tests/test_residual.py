@@ -234,6 +234,30 @@ def test_after_any_base_optimizer_params_are_the_base_run_and_x_follows_the_sche
     np.testing.assert_allclose(xs[t]["b"], x[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.standard_promotion
+def test_alpha_can_be_an_injected_hyperparameter():
+  tx = optax.inject_hyperparams(rsgd.residual_scale)(alpha=0.25)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  _, state = update({"w": jnp.ones(2)}, state)
+  np.testing.assert_allclose(rsgd.find_residual_state(state).residual["w"], -0.75)
+  state.hyperparams["alpha"] = jnp.full_like(
+    state.hyperparams["alpha"], 0.5
+  )  # changed between steps without re-jitting
+  _, state = update({"w": jnp.ones(2)}, state)
+  np.testing.assert_allclose(rsgd.find_residual_state(state).residual["w"], 0.5 * (-0.75 - 1.0))
+  assert update._cache_size() == 1
+
+
+def test_top_k_fraction_cannot_be_traced():
+  tx = optax.inject_hyperparams(rsgd.residual_topk)(fraction=0.5)
+  with pytest.raises(ValueError, match="static_args"):
+    jax.jit(tx.init)({"w": jnp.zeros(2)})
+  tx = optax.inject_hyperparams(rsgd.residual_topk, static_args=("fraction",))(fraction=0.5)
+  tx.update({"w": jnp.ones(2)}, jax.jit(tx.init)({"w": jnp.zeros(2)}))
+
+
 def test_scheduled_alpha_uses_the_step_count():
   schedule = optax.linear_schedule(1.0, 0.5, transition_steps=4)
   tx = rsgd.residual_scale(schedule)
