@@ -178,6 +178,10 @@ def residual(
   ``x_{t+1} = (1 - alpha) x_t + alpha y_{t+1}``: an exponential moving average of the base iterates
   with decay ``1 - alpha``.
 
+  ``init`` builds ``r`` with :func:`jax.numpy.zeros_like` of each parameter, so it works under
+  :func:`jax.eval_shape` and takes each parameter's sharding (eagerly, and under ``jit`` on meshes
+  with explicit axes; on ``Auto`` axes give ``jit`` its ``out_shardings`` as for any optax state).
+
   Args:
     scheme: the residual scheme ``R``: :func:`rsgd_optax.scaling`, :func:`rsgd_optax.scaled_sign`,
       :func:`rsgd_optax.top_k`, or any callable from a pytree to a pytree of the same structure.

@@ -9,6 +9,11 @@ import pytest
 
 import rsgd_optax as rsgd
 
+try:  # jax >= 0.8
+  enable_x64 = jax.enable_x64
+except AttributeError:  # the oldest supported jax
+  from jax.experimental import enable_x64
+
 # ---------------------------------------------------------------------------------------------
 # An independent NumPy reference, in the paper's notation: x is the RSGD point, r the residual, and
 # the gradient is taken at the reference point x - r.
@@ -121,7 +126,7 @@ SCHEMES = {
 def test_matches_algorithm_1_in_float64(name, momentum):
   make_scheme, np_scheme = SCHEMES[name]
   lr, steps = 0.01, 6
-  with jax.enable_x64(True):
+  with enable_x64(True):
     tx = optax.chain(optax.sgd(lr, momentum=momentum or None), rsgd.residual(make_scheme()))
     ys, xs, _ = run_optax(tx, steps)
     ref_xs, ref_ys = np_rsgd(np_scheme, lr, momentum, steps)
@@ -183,7 +188,7 @@ def np_error_feedback(scheme, lr, steps, memory=True):
 @pytest.mark.parametrize("memory", [True, False], ids=["error_feedback", "compress"])
 def test_error_feedback_and_compress_match_their_references(memory):
   lr, steps = 0.01, 5
-  with jax.enable_x64(True):
+  with enable_x64(True):
     wrap = rsgd.error_feedback if memory else rsgd.compress
     tx = optax.chain(optax.sgd(lr), wrap(rsgd.scaled_sign()))
     ys, _, _ = run_optax_plain(tx, steps)

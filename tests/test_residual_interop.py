@@ -87,7 +87,8 @@ def test_abstract_init_on_shape_dtype_structs():
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_state_takes_the_params_sharding_on_an_eight_device_mesh(name):
   assert jax.device_count() == 8, "the root conftest gives the test process eight CPU devices"
-  mesh = jax.make_mesh((4, 2), ("data", "model"))
+  explicit = (jax.sharding.AxisType.Explicit,) * 2
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=explicit)
   specs = {"w": P("data", "model"), "b": P("model")}
   host_params = {"w": jnp.arange(64.0).reshape(8, 8) / 64, "b": jnp.arange(8.0) / 8}
   tx = optax.chain(optax.sgd(0.1, momentum=0.9), TRANSFORMS[name]())
