@@ -95,30 +95,21 @@ def _difference(memory: PyTree, updates: PyTree) -> PyTree:
 
 def _check_scheme_output(moved: PyTree, delta: PyTree) -> None:
   """Raises a ValueError naming the first leaf where the scheme changed structure or shape."""
-  delta_leaves = tree_flatten_with_path(delta)[0]
-  moved_leaves = tree_flatten_with_path(moved)[0]
-  for (path, d), (moved_path, m) in zip(delta_leaves, moved_leaves, strict=False):
-    if path != moved_path:
-      raise ValueError(
-        f"The residual scheme returned a tree of a different structure: at leaf {keystr(path)} it "
-        f"returned {keystr(moved_path)}. A scheme must return a pytree with its input's structure."
-      )
-    if getattr(m, "shape", None) != d.shape:
-      raise ValueError(
-        f"The residual scheme changed the shape of leaf {keystr(path)} from {d.shape} to "
-        f"{getattr(m, 'shape', None)}. A scheme must return a pytree with its input's shapes."
-      )
-  if len(delta_leaves) != len(moved_leaves):
-    longer, shorter = (
-      (delta_leaves, moved_leaves)
-      if len(delta_leaves) > len(moved_leaves)
-      else (moved_leaves, delta_leaves)
-    )
-    extra = keystr(longer[len(shorter)][0])
+  delta_leaves = {keystr(path): leaf for path, leaf in tree_flatten_with_path(delta)[0]}
+  moved_leaves = {keystr(path): leaf for path, leaf in tree_flatten_with_path(moved)[0]}
+  for name in sorted(delta_leaves.keys() ^ moved_leaves.keys()):
+    side = "input" if name in delta_leaves else "output"
     raise ValueError(
-      f"The residual scheme returned a tree of a different structure: leaf {extra} is in one and not "
-      f"the other ({len(delta_leaves)} leaves in, {len(moved_leaves)} out)."
+      f"The residual scheme returned a tree of a different structure: leaf {name} is only in its "
+      f"{side}. A scheme must return a pytree with its input's structure."
     )
+  for name, d in delta_leaves.items():
+    shape = getattr(moved_leaves[name], "shape", None)
+    if shape != d.shape:
+      raise ValueError(
+        f"The residual scheme changed the shape of leaf {name} from {d.shape} to {shape}. "
+        "A scheme must return a pytree with its input's shapes."
+      )
   if jax.tree.structure(moved) != jax.tree.structure(delta):  # type: ignore[operator]
     raise ValueError(
       "The residual scheme returned a tree of a different structure: "
@@ -417,6 +408,16 @@ def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> Re
 
   Raises:
     ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.named_chain(
+    ...     ("sgd", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.1)), ("sign", rsgd.residual_sign()))
+    >>> state = tx.init({"w": jnp.zeros(3)})
+    >>> rsgd.find_residual_state(state, which="sign").count
+    Array(0, dtype=int32)
   """
   found = _residual_states(opt_state)
   if not found:
