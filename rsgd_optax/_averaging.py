@@ -1,0 +1,384 @@
+"""Iterate averaging (ASGD, and with residuals the paper's RASGD), switched on by NT-ASGD.
+
+AWD-LSTM trains with plain SGD and, once the validation loss stops improving (the non-monotone
+trigger, :func:`nonmonotone_trigger`), keeps taking the same SGD steps but evaluates at the uniform
+average of the iterates produced since the switch. With residuals (section 7.1 of the RSGD(m) paper)
+the iterate that is averaged is the RSGD point ``x = y + r``, not the gradient point ``y``.
+
+:func:`iterate_averaging` wraps the optimizer (base optimizer and residual transformation) rather than
+following it in a chain, because the point it averages, ``x_{t+1} = y_{t+1} + r_{t+1}``, needs the
+residual *after* the step, which only the wrapped state holds. Averaging is off until
+:func:`start_averaging` sets a step number in the state: the training loop switches it on without
+rebuilding or re-jitting anything, and a checkpoint carries the switch with it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.tree_util import keystr, tree_flatten_with_path
+
+from rsgd_optax import _dtypes, _residual
+
+PyTree = Any
+
+
+class AveragingState(NamedTuple):
+  """State of :func:`iterate_averaging`.
+
+  Attributes:
+    count: number of updates applied so far (``int32``).
+    start_step: the value of ``count`` when :func:`start_averaging` switched averaging on, ``-1``
+      while it is off (``int32``). The average holds the ``count - start_step`` iterates produced
+      since then.
+    average: the uniform average of those iterates for each floating-point parameter, in
+      ``average_dtype`` (the parameter's dtype by default); zeros while averaging is off;
+      :class:`optax.MaskedNode` for the other leaves.
+    inner_state: the state of the wrapped transformation.
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
+  start_step: jax.Array
+  average: PyTree
+  inner_state: PyTree
+
+
+def _is_float(x: Any) -> bool:
+  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _unboxed(x: Any) -> jax.Array:
+  """The array in a scalar state leaf, also when ``flax.nnx.Optimizer`` wrapped it in a Variable."""
+  (leaf,) = jax.tree.leaves(x)
+  return jnp.asarray(leaf)
+
+
+def _averaging_states(opt_state: PyTree) -> list[tuple[Any, AveragingState]]:
+  flat = tree_flatten_with_path(opt_state, is_leaf=lambda x: isinstance(x, AveragingState))[0]
+  return [(path, leaf) for path, leaf in flat if isinstance(leaf, AveragingState)]
+
+
+def _residual_leaves(inner_state: PyTree, which: int | str | None) -> PyTree | None:
+  """The residual ``r`` of the wrapped optimizer, or None when it holds no residual transformation."""
+  if not _residual._residual_states(inner_state):
+    return None
+  return _residual.find_residual_state(inner_state, which).residual
+
+
+def _rsgd_point(params: PyTree, updates: PyTree, residual: PyTree | None) -> PyTree:
+  """``x_{t+1} = y_{t+1} + r_{t+1}``; with no residual, ``y_{t+1}``."""
+  new_params = optax.apply_updates(params, updates)
+  if residual is None:
+    return new_params
+
+  def add(y: Any, r: Any) -> Any:
+    if isinstance(r, optax.MaskedNode) or not _is_float(y):
+      return y
+    dtype = _dtypes.wider_float(y.dtype, r.dtype)
+    return y.astype(dtype) + r.astype(dtype)
+
+  return jax.tree.map(add, new_params, residual)
+
+
+def _validated_dtype(average_dtype: Any) -> Any:
+  if average_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(average_dtype)
+  except TypeError as e:
+    raise ValueError(f"`average_dtype` must be a floating dtype, got {average_dtype!r}.") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"`average_dtype` must be a floating dtype, got {dtype}.")
+  return dtype
+
+
+def _validated_which(which: Any) -> None:
+  if which is not None and (isinstance(which, bool) or not isinstance(which, int | str)):
+    raise ValueError(f"`which` must be None, an int or a str, got {which!r}.")
+
+
+def iterate_averaging(
+  inner: optax.GradientTransformation,
+  *,
+  which: int | str | None = None,
+  average_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""ASGD's iterate averaging around an optimizer; with a residual inside, the paper's RASGD.
+
+  The wrapped optimizer's updates pass through unchanged, so training follows exactly the trajectory
+  it would follow alone. While averaging is off the state only counts steps. Once
+  :func:`start_averaging` has switched it on at step ``s``, the state keeps the uniform average of the
+  iterates produced since then, where the iterate is the RSGD point ``x = y + r`` when ``inner``
+  holds a :func:`rsgd_optax.residual` transformation and ``y`` (the parameters) otherwise:
+
+  .. math::
+    \bar{x}_t = \frac{1}{t - s} \sum_{k = s + 1}^{t} x_k, \qquad
+    \bar{x}_t = \bar{x}_{t-1} + \frac{x_t - \bar{x}_{t-1}}{t - s}.
+
+  :func:`eval_params` returns ``\bar{x}_t`` once averaging is on and ``x_t`` before (and right after
+  the switch, before the first averaged step). PyTorch's ``ASGD(t0=0, lambd=0)``, which the AWD-LSTM
+  code switches to, takes the same SGD steps; its average differs from this one only by leaving out
+  the first averaged iterate (an artefact of when it updates its ``mu``).
+
+  This must be the outermost transformation that changes the updates (it computes ``y_{t+1}`` as
+  ``params + updates``); wrappers that leave the updates alone (``optax.inject_hyperparams``,
+  ``optax.apply_if_finite``, ``optax.MultiSteps``) may go around it.
+
+  Args:
+    inner: the optimizer whose iterates are averaged, for example ``optax.sgd(30.0)`` (ASGD) or
+      ``optax.chain(optax.sgd(30.0), rsgd.residual_sign())`` (RASGD-sign).
+    which: which residual transformation defines ``x`` when ``inner`` holds several (see
+      :func:`rsgd_optax.find_residual_state`).
+    average_dtype: dtype in which the average is stored; defaults to each parameter's dtype (the
+      running mean is computed in float32 or wider either way).
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` whose state is an :class:`AveragingState`.
+    Its ``update`` needs ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> from rsgd_optax._averaging import eval_params, iterate_averaging, start_averaging
+    >>> params = {"w": jnp.array([4.0])}
+    >>> tx = iterate_averaging(optax.sgd(1.0))
+    >>> state = tx.init(params)
+    >>> for step in range(3):
+    ...   if step == 1:
+    ...     state = start_averaging(state)  # e.g. when nonmonotone_trigger(val_losses) says so
+    ...   updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> params["w"], eval_params(state, params)["w"]  # iterates 3, 2, 1; average of 2 and 1
+    (Array([1.], dtype=float32), Array([1.5], dtype=float32))
+
+  References:
+    Polyak and Juditsky, "Acceleration of stochastic approximation by averaging", 1992; Merity et al.,
+    "Regularizing and optimizing LSTM language models", ICLR 2018 (NT-ASGD); section 7.1 of the
+    RSGD(m) paper (RASGD).
+  """
+  if not isinstance(inner, optax.GradientTransformation):
+    raise ValueError(
+      "`inner` must be an optax.GradientTransformation (the optimizer whose iterates are averaged, "
+      f"e.g. optax.sgd(30.0)), got {inner!r}."
+    )
+  _validated_which(which)
+  dtype = _validated_dtype(average_dtype)
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params: PyTree) -> AveragingState:
+    inner_state = inner.init(params)
+    if _averaging_states(inner_state):
+      raise ValueError("iterate_averaging cannot wrap another iterate_averaging.")
+
+    def zeros(p: Any) -> Any:
+      if not _is_float(p):
+        return optax.MaskedNode()
+      return jnp.zeros_like(p, dtype=dtype or p.dtype)
+
+    return AveragingState(
+      count=jnp.zeros([], jnp.int32),
+      start_step=jnp.full([], -1, jnp.int32),
+      average=jax.tree.map(zeros, params),
+      inner_state=inner_state,
+    )
+
+  def update_fn(
+    updates: PyTree, state: AveragingState, params: PyTree = None, **extra_args: Any
+  ) -> tuple[PyTree, AveragingState]:
+    if params is None:
+      raise ValueError(
+        "iterate_averaging needs the parameters to average: call tx.update(grads, state, params)."
+      )
+    updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    count = optax.safe_increment(state.count)
+
+    def averaged() -> PyTree:
+      point = _rsgd_point(params, updates, _residual_leaves(inner_state, which))
+      num_averaged = count - state.start_step
+
+      def running_mean(x: Any, mean: Any) -> Any:
+        if isinstance(mean, optax.MaskedNode):
+          return mean
+        acc = _dtypes.accumulation_dtype(mean.dtype, x.dtype)
+        old = mean.astype(acc)
+        return (old + (x.astype(acc) - old) / num_averaged.astype(acc)).astype(mean.dtype)
+
+      # Mapped over the point (a leaf where the average has a MaskedNode), in the average's shape.
+      return jax.tree.map(running_mean, point, state.average)
+
+    started = state.start_step >= 0
+    average = jax.lax.cond(started, averaged, lambda: state.average)
+    return updates, AveragingState(count, state.start_step, average, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_averaging_state(opt_state: PyTree) -> AveragingState:
+  """Returns the :class:`AveragingState` inside a (nested) optimizer state.
+
+  Args:
+    opt_state: any optimizer state holding one :func:`iterate_averaging` (inside ``optax.chain``,
+      ``inject_hyperparams``, ``apply_if_finite``, ``MultiSteps``, or ``flax.nnx.Optimizer``).
+
+  Returns:
+    The :class:`AveragingState`.
+
+  Raises:
+    ValueError: if there is none, or more than one.
+  """
+  found = _averaging_states(opt_state)
+  if len(found) != 1:
+    where = ", ".join(keystr(path) or "<root>" for path, _ in found)
+    raise ValueError(
+      f"Expected one AveragingState in the optimizer state, found {len(found)}"
+      f"{' (' + where + ')' if where else ''}. Wrap the optimizer once in "
+      "iterate_averaging(...), e.g. iterate_averaging(optax.chain(optax.sgd(30.0), "
+      "rsgd.residual_sign()))."
+    )
+  return found[0][1]
+
+
+def start_averaging(opt_state: PyTree) -> PyTree:
+  """Switches iterate averaging on: every later update adds its iterate to the average.
+
+  Returns a new state in the same structure, dtypes and (for ``flax.nnx.Optimizer``) Variable types,
+  so a jitted train step neither rebuilds nor retraces. Calling it again changes nothing.
+
+  Args:
+    opt_state: an optimizer state holding an :class:`AveragingState` anywhere (for
+      ``flax.nnx.Optimizer``: ``optimizer.opt_state = start_averaging(optimizer.opt_state)``).
+
+  Returns:
+    The state with ``start_step`` set to the current step count.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from rsgd_optax._averaging import averaging_started, iterate_averaging, start_averaging
+    >>> state = iterate_averaging(optax.sgd(1.0)).init({"w": jnp.zeros(2)})
+    >>> bool(averaging_started(state)), bool(averaging_started(start_averaging(state)))
+    (False, True)
+  """
+  find_averaging_state(opt_state)  # exactly one, or a clear error
+
+  def switch_on(node: Any) -> Any:
+    if not isinstance(node, AveragingState):
+      return node
+    start_step = jax.tree.map(
+      lambda start, count: jnp.where(start < 0, count, start).astype(jnp.int32),
+      node.start_step,
+      node.count,
+    )
+    return node._replace(start_step=start_step)
+
+  return jax.tree.map(switch_on, opt_state, is_leaf=lambda x: isinstance(x, AveragingState))
+
+
+def averaging_started(opt_state: PyTree) -> jax.Array:
+  """Whether :func:`start_averaging` has switched averaging on (a boolean scalar array).
+
+  Args:
+    opt_state: an optimizer state holding an :class:`AveragingState`.
+
+  Returns:
+    A ``bool`` scalar; ``bool(...)`` of it outside ``jit``.
+  """
+  return _unboxed(find_averaging_state(opt_state).start_step) >= 0
+
+
+def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> PyTree:
+  r"""The point to evaluate, checkpoint and ship, with or without iterate averaging.
+
+  With an :class:`AveragingState` in ``opt_state``: the average :math:`\bar{x}_t` once at least one
+  step has been averaged, and before that the current iterate ``x = params + r``
+  (:func:`rsgd_optax.eval_params` of the wrapped state), or ``params`` when the wrapped optimizer has
+  no residual. Without one: :func:`rsgd_optax.eval_params`. Works under ``jit`` (the choice is a
+  ``jnp.where``) and with ``flax.nnx.Optimizer``'s state and ``nnx.State`` params.
+
+  Args:
+    opt_state: the optimizer state.
+    params: the parameters the optimizer updates (``y``).
+    which: which residual state defines ``x`` when there are several; see
+      :func:`rsgd_optax.find_residual_state`.
+
+  Returns:
+    A pytree in the structure and dtypes of ``params``.
+
+  Raises:
+    ValueError: if ``opt_state`` holds neither an averaging nor a residual state, several averaging
+      states, or a residual transformation outside :func:`iterate_averaging` next to one inside it.
+  """
+  found = _averaging_states(opt_state)
+  if not found:
+    return _residual.eval_params(opt_state, params, which)
+  state = find_averaging_state(opt_state)
+  outside = len(_residual._residual_states(opt_state)) - len(
+    _residual._residual_states(state.inner_state)
+  )
+  if outside:
+    raise ValueError(
+      "The optimizer state holds a residual transformation outside iterate_averaging: put it inside, "
+      "iterate_averaging(optax.chain(base_optimizer, rsgd.residual(...))), so that the average is "
+      "taken of the RSGD point x = y + r."
+    )
+  if _residual._residual_states(state.inner_state):
+    point = _residual.eval_params(state.inner_state, params, which)
+  else:
+    point = params
+  use_average = (_unboxed(state.start_step) >= 0) & (
+    _unboxed(state.count) > _unboxed(state.start_step)
+  )
+
+  def choose(x: jax.Array, mean: jax.Array) -> jax.Array:
+    return jnp.where(use_average, mean.astype(x.dtype), x)
+
+  return _residual._paired(state.average, point, choose)
+
+
+def nonmonotone_trigger(losses: Sequence[float], nonmono: int = 5) -> bool:
+  r"""The NT-ASGD rule: whether to switch averaging on after the newest validation loss.
+
+  With ``losses = [l_0, ..., l_k]`` in the order they were measured (``l_k`` the newest), it
+  returns True exactly when ``k > nonmono`` and
+
+  .. math::
+    l_k > \min(l_0, \ldots, l_{k - 1 - \text{nonmono}}),
+
+  that is, when the newest loss is worse than the best loss measured before the ``nonmono`` losses
+  that precede it. It needs at least ``nonmono + 2`` losses. This is the AWD-LSTM code's
+  ``len(best_val_loss) > nonmono and val_loss > min(best_val_loss[:-nonmono])`` with
+  ``best_val_loss = losses[:-1]`` (the earlier losses) and ``val_loss = losses[-1]``. Call it once
+  per evaluation with the losses measured before the switch, and :func:`start_averaging` when it
+  returns True. A NaN newest loss never triggers (the comparison is false).
+
+  Args:
+    losses: the validation losses so far, oldest first.
+    nonmono: the non-monotone interval (AWD-LSTM uses 5); an int >= 1.
+
+  Returns:
+    Whether to switch averaging on now.
+
+  Example:
+    >>> from rsgd_optax._averaging import nonmonotone_trigger
+    >>> nonmonotone_trigger([5.0, 4.0, 3.9, 3.8, 3.7, 3.6, 4.1], nonmono=5)  # 4.1 > min(5.0)? no
+    False
+    >>> nonmonotone_trigger([5.0, 4.0, 3.9, 3.8, 3.7, 3.6, 3.5, 4.1], nonmono=5)  # 4.1 > 4.0
+    True
+
+  References:
+    Merity et al., "Regularizing and optimizing LSTM language models", ICLR 2018, Algorithm 1.
+  """
+  if isinstance(nonmono, bool) or not isinstance(nonmono, numbers.Integral) or nonmono < 1:
+    raise ValueError(f"`nonmono` must be an int >= 1, got {nonmono!r}.")
+  values = [float(loss) for loss in losses]
+  earlier, newest = values[:-1], values[-1:] or [math.nan]
+  if len(earlier) <= nonmono:
+    return False
+  return newest[0] > min(earlier[:-nonmono])
