@@ -1,0 +1,24 @@
+"""Trains AWD-LSTM on Penn Treebank: ``python -m examples.language_modeling.main
+--config=examples/language_modeling/configs/small.py --workdir=/tmp/lm``."""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from examples.language_modeling import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and results.json.")
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  logging.info("validation ppl %.2f | test ppl %.2f", results["val_ppl"], results["test_ppl"])
+
+
+if __name__ == "__main__":
+  app.run(main)

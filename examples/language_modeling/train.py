@@ -1,0 +1,341 @@
+"""AWD-LSTM on Penn Treebank with SGD -> ASGD (NT-ASGD), and with residuals RSGD -> RASGD.
+
+The training loop follows the public AWD-LSTM code (``salesforce/awd-lstm-lm``, ``main.py``):
+variable-length BPTT with the learning rate scaled by ``seq_len / bptt`` per batch, gradient norm
+clipped to ``clip``, L2 weight decay added to the gradient, activation (AR) and temporal activation
+(TAR) regularization, LSTM state carried across windows and reset each epoch. After each epoch the
+model is evaluated on the validation set at ``rsgd_optax``'s evaluation point; while averaging is off
+the validation loss is checked with the non-monotone trigger, and when it fires averaging is switched
+on in the optimizer state (no new optimizer, no recompilation). The model with the best validation
+loss is kept and evaluated on the test set at the end.
+
+Everything a resumed run needs is in the Orbax checkpoint of the last finished epoch (model,
+optimizer state with the averaging switch, best model so far) and in ``metrics.jsonl`` (the
+validation losses the trigger looks at).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+import rsgd_optax as rsgd
+from examples.common import checkpoint, metrics, nonfinite, optimizers, report
+from examples.language_modeling import input_pipeline, models
+from rsgd_optax._averaging import (
+  averaging_started,
+  eval_params,
+  find_averaging_state,
+  iterate_averaging,
+  nonmonotone_trigger,
+  start_averaging,
+)
+
+RESULTS_FILE = "results.json"
+
+# The paper's Table 2 names for the optimizers this example is run with.
+TABLE_NAMES = {
+  "sgd": "SGD + ASGD",
+  "rsgd-sign": "(RSGD + RASGD)-sign",
+  "rsgd-topk": "(RSGD + RASGD)-topk (1%)",
+  "rsgd-scale": "(RSGD + RASGD)-scale (alpha = 1/4)",
+}
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.AWDLSTM:
+  return models.AWDLSTM(
+    vocab_size,
+    embed_dim=config.embed_dim,
+    hidden=config.hidden,
+    num_layers=config.num_layers,
+    dropouts=models.Dropouts(
+      dropout=config.dropout,
+      dropouth=config.dropouth,
+      dropouti=config.dropouti,
+      dropoute=config.dropoute,
+      wdrop=config.wdrop,
+    ),
+    rngs=nnx.Rngs(config.seed),
+  )
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """``clip -> weight decay -> SGD [-> residual]``, wrapped in iterate averaging (off until the
+  trigger fires), with the learning rate injected so each batch can scale it by ``seq_len / bptt``.
+  """
+
+  def make(learning_rate: float) -> optax.GradientTransformation:
+    inner = optax.chain(
+      optax.clip_by_global_norm(config.clip),
+      optimizers.make_optimizer(
+        config.optimizer,
+        learning_rate,
+        weight_decay=config.weight_decay,
+        alpha=config.rsgd_alpha,
+        topk_fraction=config.topk_fraction,
+      ),
+    )
+    return iterate_averaging(inner)
+
+  return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
+
+
+def loss_terms(
+  outputs: models.Outputs, targets: jax.Array, mask: jax.Array, *, ar: float, tar: float
+) -> tuple[jax.Array, jax.Array]:
+  """(training objective, cross-entropy) over the unpadded rows.
+
+  The objective adds AWD-LSTM's AR, ``ar * mean(dropped_last_output ** 2)``, and TAR,
+  ``tar * mean((h_t - h_{t-1}) ** 2)`` over the last layer's undropped output.
+  """
+  tokens = mask.sum()
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs.logits, targets)
+  raw = jnp.sum(cross_entropy * mask) / tokens
+  width = outputs.last_hidden.shape[-1]
+  activation = jnp.sum(outputs.last_dropped**2 * mask[..., None]) / (tokens * width)
+  pairs = mask[1:] * mask[:-1]
+  steps = outputs.last_hidden[1:] - outputs.last_hidden[:-1]
+  temporal = jnp.sum(steps**2 * pairs[..., None]) / (jnp.maximum(pairs.sum(), 1.0) * width)
+  return raw + ar * activation + tar * temporal, raw
+
+
+@functools.partial(nnx.jit, static_argnames=("ar", "tar"))
+def train_step(
+  model: models.AWDLSTM,
+  optimizer: nnx.Optimizer,
+  carries: list[models.Carry],
+  inputs: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+  learning_rate: jax.Array,
+  key: jax.Array,
+  *,
+  ar: float,
+  tar: float,
+) -> tuple[jax.Array, list[models.Carry]]:
+  """One SGD step on one BPTT window; returns its cross-entropy and the carried LSTM state."""
+
+  def objective(model: models.AWDLSTM) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    outputs = model(inputs, carries, mask, key)
+    total, raw = loss_terms(outputs, targets, mask, ar=ar, tar=tar)
+    return total, (raw, outputs.carries)
+
+  (_, (raw, new_carries)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+  optimizer.opt_state.hyperparams["learning_rate"][...] = learning_rate
+  optimizer.update(model, grads)
+  return raw, jax.lax.stop_gradient(new_carries)
+
+
+@nnx.jit
+def eval_step(
+  model: models.AWDLSTM,
+  carries: list[models.Carry],
+  inputs: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+) -> tuple[jax.Array, jax.Array, list[models.Carry]]:
+  """Summed cross-entropy and token count of one window, without dropout."""
+  outputs = model(inputs, carries, mask)
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(outputs.logits, targets)
+  return jnp.sum(cross_entropy * mask), mask.sum(), outputs.carries
+
+
+def evaluate(model: models.AWDLSTM, data: np.ndarray, config: ml_collections.ConfigDict) -> float:
+  """Mean cross-entropy per token over batchified ``data`` (every target counted once)."""
+  carries = model.initial_carry(data.shape[1])
+  total, tokens = 0.0, 0.0
+  for window in input_pipeline.eval_windows(data, bptt=config.bptt, bucket=config.bptt_bucket):
+    loss_sum, count, carries = eval_step(model, carries, window.inputs, window.targets, window.mask)
+    total += float(loss_sum)
+    tokens += float(count)
+  return total / tokens
+
+
+def _with_params(model: models.AWDLSTM, params: nnx.State) -> models.AWDLSTM:
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  return nnx.merge(graphdef, params, rest)
+
+
+def _snapshot(tree: Any) -> Any:
+  """A copy that later in-place updates of the model or optimizer do not reach."""
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _train_state(
+  model: models.AWDLSTM, optimizer: nnx.Optimizer, best_params: nnx.State
+) -> dict[str, Any]:
+  """What a checkpoint holds: model, optimizer state (with the averaging switch) and the best
+  evaluation point so far (``eval_params`` of the best epoch: the model to ship)."""
+  return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best_params}
+
+
+def _history(records: list[dict[str, Any]]) -> tuple[list[float], float, int | None]:
+  """From earlier epochs' records: the validation losses measured before averaging started (the
+  trigger's input), the best validation loss and its epoch."""
+  before_switch = [r["val_loss"] for r in records if not r["averaging"]]
+  best = min(records, key=lambda r: r["val_loss"], default=None)
+  if best is None:
+    return before_switch, math.inf, None
+  return before_switch, best["val_loss"], best["epoch"]
+
+
+def _switch_now(config: ml_collections.ConfigDict, epoch: int, val_history: list[float]) -> bool:
+  """Whether to switch averaging on after ``epoch``: at ``averaging_start_epoch`` if it is set,
+  else when the NT-ASGD trigger fires on the validation losses so far."""
+  if config.averaging_start_epoch >= 0:
+    return epoch >= config.averaging_start_epoch
+  return nonmonotone_trigger(val_history, config.nonmono)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  if config.optimizer not in optimizers.OPTIMIZER_NAMES:
+    raise ValueError(
+      f"Unknown optimizer {config.optimizer!r}; this example runs {', '.join(TABLE_NAMES)} "
+      f"(any of {', '.join(optimizers.OPTIMIZER_NAMES)} works)."
+    )
+  for name in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "num_epochs"):
+    if int(config[name]) < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
+  if config.learning_rate <= 0 or config.clip <= 0:
+    raise ValueError("config.learning_rate and config.clip must be positive.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints one run in ``workdir``; resumes from its last checkpoint.
+
+  Returns the run's results (also written to ``<workdir>/results.json``): best validation and test
+  perplexity, the epoch of the best model and the epoch at which averaging started.
+  """
+  _check_config(config)
+  corpus = input_pipeline.load_corpus(config.data_source, max_train_tokens=config.max_train_tokens)
+  train_data = input_pipeline.batchify(corpus.train, config.batch_size)
+  valid_data = input_pipeline.batchify(corpus.valid, config.eval_batch_size)
+  test_data = input_pipeline.batchify(corpus.test, config.test_batch_size)
+  if config.max_eval_rows > 0:
+    valid_data = valid_data[: config.max_eval_rows]
+    test_data = test_data[: config.max_eval_rows]
+
+  model = build_model(config, corpus.vocab_size)
+  optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
+  best_params = _snapshot(nnx.state(model, nnx.Param))
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, report.CONFIG_FILE), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  start_epoch = 0
+  last = ckpt.latest_epoch()
+  if last is not None:
+    template = _train_state(model, optimizer, best_params)
+    restored = ckpt.restore(checkpoint.abstract_like(template), last)
+    nnx.update(model, restored["model"])
+    nnx.update(optimizer, restored["optimizer"])
+    best_params = restored["best"]
+    start_epoch = last + 1
+    logging.info("Resumed from the checkpoint of epoch %d.", last)
+
+  writer = metrics.MetricsWriter(workdir, resume_epoch=last)
+  val_history, best_val, best_epoch = _history(writer.records)
+  switch_epoch = next((r["epoch"] for r in writer.records if r.get("switched")), None)
+  base_key = jax.random.key(config.seed)
+  max_len = config.bptt + 20
+
+  for epoch in range(start_epoch, config.num_epochs):
+    started = time.time()
+    rng = np.random.default_rng([config.seed, epoch])
+    carries = model.initial_carry(config.batch_size)
+    first_step = int(optimizer.step[...])
+    losses, lengths = [], []
+    for window in input_pipeline.train_windows(
+      train_data, bptt=config.bptt, rng=rng, bucket=config.bptt_bucket, max_len=max_len
+    ):
+      step = first_step + len(losses)
+      learning_rate = jnp.float32(config.learning_rate * window.seq_len / config.bptt)
+      raw, carries = train_step(
+        model,
+        optimizer,
+        carries,
+        window.inputs,
+        window.targets,
+        window.mask,
+        learning_rate,
+        jax.random.fold_in(base_key, step),
+        ar=config.ar,
+        tar=config.tar,
+      )
+      losses.append(raw)
+      lengths.append(window.seq_len)
+    losses_np = np.asarray(jax.device_get(losses), np.float64)
+    nonfinite.check_losses(losses_np, epoch=epoch, first_step=first_step)
+    train_loss = float(np.average(losses_np, weights=lengths))
+
+    params = nnx.state(model, nnx.Param)
+    shipped = eval_params(optimizer.opt_state, params)
+    averaging = bool(averaging_started(optimizer.opt_state))
+    val_loss = evaluate(_with_params(model, shipped), valid_data, config)
+    record = {
+      "epoch": epoch,
+      "step": int(optimizer.step[...]),
+      "train_loss": train_loss,
+      "train_ppl": math.exp(train_loss),
+      "val_loss": val_loss,
+      "val_ppl": math.exp(val_loss),
+      "averaging": averaging,
+      "seconds": time.time() - started,
+    }
+    if optimizers.has_residual(config.optimizer):
+      inner = find_averaging_state(optimizer.opt_state).inner_state
+      record["proximity"] = float(rsgd.proximity(inner, params))
+    if val_loss < best_val:
+      best_val, best_epoch, best_params = val_loss, epoch, _snapshot(shipped)
+    if config.nt_asgd and not averaging:
+      val_history.append(val_loss)
+      if _switch_now(config, epoch, val_history):
+        optimizer.opt_state = start_averaging(optimizer.opt_state)
+        switch_epoch = epoch
+        record["switched"] = True
+        logging.info("Epoch %d: switching to averaging (NT-ASGD).", epoch)
+    logging.info(
+      "epoch %d | train ppl %.2f | valid ppl %.2f | averaging %s | %.0f s",
+      epoch,
+      record["train_ppl"],
+      record["val_ppl"],
+      averaging,
+      record["seconds"],
+    )
+    # The record first, then the checkpoint: a run killed in between resumes from the previous
+    # checkpoint and drops this record with it, so the two always agree.
+    writer.write(record)
+    ckpt.save(epoch, _train_state(model, optimizer, best_params))
+
+  writer.close()
+  ckpt.close()
+  test_loss = evaluate(_with_params(model, best_params), test_data, config)
+  best_val = evaluate(_with_params(model, best_params), valid_data, config)
+  results = {
+    "optimizer": config.optimizer,
+    "name": TABLE_NAMES.get(config.optimizer, config.optimizer),
+    "best_epoch": best_epoch,
+    "switch_epoch": switch_epoch,
+    "val_loss": best_val,
+    "val_ppl": math.exp(best_val),
+    "test_loss": test_loss,
+    "test_ppl": math.exp(test_loss),
+    "epochs": config.num_epochs,
+  }
+  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    json.dump(results, f, indent=2)
+  return results

@@ -1,0 +1,95 @@
+"""One step per optimizer, and whole runs on tiny generated Penn Treebank files: the switch to
+averaging, results, and a resumed run that continues exactly where the interrupted one stopped."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import rsgd_optax as rsgd
+from examples.common import metrics
+from examples.language_modeling import input_pipeline, train
+from examples.language_modeling.conftest import tiny_config
+from rsgd_optax._averaging import eval_params, start_averaging
+
+
+@pytest.mark.parametrize("optimizer", sorted(train.TABLE_NAMES))
+def test_one_step_per_optimizer(ptb_dir, optimizer):
+  config = tiny_config(ptb_dir, optimizer=optimizer)
+  corpus = input_pipeline.load_corpus(config.data_source)
+  data = input_pipeline.batchify(corpus.train, config.batch_size)
+  model = train.build_model(config, corpus.vocab_size)
+  opt = nnx.Optimizer(model, train.build_optimizer(config), wrt=nnx.Param)
+  opt.opt_state = start_averaging(opt.opt_state)
+  before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+  window = input_pipeline.window(data, 0, 10, config.bptt_bucket)
+  raw, carries = train.train_step(
+    model, opt, model.initial_carry(4), window.inputs, window.targets, window.mask,
+    jnp.float32(config.learning_rate), jax.random.key(0), ar=config.ar, tar=config.tar,
+  )  # fmt: skip
+  assert math.isfinite(float(raw)) and abs(float(raw) - math.log(corpus.vocab_size)) < 1.0
+  assert [c[0].shape for c in carries] == [(4, 12), (4, 8)]
+  moved = jax.tree.map(
+    lambda a, b: float(jnp.abs(a - b).max()), nnx.state(model, nnx.Param), before
+  )
+  assert all(v > 0 for v in jax.tree.leaves(moved))
+  # After one averaged step the evaluation point is that step's point: y for SGD, x = y + r for
+  # RSGD (to float32 rounding: XLA may fuse y + u into a multiply-add in one place only).
+  params = nnx.state(model, nnx.Param)
+  shipped = eval_params(opt.opt_state, params)
+  point = (
+    params
+    if optimizer == "sgd"
+    else rsgd.eval_params(rsgd.find_residual_state(opt.opt_state), params)
+  )
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), shipped, point)
+
+
+def _records(workdir):
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in metrics.read_metrics(workdir)]
+
+
+def test_runs_switch_to_averaging_report_and_resume_exactly(ptb_dir, tmp_path):
+  config = tiny_config(ptb_dir, optimizer="rsgd-sign", averaging_start_epoch=0)
+  results = train.train_and_evaluate(config, str(tmp_path / "full"))
+  records = _records(tmp_path / "full")
+  assert [r["epoch"] for r in records] == [0, 1, 2]
+  assert [r["averaging"] for r in records] == [False, True, True]
+  assert records[0]["switched"] and "switched" not in records[1]
+  assert all(r["proximity"] > 0 for r in records)
+  assert results["switch_epoch"] == 0 and results["name"] == "(RSGD + RASGD)-sign"
+  assert results["best_epoch"] in (0, 1, 2)
+  assert math.isfinite(results["test_ppl"]) and results["val_ppl"] < 30  # 26 word types
+  on_disk = json.loads((tmp_path / "full" / train.RESULTS_FILE).read_text())
+  assert on_disk == results
+  assert json.loads((tmp_path / "full" / "config.json").read_text())["optimizer"] == "rsgd-sign"
+
+  # Interrupted after 2 epochs, then resumed: the same records and results, bit for bit.
+  config.num_epochs = 2
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.num_epochs = 3
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert _records(tmp_path / "resumed") == records
+  assert resumed == results
+
+
+def test_bad_config_is_rejected_up_front(ptb_dir, tmp_path):
+  with pytest.raises(ValueError, match="Unknown optimizer"):
+    train.train_and_evaluate(tiny_config(ptb_dir, optimizer="asgd"), str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="bptt"):
+    train.train_and_evaluate(tiny_config(ptb_dir, bptt=0), str(tmp_path / "b"))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_switch_follows_the_trigger_unless_a_start_epoch_is_set(ptb_dir):
+  config = tiny_config(ptb_dir, nonmono=2)
+  rising = [5.0, 4.0, 3.0, 3.5]  # 3.5 is compared with 5.0 only: not worse
+  assert not train._switch_now(config, 3, rising)
+  assert train._switch_now(config, 4, [*rising, 5.5])
+  config.averaging_start_epoch = 1
+  assert not train._switch_now(config, 0, [9.0])
+  assert train._switch_now(config, 1, [9.0, 1.0])
