@@ -192,11 +192,23 @@ def _history(records: list[dict[str, Any]]) -> tuple[list[float], float, int | N
 
 
 def _switch_now(config: ml_collections.ConfigDict, epoch: int, val_history: list[float]) -> bool:
-  """Whether to switch averaging on after ``epoch``: at ``averaging_start_epoch`` if it is set,
-  else when the NT-ASGD trigger fires on the validation losses so far."""
-  if config.averaging_start_epoch >= 0:
-    return epoch >= config.averaging_start_epoch
-  return nonmonotone_trigger(val_history, config.nonmono)
+  """Whether to switch averaging on after ``epoch``: when the NT-ASGD trigger fires on the validation
+  losses so far (if ``nt_asgd``), and at the latest after ``averaging_start_epoch`` (if >= 0)."""
+  if 0 <= config.averaging_start_epoch <= epoch:
+    return True
+  return config.nt_asgd and nonmonotone_trigger(val_history, config.nonmono)
+
+
+def _switched_by(
+  config: ml_collections.ConfigDict, switch_epoch: int | None, records: list[dict[str, Any]]
+) -> str | None:
+  """``"nt-asgd"`` if the trigger fired, ``"start_epoch"`` if ``averaging_start_epoch`` did."""
+  if switch_epoch is None:
+    return None
+  history = [r["val_loss"] for r in records if r["epoch"] <= switch_epoch]
+  if config.nt_asgd and nonmonotone_trigger(history, config.nonmono):
+    return "nt-asgd"
+  return "start_epoch"
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -301,13 +313,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       record["proximity"] = float(rsgd.proximity(inner, params))
     if val_loss < best_val:
       best_val, best_epoch, best_params = val_loss, epoch, _snapshot(shipped)
-    if config.nt_asgd and not averaging:
+    if not averaging:
       val_history.append(val_loss)
       if _switch_now(config, epoch, val_history):
         optimizer.opt_state = start_averaging(optimizer.opt_state)
         switch_epoch = epoch
         record["switched"] = True
-        logging.info("Epoch %d: switching to averaging (NT-ASGD).", epoch)
+        logging.info("Epoch %d: switching to averaging.", epoch)
     logging.info(
       "epoch %d | train ppl %.2f | valid ppl %.2f | averaging %s | %.0f s",
       epoch,
@@ -330,6 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "name": TABLE_NAMES.get(config.optimizer, config.optimizer),
     "best_epoch": best_epoch,
     "switch_epoch": switch_epoch,
+    "switched_by": _switched_by(config, switch_epoch, metrics.read_metrics(workdir)),
     "val_loss": best_val,
     "val_ppl": math.exp(best_val),
     "test_loss": test_loss,

@@ -61,7 +61,8 @@ def test_runs_switch_to_averaging_report_and_resume_exactly(ptb_dir, tmp_path):
   assert [r["averaging"] for r in records] == [False, True, True]
   assert records[0]["switched"] and "switched" not in records[1]
   assert all(r["proximity"] > 0 for r in records)
-  assert results["switch_epoch"] == 0 and results["name"] == "(RSGD + RASGD)-sign"
+  assert results["switch_epoch"] == 0 and results["switched_by"] == "start_epoch"
+  assert results["name"] == "(RSGD + RASGD)-sign"
   assert results["best_epoch"] in (0, 1, 2)
   assert math.isfinite(results["test_ppl"]) and results["val_ppl"] < 30  # 26 word types
   on_disk = json.loads((tmp_path / "full" / train.RESULTS_FILE).read_text())
@@ -85,11 +86,14 @@ def test_bad_config_is_rejected_up_front(ptb_dir, tmp_path):
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_the_switch_follows_the_trigger_unless_a_start_epoch_is_set(ptb_dir):
+def test_the_switch_follows_the_trigger_or_the_latest_start_epoch(ptb_dir):
   config = tiny_config(ptb_dir, nonmono=2)
   rising = [5.0, 4.0, 3.0, 3.5]  # 3.5 is compared with 5.0 only: not worse
   assert not train._switch_now(config, 3, rising)
   assert train._switch_now(config, 4, [*rising, 5.5])
-  config.averaging_start_epoch = 1
-  assert not train._switch_now(config, 0, [9.0])
-  assert train._switch_now(config, 1, [9.0, 1.0])
+  config.averaging_start_epoch = 4
+  assert not train._switch_now(config, 3, rising)
+  assert train._switch_now(config, 4, [*rising, 3.4])  # no trigger, but the latest epoch
+  config.nt_asgd = False
+  assert not train._switch_now(config, 3, [5.0, 4.0, 3.0, 9.9])
+  assert train._switch_now(config, 4, [5.0, 4.0, 3.0, 3.5, 1.0])

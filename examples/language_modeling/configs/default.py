@@ -53,8 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   # NT-ASGD and the residual schemes.
   config.nt_asgd = True
   config.nonmono = 5
-  # >= 0: switch averaging on after this epoch instead of when the trigger fires (to compare
-  # optimizers at the same switch point, or to test); -1: NT-ASGD decides.
+  # >= 0: switch averaging on after this epoch at the latest (with nt_asgd=False: exactly then, to
+  # compare optimizers at the same switch point); -1: only the NT-ASGD trigger switches.
   config.averaging_start_epoch = -1
   config.rsgd_alpha = 0.25  # the paper's Table 2 uses alpha = 1/4 for -scale
   config.topk_fraction = 0.01

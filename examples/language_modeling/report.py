@@ -1,0 +1,139 @@
+"""The paper's Table 2 (validation / test perplexity of AWD-LSTM on PTB) and Figure 6 (left) curves
+from finished runs.
+
+  python -m examples.language_modeling.report --output_dir=/tmp/awd_report /tmp/awd_lstm/*
+
+Each argument is a run's workdir (``config.json``, ``metrics.jsonl``, ``results.json``, as written by
+``train.py``). Runs of the same optimizer (several seeds) are averaged, ``mean ± std``. Writes
+``table2.md`` (measured next to the paper's numbers) and ``curves.png`` (training and validation
+perplexity per epoch, a dotted line where each optimizer switched to averaging).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from examples.common import report
+from examples.language_modeling import train
+
+# Table 2 of the paper: validation / test perplexity after 500 epochs of the full AWD-LSTM.
+PAPER_TABLE2 = {
+  "sgd": (61.41, 58.89),
+  "rsgd-sign": (60.21, 57.85),
+  "rsgd-topk": (61.01, 58.64),
+  "rsgd-scale": (60.39, 58.26),
+}
+ORDER = tuple(PAPER_TABLE2)
+
+
+def load_results(workdir: str) -> dict[str, Any]:
+  """A run's ``results.json``; a clear error if the run has not finished."""
+  path = os.path.join(workdir, train.RESULTS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"{path} is missing: the run in {workdir} has not finished (train.py writes it at the end)."
+    )
+  with open(path) as f:
+    return json.load(f)
+
+
+def _cell(values: Sequence[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def table2(results: Sequence[dict[str, Any]]) -> str:
+  """Markdown: one row per optimizer, measured ``val / test`` PPL next to the paper's Table 2."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for result in results:
+    groups.setdefault(result["optimizer"], []).append(result)
+  names = [n for n in ORDER if n in groups] + sorted(n for n in groups if n not in ORDER)
+  lines = [
+    "| PTB | PPL val / test (measured) | switch epoch | PPL val / test (paper, Table 2) |",
+    "|---|---|---|---|",
+  ]
+  for name in names:
+    runs = groups[name]
+    measured = f"{_cell([r['val_ppl'] for r in runs])} / {_cell([r['test_ppl'] for r in runs])}"
+    switches = ", ".join(
+      "none" if r["switch_epoch"] is None else f"{r['switch_epoch']} ({r.get('switched_by')})"
+      for r in runs
+    )
+    paper = PAPER_TABLE2.get(name)
+    paper_cell = f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "-"
+    label = train.TABLE_NAMES.get(name, name)
+    if len(runs) > 1:
+      label += f" (n={len(runs)})"
+    lines.append(f"| {label} | {measured} | {switches} | {paper_cell} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(runs: Sequence[report.Run], results: Sequence[dict[str, Any]], path: str) -> None:
+  """Training and validation perplexity per epoch (log scale), mean over seeds, with the epoch
+  after which each optimizer switched to averaging marked."""
+  import matplotlib
+
+  matplotlib.use("Agg")  # files only, no display needed
+  import matplotlib.pyplot as plt
+
+  groups = report.group_runs(runs, key="optimizer")
+  switches: dict[str, list[int]] = {}
+  for result in results:
+    if result["switch_epoch"] is not None:
+      switches.setdefault(result["optimizer"], []).append(result["switch_epoch"])
+  names = [n for n in ORDER if n in groups] + sorted(n for n in groups if n not in ORDER)
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+  for ax, (metric, label) in zip(
+    axes, [("train_ppl", "training perplexity"), ("val_ppl", "validation perplexity")], strict=True
+  ):
+    for name in names:
+      epochs, mean, std = report.mean_curve(groups[name], metric)
+      if epochs.size == 0:
+        continue
+      (line,) = ax.plot(epochs, mean, label=train.TABLE_NAMES.get(name, name), linewidth=1.3)
+      ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+      for epoch in switches.get(name, []):
+        ax.axvline(epoch + 0.5, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.suptitle("AWD-LSTM on PTB (dotted: switch to averaging)")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(workdirs: Sequence[str], output_dir: str) -> str:
+  """Writes ``table2.md`` and ``curves.png`` into ``output_dir``; returns the table."""
+  if not workdirs:
+    raise ValueError("No run directories given: pass the workdirs of finished runs.")
+  results = [load_results(w) for w in workdirs]
+  runs = [report.load_run(w) for w in workdirs]
+  table = table2(results)
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, "table2.md"), "w") as f:
+    f.write(table)
+  plot(runs, results, os.path.join(output_dir, "curves.png"))
+  return table
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "awd_lstm_report", "Where table2.md and curves.png go.")
+
+
+def main(argv: list[str]) -> None:
+  print(write_report(argv[1:], FLAGS.output_dir))
+
+
+if __name__ == "__main__":
+  app.run(main)

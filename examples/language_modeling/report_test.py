@@ -1,0 +1,53 @@
+"""Table 2 and the curves from run directories written as train.py writes them."""
+
+import json
+
+import pytest
+
+from examples.common import metrics
+from examples.language_modeling import report
+
+
+def _fake_run(root, optimizer, seed, val_ppl, test_ppl, switch_epoch):
+  workdir = root / f"{optimizer}-{seed}"
+  with metrics.MetricsWriter(str(workdir)) as writer:
+    for epoch in range(4):
+      writer.write(
+        {"epoch": epoch, "train_ppl": 300.0 - 20 * epoch, "val_ppl": val_ppl + 10 * (3 - epoch)}
+      )
+  (workdir / "config.json").write_text(json.dumps({"optimizer": optimizer, "seed": seed}))
+  results = {
+    "optimizer": optimizer,
+    "val_ppl": val_ppl,
+    "test_ppl": test_ppl,
+    "switch_epoch": switch_epoch,
+    "switched_by": "nt-asgd",
+  }
+  (workdir / "results.json").write_text(json.dumps(results))
+  return str(workdir)
+
+
+def test_table_and_curves(tmp_path):
+  runs = [
+    _fake_run(tmp_path, "rsgd-sign", 0, 120.0, 110.0, 2),
+    _fake_run(tmp_path, "sgd", 0, 130.0, 121.0, None),
+    _fake_run(tmp_path, "sgd", 1, 132.0, 123.0, 1),
+  ]
+  table = report.write_report(runs, str(tmp_path / "out"))
+  lines = table.splitlines()
+  assert lines[2] == (
+    "| SGD + ASGD (n=2) | 131.00 ± 1.41 / 122.00 ± 1.41 | none, 1 (nt-asgd) | 61.41 / 58.89 |"
+  )
+  assert lines[3] == "| (RSGD + RASGD)-sign | 120.00 / 110.00 | 2 (nt-asgd) | 60.21 / 57.85 |"
+  assert (tmp_path / "out" / "table2.md").read_text() == table
+  png = (tmp_path / "out" / "curves.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_unfinished_runs_are_named(tmp_path):
+  workdir = tmp_path / "running"
+  workdir.mkdir()
+  with pytest.raises(FileNotFoundError, match="has not finished"):
+    report.write_report([str(workdir)], str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="No run directories"):
+    report.write_report([], str(tmp_path / "out"))
