@@ -49,15 +49,31 @@ def _cell(values: Sequence[float]) -> str:
   return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
-def table2(results: Sequence[dict[str, Any]]) -> str:
-  """Markdown: one row per optimizer, measured ``val / test`` PPL next to the paper's Table 2."""
+def best_before_switch(records: Sequence[dict[str, Any]]) -> float:
+  """The best validation perplexity measured while averaging was off (NaN if there is none)."""
+  values = [r["val_ppl"] for r in records if not r.get("averaging") and r.get("val_ppl")]
+  return min(values) if values else float("nan")
+
+
+def table2(results: Sequence[dict[str, Any]], runs: Sequence[report.Run] | None = None) -> str:
+  """Markdown: one row per optimizer, measured ``val / test`` PPL next to the paper's Table 2.
+
+  With ``runs`` (in the order of ``results``), a column gives the best validation PPL before the
+  switch to averaging (the SGD / RSGD phase).
+  """
   groups: dict[str, list[dict[str, Any]]] = {}
-  for result in results:
+  before: dict[str, list[float]] = {}
+  for index, result in enumerate(results):
     groups.setdefault(result["optimizer"], []).append(result)
+    if runs is not None:
+      before.setdefault(result["optimizer"], []).append(best_before_switch(runs[index].records))
   names = [n for n in ORDER if n in groups] + sorted(n for n in groups if n not in ORDER)
+  extra = " best val PPL before the switch |" if runs is not None else ""
   lines = [
-    "| PTB | PPL val / test (measured) | switch epoch | PPL val / test (paper, Table 2) |",
-    "|---|---|---|---|",
+    "| PTB | PPL val / test (measured) | switch epoch |"
+    + extra
+    + " PPL val / test (paper, Table 2) |",
+    "|---|---|---|" + ("---|" if runs is not None else "") + "---|",
   ]
   for name in names:
     runs = groups[name]
@@ -71,7 +87,8 @@ def table2(results: Sequence[dict[str, Any]]) -> str:
     label = train.TABLE_NAMES.get(name, name)
     if len(runs) > 1:
       label += f" (n={len(runs)})"
-    lines.append(f"| {label} | {measured} | {switches} | {paper_cell} |")
+    middle = f" {_cell(before[name])} |" if runs is not None else ""
+    lines.append(f"| {label} | {measured} | {switches} |{middle} {paper_cell} |")
   return "\n".join(lines) + "\n"
 
 
@@ -119,7 +136,7 @@ def write_report(workdirs: Sequence[str], output_dir: str) -> str:
     raise ValueError("No run directories given: pass the workdirs of finished runs.")
   results = [load_results(w) for w in workdirs]
   runs = [report.load_run(w) for w in workdirs]
-  table = table2(results)
+  table = table2(results, runs)
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "table2.md"), "w") as f:
     f.write(table)

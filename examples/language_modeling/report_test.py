@@ -12,8 +12,14 @@ def _fake_run(root, optimizer, seed, val_ppl, test_ppl, switch_epoch):
   workdir = root / f"{optimizer}-{seed}"
   with metrics.MetricsWriter(str(workdir)) as writer:
     for epoch in range(4):
+      averaging = switch_epoch is not None and epoch > switch_epoch
       writer.write(
-        {"epoch": epoch, "train_ppl": 300.0 - 20 * epoch, "val_ppl": val_ppl + 10 * (3 - epoch)}
+        {
+          "epoch": epoch,
+          "train_ppl": 300.0 - 20 * epoch,
+          "val_ppl": val_ppl + 10 * (3 - epoch),
+          "averaging": averaging,
+        }
       )
   (workdir / "config.json").write_text(json.dumps({"optimizer": optimizer, "seed": seed}))
   results = {
@@ -36,9 +42,12 @@ def test_table_and_curves(tmp_path):
   table = report.write_report(runs, str(tmp_path / "out"))
   lines = table.splitlines()
   assert lines[2] == (
-    "| SGD + ASGD (n=2) | 131.00 ± 1.41 / 122.00 ± 1.41 | none, 1 (nt-asgd) | 61.41 / 58.89 |"
+    "| SGD + ASGD (n=2) | 131.00 ± 1.41 / 122.00 ± 1.41 | none, 1 (nt-asgd) | 141.00 ± 15.56 |"
+    " 61.41 / 58.89 |"
+  )  # before the switch: 130 (never switched) and 152 (epochs 0-1 of the second run)
+  assert lines[3] == (
+    "| (RSGD + RASGD)-sign | 120.00 / 110.00 | 2 (nt-asgd) | 130.00 | 60.21 / 57.85 |"
   )
-  assert lines[3] == "| (RSGD + RASGD)-sign | 120.00 / 110.00 | 2 (nt-asgd) | 60.21 / 57.85 |"
   assert (tmp_path / "out" / "table2.md").read_text() == table
   png = (tmp_path / "out" / "curves.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
