@@ -14,8 +14,9 @@ Run (one optimizer; ``sgd`` | ``rsgd-sign`` | ``rsgd-topk`` | ``rsgd-scale``):
     --workdir=/tmp/awd_lstm_small/rsgd-sign
 
 Expected: validation / test perplexity about 396 / 358 after 20 epochs for each of the four
-optimizers (measured here: the README); a run takes about 12 minutes alone on two CPU cores, and
-took 52 minutes with four at once on a busy shared 2-core machine.
+optimizers (measured here: the README); alone on two CPU cores a run should take 10-15 minutes (an
+estimate from the step time); the runs here took 52 minutes each, four at once on a busy shared
+2-core machine.
 """
 
 import ml_collections
