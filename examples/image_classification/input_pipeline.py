@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import grain
 import jax
 import numpy as np
+from absl import flags as absl_flags
 
 from examples.image_classification import datasets
 
@@ -322,6 +323,10 @@ class ImageFolderInput(Input):
   def _iterate(self, dataset: grain.MapDataset) -> Iterator:
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=64))
     if self.num_workers:
+      # Grain's workers read its settings from absl flags; outside an absl app (a notebook, a
+      # test) they are unparsed, so take their defaults instead of failing.
+      if not absl_flags.FLAGS.is_parsed():
+        absl_flags.FLAGS.mark_as_parsed()
       iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
     return iter(iterable)
 
