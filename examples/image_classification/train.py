@@ -232,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     state = checkpointer.restore({"state": abstract_like(state)})["state"]
     start_epoch = latest + 1
     logger.info("Resumed from the checkpoint of epoch %d in %s.", latest, workdir)
-  writer = MetricsWriter(workdir, resume_epoch=latest)
+  writer = MetricsWriter(workdir, resume_epoch=latest, write_files=jax.process_index() == 0)
   check_every = max(1, config.get("log_every_steps", 50))
   try:
     for epoch in range(start_epoch, config.num_epochs):
