@@ -202,6 +202,87 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
 
+def train_epoch(
+  steps: Steps,
+  state: TrainState,
+  data: input_pipeline.Input,
+  epoch: int,
+  sharding: NamedSharding,
+  *,
+  check_every: int,
+  progress_bar: bool,
+) -> tuple[TrainState, dict[str, float]]:
+  """One pass over the training batches; stops on a non-finite loss (checked every few steps)."""
+  first_step = int(state["step"])
+  losses, accuracies, checked = [], [], 0
+  bar = tqdm(
+    total=data.steps_per_epoch, desc=f"epoch {epoch}", disable=not progress_bar, leave=False
+  )
+  for images, labels in data.train_batches(epoch):
+    state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
+    losses.append(loss)
+    accuracies.append(accuracy)
+    if len(losses) - checked >= check_every or len(losses) == data.steps_per_epoch:
+      new = np.asarray(jax.device_get(losses[checked:]))  # one host sync per check
+      check_losses(new, epoch=epoch, first_step=first_step + checked)
+      bar.set_postfix(loss=f"{new[-1]:.4f}")
+      bar.update(len(new))
+      checked = len(losses)
+  bar.close()
+  running = {
+    "running_train_loss": float(np.mean(jax.device_get(losses))),
+    "running_train_accuracy": float(np.mean(jax.device_get(accuracies))),
+  }
+  return state, running
+
+
+def evaluate_epoch(
+  config: ml_collections.ConfigDict,
+  steps: Steps,
+  state: TrainState,
+  data: input_pipeline.Input,
+  sharding: NamedSharding,
+) -> tuple[dict[str, float], dict[str, Any]]:
+  """Metrics at ``eval_params`` and at ``params``; also returns the model to ship."""
+  params, opt_state = state["params"], state["opt_state"]
+  with_residual = optimizers.has_residual(config.optimizer)
+  eval_params = rsgd.eval_params(opt_state, params) if with_residual else params
+  eval_stats = state["batch_stats"]
+  if config.get("recompute_bn_stats", False):
+    eval_stats = recompute_batch_stats(
+      steps,
+      eval_params,
+      eval_stats,
+      data.eval_batches("train_eval"),
+      sharding,
+      config.bn_recompute_batches,
+    )
+  test_loss, test_accuracy = evaluate(
+    steps, eval_params, eval_stats, data.eval_batches("test"), sharding
+  )
+  train_loss, train_accuracy = evaluate(
+    steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
+  )
+  if with_residual:
+    reference_loss, reference_accuracy = evaluate(
+      steps, params, state["batch_stats"], data.eval_batches("test"), sharding
+    )
+    proximity = float(rsgd.proximity(opt_state, params))
+  else:
+    reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
+  metrics = {
+    "train_loss": train_loss,
+    "train_accuracy": train_accuracy,
+    "test_loss": test_loss,
+    "test_accuracy": test_accuracy,
+    "reference_test_loss": reference_loss,
+    "reference_test_accuracy": reference_accuracy,
+    "generalization_error": test_loss - train_loss,
+    "proximity": proximity,
+  }
+  return metrics, {"params": eval_params, "batch_stats": eval_stats}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Trains ``config.model`` with ``config.optimizer``, resuming from ``workdir`` if possible.
 
@@ -222,7 +303,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   tx, schedule = create_optimizer(config, data.steps_per_epoch)
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
   steps = make_steps(graphdef, tx, data.mean, data.std, mesh)
-  with_residual = optimizers.has_residual(config.optimizer)
   _write_config(config, workdir)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -233,85 +313,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     start_epoch = latest + 1
     logger.info("Resumed from the checkpoint of epoch %d in %s.", latest, workdir)
   writer = MetricsWriter(workdir, resume_epoch=latest, write_files=jax.process_index() == 0)
-  check_every = max(1, config.get("log_every_steps", 50))
   try:
     for epoch in range(start_epoch, config.num_epochs):
       started = time.time()
-      first_step = int(state["step"])
-      losses, accuracies, checked = [], [], 0
-      bar = tqdm(
-        total=data.steps_per_epoch,
-        desc=f"epoch {epoch}/{config.num_epochs}",
-        disable=not config.get("progress_bar", True),
-        leave=False,
+      # A divergence raises inside train_epoch, before anything of this epoch is saved.
+      state, running = train_epoch(
+        steps,
+        state,
+        data,
+        epoch,
+        batch_sharding,
+        check_every=max(1, config.get("log_every_steps", 50)),
+        progress_bar=config.get("progress_bar", True),
       )
-      for images, labels in data.train_batches(epoch):
-        state, loss, accuracy = steps.train(state, *_put(batch_sharding, images, labels))
-        losses.append(loss)
-        accuracies.append(accuracy)
-        if len(losses) - checked >= check_every or len(losses) == data.steps_per_epoch:
-          new = np.asarray(jax.device_get(losses[checked:]))
-          # A divergence stops here, before anything of this epoch is saved.
-          check_losses(new, epoch=epoch, first_step=first_step + checked)
-          bar.set_postfix(loss=f"{new[-1]:.4f}")
-          bar.update(len(new))
-          checked = len(losses)
-      bar.close()
-
-      params, opt_state = state["params"], state["opt_state"]
-      eval_params = rsgd.eval_params(opt_state, params) if with_residual else params
-      eval_stats = state["batch_stats"]
-      if config.get("recompute_bn_stats", False):
-        eval_stats = recompute_batch_stats(
-          steps,
-          eval_params,
-          eval_stats,
-          data.eval_batches("train_eval"),
-          batch_sharding,
-          config.bn_recompute_batches,
-        )
-      test_loss, test_accuracy = evaluate(
-        steps, eval_params, eval_stats, data.eval_batches("test"), batch_sharding
-      )
-      train_loss, train_accuracy = evaluate(
-        steps, eval_params, eval_stats, data.eval_batches("train_eval"), batch_sharding
-      )
-      if with_residual:
-        reference_loss, reference_accuracy = evaluate(
-          steps, params, state["batch_stats"], data.eval_batches("test"), batch_sharding
-        )
-        proximity = float(rsgd.proximity(opt_state, params))
-      else:
-        reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
+      metrics, model = evaluate_epoch(config, steps, state, data, batch_sharding)
       step = int(state["step"])
       record = {
         "epoch": epoch,
         "step": step,
         "lr": float(schedule(step - 1)),
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
-        "running_train_loss": float(np.mean(jax.device_get(losses))),
-        "running_train_accuracy": float(np.mean(jax.device_get(accuracies))),
-        "test_loss": test_loss,
-        "test_accuracy": test_accuracy,
-        "reference_test_loss": reference_loss,
-        "reference_test_accuracy": reference_accuracy,
-        "generalization_error": test_loss - train_loss,
-        "proximity": proximity,
+        **running,
+        **metrics,
         "seconds": time.time() - started,
       }
       writer.write(record)
-      checkpointer.save(
-        epoch,
-        {"state": state, "model": {"params": eval_params, "batch_stats": eval_stats}},
-      )
+      checkpointer.save(epoch, {"state": state, "model": model})
       logger.info(
         "epoch %d: train_loss %.4f test_accuracy %.4f (reference %.4f) proximity %.2e, %.1fs",
         epoch,
-        train_loss,
-        test_accuracy,
-        reference_accuracy,
-        proximity,
+        record["train_loss"],
+        record["test_accuracy"],
+        record["reference_test_accuracy"],
+        record["proximity"],
         record["seconds"],
       )
   finally:
