@@ -185,17 +185,19 @@ def plot_curves(
 
   ordered = [label for label in (order or []) if label in groups]
   ordered += [label for label in groups if label not in ordered]
-  colors = {label: f"C{i % 10}" for i, label in enumerate(ordered)}
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
   for ax, panel in zip(axes[0], panels, strict=True):
-    for label in ordered:
-      if panel.labels is not None and label not in panel.labels:
-        continue
+    shown = [label for label in ordered if panel.labels is None or label in panel.labels]
+    # Colours by position within the panel (panels of one family list the same groups), and a
+    # dashed line after the tenth so that no two curves of a panel look alike.
+    for index, label in enumerate(shown):
       epochs, mean, std = mean_curve(groups[label], panel.metric)
       if epochs.size == 0:
         continue
-      ax.plot(epochs, mean, label=label, linewidth=1.3, color=colors[label])
-      ax.fill_between(epochs, mean - std, mean + std, color=colors[label], alpha=0.2)
+      color = f"C{index % 10}"
+      style = "-" if index < 10 else "--"
+      ax.plot(epochs, mean, style, label=label, linewidth=1.3, color=color)
+      ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(panel.ylabel)
     if panel.title:
