@@ -65,8 +65,11 @@ def write_report(
   ]
   if not any(label in PLAIN_FAMILY for label in groups):
     panels = [
-      *panels[:2],
-      report.Panel("reference_test_accuracy", "test accuracy at params (reference)", None),
+      report.Panel("train_loss", "training loss", None, log_scale=True),
+      report.Panel("test_accuracy", "test accuracy", None),
+      report.Panel(
+        "reference_test_accuracy", "test accuracy at params", None, "reference trajectory"
+      ),
       report.Panel("proximity", "proximity ||x - y|| / ||y||", None, log_scale=True),
     ]
   report.plot_curves(

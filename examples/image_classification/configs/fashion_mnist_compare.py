@@ -1,13 +1,14 @@
 """Fashion-MNIST on a CPU: SGDm against RSGDm-{scale, sign, topk}, 2 seeds each (the README's job).
 
-Run (about 10 minutes on 2 CPU cores; Fashion-MNIST from Debian's ``dataset-fashion-mnist``)::
+Run (5 to 10 minutes on 2 free CPU cores; Fashion-MNIST from Debian's ``dataset-fashion-mnist``)::
 
   python -m examples.image_classification.compare \
     --config=examples/image_classification/configs/fashion_mnist_compare.py --workdir=runs/compare
 
 Prints the table (best test accuracy per third of the epochs, mean ± std over the seeds) and writes
-``runs/compare/report/curves.png``. Expected: every method near 88-90 % by the last third; the
-residual methods ahead of SGDm in the first third (epochs 0-1), the paper's headline effect.
+``runs/compare/report/curves.png``. Expected (measured here): first third 84.8 ± 1.7 % for SGDm
+against 86.6 / 86.4 / 86.0 % for RSGDm-scale / sign / topk, all four at 88.3-88.4 % in the last
+third.
 """
 
 import ml_collections

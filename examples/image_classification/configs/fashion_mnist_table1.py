@@ -9,7 +9,9 @@ A small CNN with batch norm on a fixed 5,000-image subset of the training set (t
 of the test set), 6 epochs with the learning rate x0.1 after epochs 2 and 4 (the paper's schedule
 shape), momentum 0.9, weight decay 5e-4 added to the gradient. Adam and AdaGrad use the learning
 rates in ``sweep.learning_rates`` (one guess each from the paper's grid, not tuned here).
-Expected: the residual methods ahead of their base in the first third, all close by the last.
+Expected (measured here, 1,513 s): in the first third SGD 78.3 ± 2.1 % and SGDm 78.2 ± 1.4 % against
+80.0-80.8 % for RSGD-* and 79.2-81.3 % for RSGDm-*; every residual method within one std of its base
+in the last third (SGD 81.7 %, SGDm 83.6 %). Full table in the example's README.
 """
 
 from examples.common.optimizers import OPTIMIZER_NAMES
