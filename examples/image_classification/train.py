@@ -20,6 +20,7 @@ global batch, so the result does not depend on the device count.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -61,20 +62,48 @@ def create_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.array(devices), ("data",))
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The optimizer named by ``config.optimizer`` and its learning-rate schedule."""
-  schedule = optimizers.step_decay_schedule(
-    config.learning_rate, steps_per_epoch, tuple(config.lr_decay_epochs), config.lr_decay_factor
-  )
-  tx = optimizers.make_optimizer(
-    config.optimizer,
-    schedule,
-    momentum=config.momentum,
-    weight_decay=config.weight_decay,
-    alpha=config.alpha,
-    topk_fraction=config.topk_fraction,
-  )
-  return tx, schedule
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """Everything that defines the optimizer (hashable, so compiled steps can be shared)."""
+
+  name: str
+  learning_rate: float
+  momentum: float
+  weight_decay: float
+  alpha: float
+  topk_fraction: float
+  decay_epochs: tuple[int, ...]
+  decay_factor: float
+  steps_per_epoch: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> "OptimizerSpec":
+    return cls(
+      config.optimizer,
+      float(config.learning_rate),
+      float(config.momentum),
+      float(config.weight_decay),
+      float(config.alpha),
+      float(config.topk_fraction),
+      tuple(int(e) for e in config.lr_decay_epochs),
+      float(config.lr_decay_factor),
+      steps_per_epoch,
+    )
+
+  def build(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer named by ``name`` and its learning-rate schedule."""
+    schedule = optimizers.step_decay_schedule(
+      self.learning_rate, self.steps_per_epoch, self.decay_epochs, self.decay_factor
+    )
+    tx = optimizers.make_optimizer(
+      self.name,
+      schedule,
+      momentum=self.momentum,
+      weight_decay=self.weight_decay,
+      alpha=self.alpha,
+      topk_fraction=self.topk_fraction,
+    )
+    return tx, schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +119,18 @@ def _standardize(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Ar
   return (images.astype(jnp.float32) - mean) / std
 
 
+# Runs that differ only in seed, epochs or data order (a sweep's seeds, the tests) reuse the
+# compiled steps instead of compiling them again.
+@functools.lru_cache(maxsize=16)
 def make_steps(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mean, std, mesh: Mesh
+  graphdef: nnx.GraphDef,
+  spec: OptimizerSpec,
+  mean: tuple[float, ...],
+  std: tuple[float, ...],
+  mesh: Mesh,
 ) -> Steps:
-  """Builds the train, evaluation and batch-statistics steps for ``graphdef``."""
+  """Builds the train, evaluation and batch-statistics steps for ``graphdef`` and ``spec``."""
+  tx, _ = spec.build()
   replicated = NamedSharding(mesh, P())
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
@@ -194,6 +231,10 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
     "step": jnp.zeros((), jnp.int32),
   }
   return graphdef, jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def _floats(values: np.ndarray) -> tuple[float, ...]:
+  return tuple(float(v) for v in np.ravel(values))
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -300,9 +341,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} does not split over {mesh.size} devices.")
   batch_sharding = NamedSharding(mesh, P("data"))
-  tx, schedule = create_optimizer(config, data.steps_per_epoch)
+  spec = OptimizerSpec.from_config(config, data.steps_per_epoch)
+  tx, schedule = spec.build()
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
-  steps = make_steps(graphdef, tx, data.mean, data.std, mesh)
+  steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh)
   _write_config(config, workdir)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))

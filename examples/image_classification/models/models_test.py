@@ -9,9 +9,7 @@ import pytest
 from flax import nnx
 
 from examples.image_classification.models import create_model
-from examples.image_classification.models.densenet import DenseNet
-from examples.image_classification.models.resnet import BasicBlock, Bottleneck, ResNet
-from examples.image_classification.models.small_cnn import SmallCNN
+from examples.image_classification.models.resnet import Bottleneck, ResNet
 
 
 @functools.cache  # shared by the count and shape tests: tracing DenseNet-121 takes seconds
@@ -61,19 +59,11 @@ def test_unknown_model_is_named():
     create_model("vgg", 10, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize(
-  "build, size",
-  [
-    (lambda r: create_model("small_cnn", 10, rngs=r, width=4, hidden=8, image_size=12), 12),
-    (lambda r: DenseNet((1, 1, 1, 1), 4, 10, rngs=r), 32),
-    (lambda r: ResNet(BasicBlock, (1, 1), 10, rngs=r), 32),
-    (lambda r: ResNet(Bottleneck, (1, 1), 10, rngs=r), 32),
-  ],
-)
-def test_small_variants_run_and_update_batch_stats(build, size):
-  model = build(nnx.Rngs(0))
-  channels = 1 if isinstance(model, SmallCNN) else 3
-  x = jax.random.normal(jax.random.key(1), (4, size, size, channels))
+# A real forward pass on a reduced depth (the full models are checked abstractly above; the small
+# CNN trains in train_test.py).
+def test_reduced_resnet_runs_and_updates_batch_stats():
+  model = ResNet(Bottleneck, (1, 1), 10, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
   forward = nnx.jit(lambda m, x, train: m(x, train=train), static_argnums=2)
   logits = forward(model, x, True)
