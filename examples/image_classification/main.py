@@ -32,7 +32,9 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except NonFiniteLossError as e:
+  except (NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    # A diverged run, a bad config value or missing/corrupt data: the message says what to do,
+    # a traceback would only bury it.
     sys.exit(f"error: {e}")
 
 
