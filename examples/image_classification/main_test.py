@@ -35,7 +35,7 @@ def test_main_with_config_overrides(tmp_path):
     "--config.model_kwargs.hidden=8",
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  config = json.load(open(os.path.join(workdir, "config.json")))
+  config = json.loads((tmp_path / "run" / "config.json").read_text())
   assert (config["optimizer"], config["seed"], config["num_epochs"]) == ("rsgdm-topk", 3, 0)
   assert config["model_kwargs"] == {"width": 4, "hidden": 8, "use_batch_norm": True}
   assert read_metrics(workdir) == []

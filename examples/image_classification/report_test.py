@@ -39,8 +39,8 @@ def test_sweep_then_report(tmp_path):
   sgdm = read_metrics(done[0])
   want = " | ".join(f"{100 * r['test_accuracy']:.2f} ± 0.00" for r in sgdm)
   assert lines[2] == f"| sgdm | {want} |"
-  assert open(os.path.join(out, "table.md")).read() == table
-  assert open(os.path.join(out, "curves.png"), "rb").read(4) == b"\x89PNG"
+  assert (tmp_path / "report" / "table.md").read_text() == table
+  assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path):

@@ -77,7 +77,7 @@ def test_metrics_fields_and_values(fmnist_dir, tmp_path):
     assert r["generalization_error"] == pytest.approx(r["test_loss"] - r["train_loss"])
   assert [r["step"] for r in records] == [4, 8]  # 64 images / batch 16
   assert records[0]["lr"] == pytest.approx(0.1) and records[1]["lr"] == pytest.approx(0.01)
-  assert json.load(open(os.path.join(workdir, "config.json")))["optimizer"] == "rsgdm-scale"
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"] == "rsgdm-scale"
 
   # Proximity from the checkpointed residual, by its definition ||r|| / ||y||.
   with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
