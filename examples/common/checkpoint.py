@@ -6,6 +6,7 @@ stopped on a non-finite loss simply does not save the bad epoch, so the last goo
 """
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -13,7 +14,10 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves a training-state pytree once per epoch and restores the latest one.
+  """Saves named pytrees once per epoch and restores the latest ones.
+
+  Each checkpoint holds named items, e.g. ``state`` (everything needed to resume) and ``model``
+  (the evaluated parameters, what one ships); a restore reads only the items it asks for.
 
   Args:
     directory: where the checkpoints live (``<workdir>/checkpoints``); created if needed.
@@ -31,21 +35,24 @@ class Checkpointer:
     """The epoch of the newest complete checkpoint, or ``None`` if there is none."""
     return self._manager.latest_step()
 
-  def save(self, epoch: int, state: Any) -> None:
-    """Saves ``state`` as epoch ``epoch`` and waits until it is finalized on disk."""
-    self._manager.save(epoch, args=ocp.args.StandardSave(state))
+  def save(self, epoch: int, items: Mapping[str, Any]) -> None:
+    """Saves ``items`` (name -> pytree) as epoch ``epoch``; returns once finalized on disk."""
+    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    self._manager.save(epoch, args=ocp.args.Composite(**args))
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any, epoch: int | None = None) -> Any:
-    """Restores epoch ``epoch`` (default: the latest) into ``abstract_state``'s structure.
+  def restore(self, abstract_items: Mapping[str, Any], epoch: int | None = None) -> dict[str, Any]:
+    """Restores the named items of epoch ``epoch`` (default: the latest).
 
-    ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings) or arrays, e.g.
-    from :func:`abstract_like`; the restored arrays get its shardings.
+    Each value of ``abstract_items`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings) or
+    arrays, e.g. from :func:`abstract_like`; the restored arrays get its structure and shardings.
     """
     epoch = self.latest_epoch() if epoch is None else epoch
     if epoch is None:
       raise FileNotFoundError(f"No checkpoint to restore in {self.directory}.")
-    return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
+    args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
+    restored = self._manager.restore(epoch, args=ocp.args.Composite(**args))
+    return {name: restored[name] for name in abstract_items}
 
   def close(self) -> None:
     self._manager.close()

@@ -61,10 +61,11 @@ class MetricsWriter:
     workdir: the run's directory (created if needed).
     resume_epoch: the last epoch whose checkpoint was restored, or ``None`` for a fresh run. Lines
       with a larger ``epoch`` are dropped (a fresh run drops every line).
+    write_files: ``False`` keeps the records in memory only (the non-primary processes of a
+      multi-host run, which must not write the same files).
   """
 
-  def __init__(self, workdir: str, *, resume_epoch: int | None = None):
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, workdir: str, *, resume_epoch: int | None = None, write_files: bool = True):
     self.path = os.path.join(workdir, METRICS_FILE)
     kept = (
       []
@@ -72,11 +73,15 @@ class MetricsWriter:
       else [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch]
     )
     self._records = kept
-    _atomic_write_lines(self.path, kept)
-    purge = 0 if resume_epoch is None else resume_epoch + 1
-    self._tensorboard = SummaryWriter(
-      logdir=os.path.join(workdir, "tensorboard"), purge_step=purge, flush_secs=30
-    )
+    self._write_files = write_files
+    self._tensorboard = None
+    if write_files:
+      os.makedirs(workdir, exist_ok=True)
+      _atomic_write_lines(self.path, kept)
+      purge = 0 if resume_epoch is None else resume_epoch + 1
+      self._tensorboard = SummaryWriter(
+        logdir=os.path.join(workdir, "tensorboard"), purge_step=purge, flush_secs=30
+      )
 
   @property
   def records(self) -> list[dict[str, Any]]:
@@ -89,6 +94,8 @@ class MetricsWriter:
       raise ValueError(f"A metrics record needs an 'epoch' field, got keys {sorted(record)}.")
     clean = {k: _plain(v) for k, v in record.items()}
     self._records.append(clean)
+    if not self._write_files:
+      return
     _atomic_write_lines(self.path, self._records)
     for key, value in clean.items():
       if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -96,7 +103,8 @@ class MetricsWriter:
     self._tensorboard.flush()
 
   def close(self) -> None:
-    self._tensorboard.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
 
   def __enter__(self) -> "MetricsWriter":
     return self

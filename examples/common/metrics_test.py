@@ -55,3 +55,11 @@ def test_no_temporary_files_left_and_corrupt_file_is_named(tmp_path):
 def test_record_without_epoch_is_rejected(tmp_path):
   with metrics.MetricsWriter(str(tmp_path)) as writer, pytest.raises(ValueError, match="epoch"):
     writer.write({"train_loss": 1.0})
+
+
+def test_memory_only_writer_touches_no_files(tmp_path):
+  workdir = tmp_path / "run"
+  with metrics.MetricsWriter(str(workdir), write_files=False) as writer:
+    writer.write({"epoch": 0, "train_loss": 1.0})
+    assert writer.records == [{"epoch": 0, "train_loss": 1.0}]
+  assert not workdir.exists()

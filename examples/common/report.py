@@ -158,37 +158,55 @@ def mean_curve(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray
   return np.array(epochs), values.mean(axis=0), values.std(axis=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One plot: ``metric`` per epoch for the groups in ``labels`` (``None``: every group)."""
+
+  metric: str
+  ylabel: str
+  labels: Sequence[str] | None = None
+  title: str | None = None
+  log_scale: bool = False
+
+
 def plot_curves(
   groups: Mapping[str, Sequence[Run]],
-  panels: Sequence[tuple[str, str]],
+  panels: Sequence[Panel],
   path: str,
   *,
   order: Sequence[str] | None = None,
-  log_scale: Sequence[str] = ("train_loss",),
   title: str | None = None,
 ) -> None:
-  """Draws one panel per ``(metric, y label)``, mean across seeds with std shaded, as a PNG."""
+  """Draws ``panels`` side by side (mean across seeds per group, std shaded) into a PNG."""
   import matplotlib
 
   matplotlib.use("Agg")  # files only, no display needed
   import matplotlib.pyplot as plt
 
-  labels = [label for label in (order or []) if label in groups]
-  labels += [label for label in groups if label not in labels]
+  ordered = [label for label in (order or []) if label in groups]
+  ordered += [label for label in groups if label not in ordered]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-  for ax, (metric, ylabel) in zip(axes[0], panels, strict=True):
-    for label in labels:
-      epochs, mean, std = mean_curve(groups[label], metric)
+  for ax, panel in zip(axes[0], panels, strict=True):
+    shown = [label for label in ordered if panel.labels is None or label in panel.labels]
+    # Colours by position within the panel (panels of one family list the same groups), and a
+    # dashed line after the tenth so that no two curves of a panel look alike.
+    for index, label in enumerate(shown):
+      epochs, mean, std = mean_curve(groups[label], panel.metric)
       if epochs.size == 0:
         continue
-      (line,) = ax.plot(epochs, mean, label=label, linewidth=1.3)
-      ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+      color = f"C{index % 10}"
+      style = "-" if index < 10 else "--"
+      ax.plot(epochs, mean, style, label=label, linewidth=1.3, color=color)
+      ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    if metric in log_scale:
+    ax.set_ylabel(panel.ylabel)
+    if panel.title:
+      ax.set_title(panel.title, fontsize=9)
+    if panel.log_scale:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
   if title:
     fig.suptitle(title)
   fig.tight_layout()

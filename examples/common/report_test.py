@@ -20,6 +20,17 @@ def _make_run(path, optimizer, accuracies, losses=None):
   return str(path)
 
 
+def test_mean_curve_uses_epochs_every_run_reached(tmp_path):
+  runs = [
+    report.load_run(_make_run(tmp_path / "a", "x", [0.1, 0.2, 0.3])),
+    report.load_run(_make_run(tmp_path / "b", "x", [0.3, 0.4])),
+  ]
+  epochs, mean, std = report.mean_curve(runs, "test_accuracy")
+  np.testing.assert_array_equal(epochs, [0, 1])
+  np.testing.assert_allclose(mean, [0.2, 0.3])
+  np.testing.assert_allclose(std, [0.1, 0.1])
+
+
 def test_epoch_thirds_match_the_paper():
   assert report.epoch_thirds(300) == [(0, 99), (100, 199), (200, 299)]
   assert report.epoch_thirds(90) == [(0, 29), (30, 59), (60, 89)]
@@ -60,5 +71,9 @@ def test_summary_table_and_plot(tmp_path):
     lines[3] == "| rsgdm-scale | 30.00 ± 0.00 (n=1) | 50.00 ± 0.00 (n=1) | 60.00 ± 0.00 (n=1) |"
   )
   png = tmp_path / "out" / "curves.png"
-  report.plot_curves(groups, [("train_loss", "loss"), ("test_accuracy", "acc")], str(png))
+  panels = [
+    report.Panel("train_loss", "loss", log_scale=True),
+    report.Panel("test_accuracy", "acc", labels=["sgdm"], title="SGDm only"),
+  ]
+  report.plot_curves(groups, panels, str(png))
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
