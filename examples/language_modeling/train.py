@@ -173,12 +173,16 @@ def _snapshot(tree: Any) -> Any:
   return jax.tree.map(jnp.copy, tree)
 
 
-def _train_state(
+def _checkpoint_items(
   model: models.AWDLSTM, optimizer: nnx.Optimizer, best_params: nnx.State
 ) -> dict[str, Any]:
-  """What a checkpoint holds: model, optimizer state (with the averaging switch) and the best
-  evaluation point so far (``eval_params`` of the best epoch: the model to ship)."""
-  return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best_params}
+  """The checkpoint's named items: ``state`` (model and optimizer state, with the averaging switch:
+  what resuming needs) and ``model`` (the best evaluation point so far, ``eval_params`` of the best
+  epoch: the model to ship)."""
+  return {
+    "state": {"model": nnx.state(model), "optimizer": nnx.state(optimizer)},
+    "model": best_params,
+  }
 
 
 def _history(records: list[dict[str, Any]]) -> tuple[list[float], float, int | None]:
@@ -251,11 +255,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_epoch = 0
   last = ckpt.latest_epoch()
   if last is not None:
-    template = _train_state(model, optimizer, best_params)
+    template = _checkpoint_items(model, optimizer, best_params)
     restored = ckpt.restore(checkpoint.abstract_like(template), last)
-    nnx.update(model, restored["model"])
-    nnx.update(optimizer, restored["optimizer"])
-    best_params = restored["best"]
+    nnx.update(model, restored["state"]["model"])
+    nnx.update(optimizer, restored["state"]["optimizer"])
+    best_params = restored["model"]
     start_epoch = last + 1
     logging.info("Resumed from the checkpoint of epoch %d.", last)
 
@@ -331,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # The record first, then the checkpoint: a run killed in between resumes from the previous
     # checkpoint and drops this record with it, so the two always agree.
     writer.write(record)
-    ckpt.save(epoch, _train_state(model, optimizer, best_params))
+    ckpt.save(epoch, _checkpoint_items(model, optimizer, best_params))
 
   writer.close()
   ckpt.close()
