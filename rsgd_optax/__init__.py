@@ -5,6 +5,14 @@
 >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual_scale(1 / 16))
 """
 
+from rsgd_optax._averaging import (
+  AveragingState,
+  averaging_started,
+  find_averaging_state,
+  iterate_averaging,
+  nonmonotone_trigger,
+  start_averaging,
+)
 from rsgd_optax._residual import (
   CompressState,
   ErrorFeedbackState,
@@ -24,15 +32,20 @@ from rsgd_optax._schemes import Scheme, StepAwareScheme, scaled_sign, scaling, t
 __version__ = "0.1.0"
 
 __all__ = (
+  "AveragingState",
   "CompressState",
   "ErrorFeedbackState",
   "ResidualState",
   "Scheme",
   "StepAwareScheme",
+  "averaging_started",
   "compress",
   "error_feedback",
   "eval_params",
+  "find_averaging_state",
   "find_residual_state",
+  "iterate_averaging",
+  "nonmonotone_trigger",
   "proximity",
   "residual",
   "residual_scale",
@@ -40,5 +53,6 @@ __all__ = (
   "residual_topk",
   "scaled_sign",
   "scaling",
+  "start_averaging",
   "top_k",
 )

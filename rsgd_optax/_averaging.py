@@ -146,16 +146,15 @@ def iterate_averaging(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import rsgd_optax as rsgd
-    >>> from rsgd_optax._averaging import eval_params, iterate_averaging, start_averaging
     >>> params = {"w": jnp.array([4.0])}
-    >>> tx = iterate_averaging(optax.sgd(1.0))
+    >>> tx = rsgd.iterate_averaging(optax.sgd(1.0))
     >>> state = tx.init(params)
     >>> for step in range(3):
     ...   if step == 1:
-    ...     state = start_averaging(state)  # e.g. when nonmonotone_trigger(val_losses) says so
+    ...     state = rsgd.start_averaging(state)  # e.g. when nonmonotone_trigger(val_losses) says so
     ...   updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> params["w"], eval_params(state, params)["w"]  # iterates 3, 2, 1; average of 2 and 1
+    >>> params["w"], rsgd.eval_params(state, params)["w"]  # iterates 3, 2, 1; average of 2 and 1
     (Array([1.], dtype=float32), Array([1.5], dtype=float32))
 
   References:
@@ -261,9 +260,9 @@ def start_averaging(opt_state: PyTree) -> PyTree:
   Example:
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> from rsgd_optax._averaging import averaging_started, iterate_averaging, start_averaging
-    >>> state = iterate_averaging(optax.sgd(1.0)).init({"w": jnp.zeros(2)})
-    >>> bool(averaging_started(state)), bool(averaging_started(start_averaging(state)))
+    >>> import rsgd_optax as rsgd
+    >>> state = rsgd.iterate_averaging(optax.sgd(1.0)).init({"w": jnp.zeros(2)})
+    >>> bool(rsgd.averaging_started(state)), bool(rsgd.averaging_started(rsgd.start_averaging(state)))
     (False, True)
   """
   find_averaging_state(opt_state)  # exactly one, or a clear error
@@ -366,10 +365,10 @@ def nonmonotone_trigger(losses: Sequence[float], nonmono: int = 5) -> bool:
     Whether to switch averaging on now.
 
   Example:
-    >>> from rsgd_optax._averaging import nonmonotone_trigger
-    >>> nonmonotone_trigger([5.0, 4.0, 3.9, 3.8, 3.7, 3.6, 4.1], nonmono=5)  # 4.1 > min(5.0)? no
+    >>> import rsgd_optax as rsgd
+    >>> rsgd.nonmonotone_trigger([5.0, 4.0, 3.9, 3.8, 3.7, 3.6, 4.1], nonmono=5)  # 4.1 > min(5.0)? no
     False
-    >>> nonmonotone_trigger([5.0, 4.0, 3.9, 3.8, 3.7, 3.6, 3.5, 4.1], nonmono=5)  # 4.1 > 4.0
+    >>> rsgd.nonmonotone_trigger([5.0, 4.0, 3.9, 3.8, 3.7, 3.6, 3.5, 4.1], nonmono=5)  # 4.1 > 4.0
     True
 
   References:

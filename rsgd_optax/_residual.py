@@ -491,7 +491,9 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
   ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
   read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
   of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
-  without a residual (integer or masked-out) are returned unchanged.
+  without a residual (integer or masked-out) are returned unchanged. When the state holds
+  :func:`rsgd_optax.iterate_averaging` (ASGD / RASGD), the result is the average of ``x`` once
+  averaging has been switched on and has seen a step, and ``x`` before.
 
   .. math::
     x_t = y_t + r_t.
@@ -520,6 +522,12 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
   References:
     Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``.
   """
+  # Imported here because _averaging builds on this module; with iterate averaging in the state,
+  # the point to ship is the average of x once averaging is on (the paper's RASGD).
+  from rsgd_optax import _averaging
+
+  if _averaging._averaging_states(opt_state):
+    return _averaging.eval_params(opt_state, params, which)
   state = find_residual_state(opt_state, which)
 
   def add(p: jax.Array, r: jax.Array) -> jax.Array:

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rsgd_optax as rsgd
-from rsgd_optax import _averaging
-from rsgd_optax._averaging import (
+from rsgd_optax import (
   averaging_started,
   find_averaging_state,
   iterate_averaging,
@@ -20,9 +19,7 @@ from rsgd_optax._averaging import (
   start_averaging,
 )
 
-# The evaluation point under test. Once the lead has wired the averaging hook into
-# `rsgd.eval_params`, this is the same function as `rsgd.eval_params`.
-eval_params = _averaging.eval_params
+eval_params = rsgd.eval_params
 
 # ---------------------------------------------------------------------------------------------
 # NumPy references, from the definitions: RSGD (Algorithm 1 with plain SGD) and the uniform average

@@ -7,9 +7,6 @@ from ml_collections import config_flags
 from examples.language_modeling import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and results.json.")
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -21,4 +18,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script: the image example's main uses the same flag names.
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and results.json.")
+  config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

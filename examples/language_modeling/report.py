@@ -145,7 +145,6 @@ def write_report(workdirs: Sequence[str], output_dir: str) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "awd_lstm_report", "Where table2.md and curves.png go.")
 
 
 def main(argv: list[str]) -> None:
@@ -153,4 +152,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script, so that importing this module (tests, other reports) does
+  # not claim absl flag names that other examples' modules also use.
+  flags.DEFINE_string("output_dir", "awd_lstm_report", "Where table2.md and curves.png go.")
   app.run(main)

@@ -34,7 +34,7 @@ from flax import nnx
 import rsgd_optax as rsgd
 from examples.common import checkpoint, metrics, nonfinite, optimizers, report
 from examples.language_modeling import input_pipeline, models
-from rsgd_optax._averaging import (
+from rsgd_optax import (
   averaging_started,
   eval_params,
   find_averaging_state,

@@ -14,7 +14,7 @@ import rsgd_optax as rsgd
 from examples.common import metrics
 from examples.language_modeling import input_pipeline, train
 from examples.language_modeling.conftest import tiny_config
-from rsgd_optax._averaging import eval_params, start_averaging
+from rsgd_optax import eval_params, start_averaging
 
 
 @pytest.mark.parametrize("optimizer", sorted(train.TABLE_NAMES))
