@@ -1,0 +1,570 @@
+"""SGD(m) with residuals, and the compression baselines it is compared with.
+
+Paper notation: ``y_t`` is the reference point (the base optimizer's iterate, where gradients are
+taken), ``r_t`` the residual and ``x_t = y_t + r_t`` the point that is evaluated and shipped. With the
+base update ``u_t = y_{t+1} - y_t``, one step of Algorithm 1 is
+
+    delta_t = x_t - y_{t+1} = r_t - u_t,   p_t = R(delta_t),
+    x_{t+1} = x_t - p_t,                    r_{t+1} = delta_t - p_t.
+
+:func:`residual` passes ``u_t`` through unchanged, so ``params`` stay on the base trajectory ``y``,
+and keeps ``r`` in its state; :func:`eval_params` returns ``x = params + r``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.tree_util import GetAttrKey, keystr, tree_flatten_with_path, tree_map_with_path
+
+from rsgd_optax import _dtypes, _schemes
+
+PyTree = Any
+KeyPath = tuple[Any, ...]
+
+
+class ResidualState(NamedTuple):
+  """State of :func:`residual`.
+
+  Attributes:
+    count: number of updates applied so far (``int32``); the step given to scheduled schemes.
+    residual: ``r = x - y`` for each floating-point parameter, in ``residual_dtype`` (the parameter's
+      dtype by default); :class:`optax.MaskedNode` for leaves that carry no residual (integer leaves).
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
+  residual: PyTree
+
+
+class ErrorFeedbackState(NamedTuple):
+  """State of :func:`error_feedback`.
+
+  Attributes:
+    count: number of updates applied so far (``int32``).
+    error: the accumulated compression error ``e`` per floating-point parameter.
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
+  error: PyTree
+
+
+class CompressState(NamedTuple):
+  """State of :func:`compress`.
+
+  Attributes:
+    count: number of updates applied so far (``int32``).
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
+
+
+def _is_float(x: Any) -> bool:
+  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _skips(x: Any) -> bool:
+  """Leaves with no residual slot: masked-out (None or MaskedNode) and non-float leaves."""
+  return x is None or isinstance(x, optax.MaskedNode) or not _is_float(x)
+
+
+def _float_zeros(params: PyTree, dtype: Any) -> PyTree:
+  """Zeros shaped (and sharded) like each float leaf of ``params``; MaskedNode for the others."""
+
+  def zeros(p: Any) -> Any:
+    if _skips(p):
+      return optax.MaskedNode()
+    return jnp.zeros_like(p, dtype=dtype or p.dtype)
+
+  return jax.tree.map(zeros, params, is_leaf=lambda x: x is None)
+
+
+def _difference(memory: PyTree, updates: PyTree) -> PyTree:
+  """``memory - updates`` per slot, in the wider of the two dtypes; MaskedNode where no slot."""
+
+  def diff(u: Any, m: Any) -> Any:
+    if isinstance(m, optax.MaskedNode) or _skips(u):
+      return optax.MaskedNode()
+    dtype = _dtypes.wider_float(u.dtype, m.dtype)
+    return m.astype(dtype) - u.astype(dtype)
+
+  return jax.tree.map(diff, updates, memory, is_leaf=lambda x: x is None)
+
+
+def _check_scheme_output(moved: PyTree, delta: PyTree) -> None:
+  """Raises a ValueError naming the first leaf where the scheme changed structure or shape."""
+  delta_leaves = tree_flatten_with_path(delta)[0]
+  moved_leaves = tree_flatten_with_path(moved)[0]
+  for (path, d), (moved_path, m) in zip(delta_leaves, moved_leaves, strict=False):
+    if path != moved_path:
+      raise ValueError(
+        f"The residual scheme returned a tree of a different structure: at leaf {keystr(path)} it "
+        f"returned {keystr(moved_path)}. A scheme must return a pytree with its input's structure."
+      )
+    if getattr(m, "shape", None) != d.shape:
+      raise ValueError(
+        f"The residual scheme changed the shape of leaf {keystr(path)} from {d.shape} to "
+        f"{getattr(m, 'shape', None)}. A scheme must return a pytree with its input's shapes."
+      )
+  if len(delta_leaves) != len(moved_leaves):
+    longer, shorter = (
+      (delta_leaves, moved_leaves)
+      if len(delta_leaves) > len(moved_leaves)
+      else (moved_leaves, delta_leaves)
+    )
+    extra = keystr(longer[len(shorter)][0])
+    raise ValueError(
+      f"The residual scheme returned a tree of a different structure: leaf {extra} is in one and not "
+      f"the other ({len(delta_leaves)} leaves in, {len(moved_leaves)} out)."
+    )
+  if jax.tree.structure(moved) != jax.tree.structure(delta):  # type: ignore[operator]
+    raise ValueError(
+      "The residual scheme returned a tree of a different structure: "
+      f"{jax.tree.structure(moved)} for input {jax.tree.structure(delta)}."
+    )
+
+
+def _run_scheme(scheme: _schemes.Scheme, delta: PyTree, count: jax.Array) -> PyTree:
+  moved = _schemes.apply_scheme(scheme, delta, count)
+  _check_scheme_output(moved, delta)
+  return moved
+
+
+def _subtract_into(delta: PyTree, moved: PyTree, like: PyTree) -> PyTree:
+  """``delta - moved`` cast to the dtypes of ``like`` (the stored memory)."""
+  return jax.tree.map(lambda d, m, r: (d - m.astype(d.dtype)).astype(r.dtype), delta, moved, like)
+
+
+def _negated_into(updates: PyTree, moved: PyTree) -> PyTree:
+  """``-moved`` in each update's dtype; updates with no slot pass through untouched."""
+
+  def negate(u: Any, m: Any) -> Any:
+    if isinstance(m, optax.MaskedNode):
+      return u
+    return (-m).astype(u.dtype)
+
+  return jax.tree.map(negate, updates, moved, is_leaf=lambda x: x is None)
+
+
+def _validated_dtype(residual_dtype: Any) -> Any:
+  if residual_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(residual_dtype)
+  except TypeError as e:
+    raise ValueError(f"`residual_dtype` must be a floating dtype, got {residual_dtype!r}.") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"`residual_dtype` must be a floating dtype, got {dtype}.")
+  return dtype
+
+
+def residual(
+  scheme: _schemes.Scheme, *, residual_dtype: Any = None
+) -> optax.GradientTransformation:
+  r"""SGD(m) with residuals: keeps the paper's shadow point next to the base trajectory.
+
+  Chained after a base optimizer, it passes the base updates through unchanged, so ``params`` follow
+  the base optimizer's trajectory ``y`` exactly and gradients are taken there (the paper's Theorem 2).
+  Its state carries the residual ``r``; the point to evaluate and ship is
+  ``x = rsgd.eval_params(state, params) = params + r``. With ``u_t`` the base update:
+
+  .. math::
+    \delta_t = r_t - u_t, \quad p_t = R(\delta_t), \quad x_{t+1} = x_t - p_t, \quad
+    r_{t+1} = \delta_t - p_t, \quad r_0 = 0.
+
+  With :func:`rsgd_optax.scaling` (``R(v) = alpha v``),
+  ``x_{t+1} = (1 - alpha) x_t + alpha y_{t+1}``: an exponential moving average of the base iterates
+  with decay ``1 - alpha``.
+
+  Args:
+    scheme: the residual scheme ``R``: :func:`rsgd_optax.scaling`, :func:`rsgd_optax.scaled_sign`,
+      :func:`rsgd_optax.top_k`, or any callable from a pytree to a pytree of the same structure.
+    residual_dtype: dtype in which ``r`` is stored (for example ``jnp.bfloat16`` to halve its memory
+      for float32 params). Defaults to each parameter's dtype. Integer and masked-out leaves carry no
+      residual.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a :class:`ResidualState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> params = {"w": jnp.array([1.0, 2.0])}
+    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual(rsgd.scaling(0.5)))
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.array([1.0, -1.0])}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)  # the SGDm trajectory y
+    >>> params["w"], rsgd.eval_params(state, params)["w"]  # y and x = y + r
+    (Array([0.9, 2.1], dtype=float32), Array([0.95, 2.05], dtype=float32))
+
+  References:
+    Algorithm 1 of the RSGD(m) paper (SGD(m) with residuals), sections 4.1-4.3 and Theorem 2.
+  """
+  _schemes.validate_scheme(scheme)
+  dtype = _validated_dtype(residual_dtype)
+
+  def init_fn(params: PyTree) -> ResidualState:
+    return ResidualState(count=jnp.zeros([], jnp.int32), residual=_float_zeros(params, dtype))
+
+  def update_fn(
+    updates: PyTree, state: ResidualState, params: PyTree = None
+  ) -> tuple[PyTree, ResidualState]:
+    del params
+    delta = _difference(state.residual, updates)
+    moved = _run_scheme(scheme, delta, state.count)
+    new_residual = _subtract_into(delta, moved, state.residual)
+    return updates, ResidualState(optax.safe_increment(state.count), new_residual)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def residual_scale(
+  alpha: float | optax.Schedule = 1 / 16, *, residual_dtype: Any = None
+) -> optax.GradientTransformation:
+  """:func:`residual` with the scaling scheme ``R(v) = alpha v`` (RSGD(m)-scale).
+
+  Args:
+    alpha: the scaling factor in ``(0, 1]`` or a schedule of it (the paper uses ``1/16``).
+    residual_dtype: see :func:`residual`.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a :class:`ResidualState`.
+
+  Example:
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual_scale(1 / 16))
+  """
+  return residual(_schemes.scaling(alpha), residual_dtype=residual_dtype)
+
+
+def residual_sign(
+  per_leaf: bool = True, *, residual_dtype: Any = None
+) -> optax.GradientTransformation:
+  """:func:`residual` with the scaled sign scheme (RSGD(m)-sign).
+
+  Args:
+    per_leaf: see :func:`rsgd_optax.scaled_sign`.
+    residual_dtype: see :func:`residual`.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a :class:`ResidualState`.
+
+  Example:
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual_sign())
+  """
+  return residual(_schemes.scaled_sign(per_leaf), residual_dtype=residual_dtype)
+
+
+def residual_topk(
+  fraction: float = 0.01, per_leaf: bool = True, *, residual_dtype: Any = None
+) -> optax.GradientTransformation:
+  """:func:`residual` with the top-k scheme (RSGD(m)-topk).
+
+  Args:
+    fraction: share of entries moved each step, in ``(0, 1]`` (the paper uses 1%).
+    per_leaf: see :func:`rsgd_optax.top_k`.
+    residual_dtype: see :func:`residual`.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a :class:`ResidualState`.
+
+  Example:
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual_topk(0.01))
+  """
+  return residual(_schemes.top_k(fraction, per_leaf), residual_dtype=residual_dtype)
+
+
+def error_feedback(
+  scheme: _schemes.Scheme, *, residual_dtype: Any = None
+) -> optax.GradientTransformation:
+  r"""Error feedback (EF-SignSGD's memory): the baseline RSGD is compared with.
+
+  The parameters themselves move by the compressed step, so the next gradient is taken at the
+  compressed trajectory ``x``, not at the base trajectory: that is the difference from
+  :func:`residual`. With ``u_t`` the base update and ``e_t`` the error memory:
+
+  .. math::
+    p_t = R(e_t - u_t), \quad x_{t+1} = x_t - p_t, \quad e_{t+1} = e_t - u_t - p_t, \quad e_0 = 0.
+
+  Args:
+    scheme: the compressor ``R`` (for EF-SignSGD, :func:`rsgd_optax.scaled_sign`).
+    residual_dtype: dtype of the error memory; defaults to each parameter's dtype.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is an :class:`ErrorFeedbackState`; its
+    updates are ``-p_t`` in each update's dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.chain(optax.sgd(0.5), rsgd.error_feedback(rsgd.scaled_sign()))
+    >>> params = {"w": jnp.array([1.0, 2.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([1.0, -3.0])}, state, params)
+    >>> updates["w"], state[1].error["w"]  # p = R([0.5, -1.5]) = [1, -1]
+    (Array([-1.,  1.], dtype=float32), Array([-0.5, -0.5], dtype=float32))
+
+  References:
+    Karimireddy et al., "Error feedback fixes SignSGD and other gradient compression schemes",
+    ICML 2019; section 2 of the RSGD(m) paper.
+  """
+  _schemes.validate_scheme(scheme)
+  dtype = _validated_dtype(residual_dtype)
+
+  def init_fn(params: PyTree) -> ErrorFeedbackState:
+    return ErrorFeedbackState(count=jnp.zeros([], jnp.int32), error=_float_zeros(params, dtype))
+
+  def update_fn(
+    updates: PyTree, state: ErrorFeedbackState, params: PyTree = None
+  ) -> tuple[PyTree, ErrorFeedbackState]:
+    del params
+    delta = _difference(state.error, updates)
+    moved = _run_scheme(scheme, delta, state.count)
+    new_error = _subtract_into(delta, moved, state.error)
+    new_updates = _negated_into(updates, moved)
+    return new_updates, ErrorFeedbackState(optax.safe_increment(state.count), new_error)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def compress(scheme: _schemes.Scheme) -> optax.GradientTransformation:
+  r"""Compression without memory (SignSGD(m) with :func:`rsgd_optax.scaled_sign`).
+
+  .. math::
+    x_{t+1} = x_t - R(-u_t).
+
+  Args:
+    scheme: the compressor ``R``.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a :class:`CompressState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.chain(optax.sgd(0.1), rsgd.compress(rsgd.scaled_sign()))
+    >>> params = {"w": jnp.array([1.0, 2.0])}
+    >>> updates, _ = tx.update({"w": jnp.array([1.0, -3.0])}, tx.init(params), params)
+    >>> updates["w"]
+    Array([-0.2,  0.2], dtype=float32)
+
+  References:
+    Bernstein et al., "signSGD: compressed optimisation for non-convex problems", ICML 2018.
+  """
+  _schemes.validate_scheme(scheme)
+
+  def init_fn(params: PyTree) -> CompressState:
+    del params
+    return CompressState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(
+    updates: PyTree, state: CompressState, params: PyTree = None
+  ) -> tuple[PyTree, CompressState]:
+    del params
+    no_memory = jax.tree.map(
+      lambda u: optax.MaskedNode() if _skips(u) else jnp.zeros((), u.dtype),
+      updates,
+      is_leaf=lambda x: x is None,
+    )
+    delta = _difference(no_memory, updates)
+    moved = _run_scheme(scheme, delta, state.count)
+    return _negated_into(updates, moved), CompressState(optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _residual_states(opt_state: PyTree) -> list[tuple[KeyPath, ResidualState]]:
+  flat = tree_flatten_with_path(opt_state, is_leaf=lambda x: isinstance(x, ResidualState))[0]
+  return [(path, leaf) for path, leaf in flat if isinstance(leaf, ResidualState)]
+
+
+def _path_names(path: KeyPath) -> set[Any]:
+  names = set()
+  for key in path:
+    for attr in ("key", "name"):
+      if hasattr(key, attr):
+        names.add(getattr(key, attr))
+  return names
+
+
+def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> ResidualState:
+  """Returns the :class:`ResidualState` inside a (nested) optimizer state.
+
+  Args:
+    opt_state: any optimizer state: ``optax.chain``, nested chains, ``optax.named_chain``,
+      ``inject_hyperparams``, ``masked``, ``MultiSteps``, ``apply_if_finite``, or the state held by
+      ``flax.nnx.Optimizer``.
+    which: needed only when the state holds several residual transformations: their index in
+      depth-first order, or a name on their path (an ``optax.named_chain`` name).
+
+  Returns:
+    The selected :class:`ResidualState`.
+
+  Raises:
+    ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
+  """
+  found = _residual_states(opt_state)
+  if not found:
+    raise ValueError(
+      "The optimizer state holds no ResidualState, so there is no residual to add. Chain a residual "
+      "transformation after the base optimizer, e.g. optax.chain(optax.sgd(0.1, momentum=0.9), "
+      "rsgd.residual_scale(1 / 16)), and pass that optimizer's state."
+    )
+  where = ", ".join(f"[{i}] {keystr(path) or '<root>'}" for i, (path, _) in enumerate(found))
+  if which is None:
+    if len(found) > 1:
+      raise ValueError(
+        f"The optimizer state holds {len(found)} residual states ({where}); pass `which=` with an "
+        "index or a named_chain name to choose one."
+      )
+    return found[0][1]
+  if isinstance(which, int) and not isinstance(which, bool):
+    if not -len(found) <= which < len(found):
+      raise ValueError(f"`which={which}` is out of range: the residual states are {where}.")
+    return found[which][1]
+  if isinstance(which, str):
+    named = [state for path, state in found if which in _path_names(path)]
+    if len(named) != 1:
+      raise ValueError(f"`which={which!r}` matches {len(named)} residual states; they are {where}.")
+    return named[0]
+  raise ValueError(f"`which` must be None, an int or a str, got {which!r}.")
+
+
+def _strip_variable_key(path: KeyPath) -> KeyPath:
+  """Drops the trailing ``.value`` that a Flax NNX Variable adds to its leaf's key path.
+
+  ``nnx.Optimizer`` wraps state leaves in ``OptVariable`` while ``nnx.state(model)`` holds ``Param``
+  nodes: the two trees differ node for node but agree once this key is removed.
+  """
+  if path and isinstance(path[-1], GetAttrKey) and path[-1].name == "value":
+    return path[:-1]
+  return path
+
+
+def _paired(residual_tree: PyTree, params: PyTree, combine: Any) -> PyTree:
+  """Maps ``combine(param, r)`` over the params that carry a residual, in params' structure."""
+  by_path = {_strip_variable_key(p): r for p, r in tree_flatten_with_path(residual_tree)[0]}
+  used = 0
+
+  def pair(path: KeyPath, p: Any) -> Any:
+    nonlocal used
+    r = by_path.get(_strip_variable_key(path))
+    if r is None or not _is_float(p):
+      return p
+    if r.shape != p.shape:
+      raise ValueError(
+        f"The residual of {keystr(path)} has shape {r.shape} but the parameter has {p.shape}: "
+        "pass the params that this optimizer state was built for."
+      )
+    used += 1
+    return combine(p, r)
+
+  out = tree_map_with_path(pair, params)
+  if used != len(by_path):
+    missing = sorted(keystr(p) for p in by_path)[:5]
+    raise ValueError(
+      f"Only {used} of the {len(by_path)} residual leaves match a parameter (residual leaves "
+      f"include {missing}): pass the params that this optimizer state was built for."
+    )
+  return out
+
+
+def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> PyTree:
+  r"""The point to evaluate, checkpoint and ship: ``x = params + r``.
+
+  ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
+  read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
+  of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
+  without a residual (integer or masked-out) are returned unchanged.
+
+  .. math::
+    x_t = y_t + r_t.
+
+  Args:
+    opt_state: the optimizer state (see :func:`find_residual_state` for the nestings understood;
+      ``flax.nnx.Optimizer.opt_state`` works too).
+    params: the parameters the optimizer updates (a pytree, or ``nnx.state(model, nnx.Param)``).
+    which: which residual state to use when there are several (see :func:`find_residual_state`).
+
+  Returns:
+    ``params + r`` in the structure and dtypes of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> params = {"w": jnp.array([1.0])}
+    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.25))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> rsgd.eval_params(state, params)["w"]  # EMA of y: 0.75 * 1.0 + 0.25 * 0.0
+    Array([0.75], dtype=float32)
+
+  References:
+    Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``.
+  """
+  state = find_residual_state(opt_state, which)
+
+  def add(p: jax.Array, r: jax.Array) -> jax.Array:
+    dtype = _dtypes.wider_float(p.dtype, r.dtype)
+    return (p.astype(dtype) + r.astype(dtype)).astype(p.dtype)
+
+  return _paired(state.residual, params, add)
+
+
+def proximity(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> jax.Array:
+  r"""The paper's normalized distance between the shipped point and the base trajectory.
+
+  .. math::
+    \frac{\lVert x_t - y_t \rVert_2}{\lVert y_t \rVert_2} = \frac{\lVert r_t \rVert_2}{\lVert y_t
+    \rVert_2},
+
+  over all floating-point parameters, accumulated in float32 (or wider).
+
+  Args:
+    opt_state: the optimizer state holding the residual.
+    params: the parameters ``y``.
+    which: see :func:`find_residual_state`.
+
+  Returns:
+    A scalar: 0 at the start, about 1e-2 to 1e-4 in the paper's CIFAR-100 runs (section 7.3).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([0.6, 0.8])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> round(float(rsgd.proximity(state, params)), 4)  # |r| = 0.5, |y| = 4
+    0.125
+
+  References:
+    Section 7.3 of the RSGD(m) paper.
+  """
+  state = find_residual_state(opt_state, which)
+  param_leaves = [p for p in jax.tree.leaves(params) if _is_float(p)]
+  return _l2_norm(jax.tree.leaves(state.residual)) / _l2_norm(param_leaves)
+
+
+def _l2_norm(leaves: list[jax.Array]) -> jax.Array:
+  """The L2 norm over all entries of ``leaves``, accumulated in at least float32."""
+  dtype = _dtypes.accumulation_dtype(*(leaf.dtype for leaf in leaves))
+  total = jnp.zeros((), dtype)
+  for leaf in leaves:
+    total = total + jnp.sum(jnp.square(leaf.astype(dtype)))
+  return jnp.sqrt(total)
