@@ -252,8 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_epoch = latest + 1
     logging.info("Resumed from the checkpoint of epoch %d.", latest)
 
-  record: dict[str, Any] = {}
   with checkpointer, MetricsWriter(workdir, resume_epoch=latest) as writer:
+    record: dict[str, Any] = writer.records[-1] if writer.records else {}
     for epoch in range(start_epoch, config.num_epochs):
       # Per-epoch randomness derives from (seed, epoch), so a resumed run repeats it exactly.
       rng = np.random.default_rng([config.seed, epoch])

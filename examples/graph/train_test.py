@@ -82,6 +82,8 @@ def test_resume_continues_exactly(first_run, data_dir, tmp_path):
   config = tiny_config(data_dir, hidden=12, num_epochs=3)
   resumed = train.train_and_evaluate(config, workdir)
   assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1, 2]
+  # A finished run resumes to nothing and returns its last record.
+  assert train.train_and_evaluate(config, workdir) == resumed
   fresh = train.train_and_evaluate(config, str(tmp_path / "fresh"))
   for key in ("train_loss", "val_micro_f1", "test_micro_f1", "proximity"):
     assert resumed[key] == pytest.approx(fresh[key], rel=1e-4), key
