@@ -89,15 +89,15 @@ def write_report(runs_root: str, out_dir: str, *, title: str | None = None) -> s
   return text
 
 
-_RUNS = flags.DEFINE_string("runs", None, "Directory holding the run directories.", required=True)
-_OUT = flags.DEFINE_string("out_dir", None, "Where to write results.md and curves.png.")
-_TITLE = flags.DEFINE_string("title", None, "Figure title.")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
-  print(write_report(_RUNS.value, _OUT.value or _RUNS.value, title=_TITLE.value))
+  options = flags.FLAGS
+  print(write_report(options.runs, options.out_dir or options.runs, title=options.title))
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a script, so importing this module defines none.
+  flags.DEFINE_string("runs", None, "Directory holding the run directories.", required=True)
+  flags.DEFINE_string("out_dir", None, "Where to write results.md and curves.png.")
+  flags.DEFINE_string("title", None, "Figure title.")
   app.run(main)

@@ -177,26 +177,24 @@ def convert(
   )
 
 
-_WORDNET_DIR = flags.DEFINE_string("wordnet_dir", "/usr/share/wordnet", "WordNet database dir.")
-_OUT_DIR = flags.DEFINE_string(
-  "out_dir", None, "Where to write the GraphSAGE files.", required=True
-)
-_PREFIX = flags.DEFINE_string("prefix", "wordnet-noun", "File-name prefix of the dataset.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 500, "Bag-of-words vocabulary size.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train/val/test split.")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
+  options = flags.FLAGS
   paths = convert(
-    _WORDNET_DIR.value,
-    _OUT_DIR.value,
-    prefix=_PREFIX.value,
-    vocab_size=_VOCAB.value,
-    seed=_SEED.value,
+    options.wordnet_dir,
+    options.out_dir,
+    prefix=options.prefix,
+    vocab_size=options.vocab_size,
+    seed=options.seed,
   )
   print("\n".join(paths.values()))
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a script, so importing this module defines none.
+  flags.DEFINE_string("wordnet_dir", "/usr/share/wordnet", "WordNet database directory.")
+  flags.DEFINE_string("out_dir", None, "Where to write the GraphSAGE files.", required=True)
+  flags.DEFINE_string("prefix", "wordnet-noun", "File-name prefix of the dataset.")
+  flags.DEFINE_integer("vocab_size", 500, "Bag-of-words vocabulary size.")
+  flags.DEFINE_integer("seed", 0, "Seed of the train/val/test split.")
   app.run(main)
