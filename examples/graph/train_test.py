@@ -1,5 +1,6 @@
 """End-to-end tests of the Cluster-GCN trainer on tiny PPI-format graphs."""
 
+import importlib
 import json
 import os
 
@@ -149,3 +150,11 @@ def test_user_errors_leave_no_workdir(data_dir, tmp_path, overrides, error, mess
   with pytest.raises(error, match=message):
     train.train_and_evaluate(tiny_config(data_dir, **overrides), str(workdir))
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", ["ppi", "ppi_small", "wordnet"])
+def test_shipped_configs_are_valid(name):
+  config = importlib.import_module(f"examples.graph.configs.{name}").get_config()
+  train._validate(config)
+  train.build_optimizer(config)
+  assert config.optimizer == "adam"
