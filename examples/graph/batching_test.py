@@ -93,6 +93,21 @@ def test_every_batch_has_the_same_padded_shapes(graph):
   np.testing.assert_array_equal(np.sort(epoch_nodes), np.arange(48))
 
 
+@pytest.mark.parametrize("max_message_elements", [5, 64, 10**6])
+def test_chunked_propagation_matches_dense(graph, max_message_elements):
+  adj, features, labels, mask, clusters = graph
+  batch = ClusterBatcher(adj, clusters, features, labels, mask, clusters_per_batch=5).batch(
+    range(5)
+  )
+  expected = (
+    _dense_enhanced(adj.toarray()[np.ix_(*[batch.node_ids] * 2)], 1.0) @ features[batch.node_ids]
+  )
+  out = propagate(
+    jnp.asarray(batch.features), to_device(batch), max_message_elements=max_message_elements
+  )
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_raised_padding_keeps_results(graph):
   adj, features, labels, mask, clusters = graph
   batcher = ClusterBatcher(adj, clusters, features, labels, mask)
