@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from examples.common.metrics import read_metrics
+from examples.common.nonfinite import NonFiniteLossError
 from examples.graph import train
 from examples.graph.configs import ppi
 from examples.graph.conftest import write_ppi_like
@@ -158,3 +159,12 @@ def test_shipped_configs_are_valid(name):
   train._validate(config)
   train.build_optimizer(config)
   assert config.optimizer == "adam"
+
+
+def test_non_finite_loss_stops_without_checkpointing_the_bad_epoch(data_dir, tmp_path):
+  config = tiny_config(data_dir, optimizer="sgdm", learning_rate=1e38, num_epochs=3)
+  workdir = tmp_path / "run"
+  with pytest.raises(NonFiniteLossError, match="epoch 0"):
+    train.train_and_evaluate(config, str(workdir))
+  assert read_metrics(str(workdir)) == []
+  assert not os.listdir(workdir / "checkpoints")
