@@ -1,0 +1,170 @@
+"""End-to-end tests of the Cluster-GCN trainer on tiny PPI-format graphs."""
+
+import importlib
+import json
+import os
+
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from examples.common.metrics import read_metrics
+from examples.common.nonfinite import NonFiniteLossError
+from examples.graph import train
+from examples.graph.configs import ppi
+from examples.graph.conftest import write_ppi_like
+from examples.graph.graphsage_data import GraphDataError
+
+
+def tiny_config(data_dir: str, **overrides):
+  config = ppi.get_config()
+  config.data_dir = data_dir
+  config.num_layers = 3
+  config.hidden = 16
+  config.learning_rate = 0.01
+  config.num_clusters = 4
+  config.clusters_per_batch = 2
+  config.num_clusters_val = 2
+  config.num_clusters_test = 1
+  config.num_epochs = 2
+  config.checkpoint_every = 1
+  config.optimizer = "adam-scale"
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("ppi"))
+  write_ppi_like(directory, num_nodes=90)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def first_run(data_dir, tmp_path_factory):
+  """One 2-epoch adam-scale run, with the trace counters reset before it."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.TRACE_COUNTS.clear()
+  # A hidden width no other test uses, so no earlier compilation is reused.
+  config = tiny_config(data_dir, hidden=12)
+  record = train.train_and_evaluate(config, workdir)
+  return config, workdir, record, dict(train.TRACE_COUNTS)
+
+
+def test_writes_metrics_config_and_checkpoints(first_run):
+  _, workdir, record, _ = first_run
+  records = read_metrics(workdir)
+  assert [r["epoch"] for r in records] == [0, 1]
+  assert records[-1] == record
+  for r in records:
+    assert np.isfinite(r["train_loss"])
+    for split in ("val", "test"):
+      assert 0.0 <= r[f"{split}_micro_f1"] <= 1.0
+    assert r["proximity"] > 0  # adam-scale: x and y differ
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["optimizer"] == "adam-scale"
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["0", "1"]
+
+
+def test_one_compilation_across_batches_of_different_sizes(first_run, data_dir):
+  config, _, _, trace_counts = first_run
+  graph = train.prepare_graph(config)
+  sizes = {int((b.node_ids >= 0).sum()) for b in graph.train.epoch(np.random.default_rng(0))} | {
+    int((b.node_ids >= 0).sum()) for b in graph.train.epoch(np.random.default_rng(1))
+  }
+  assert len(sizes) > 1, "the test graph should give batches of different true sizes"
+  # Two epochs of several batches each, and four evaluations: one trace per function.
+  assert trace_counts == {"train_step": 1, "predict": 1}
+
+
+def test_resume_continues_exactly(first_run, data_dir, tmp_path):
+  config, workdir, _, _ = first_run
+  config = tiny_config(data_dir, hidden=12, num_epochs=3)
+  resumed = train.train_and_evaluate(config, workdir)
+  assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1, 2]
+  # A finished run resumes to nothing and returns its last record.
+  assert train.train_and_evaluate(config, workdir) == resumed
+  fresh = train.train_and_evaluate(config, str(tmp_path / "fresh"))
+  for key in ("train_loss", "val_micro_f1", "test_micro_f1", "proximity"):
+    assert resumed[key] == pytest.approx(fresh[key], rel=1e-4), key
+
+
+def test_evaluates_the_rsgd_point_an_ema_of_the_adam_iterates(data_dir):
+  """With residual_scale(alpha), x_{t+1} = (1 - alpha) x_t + alpha y_{t+1}, x_0 = y_0 (paper)."""
+  config = tiny_config(data_dir, alpha=0.25, dropout=0.0)
+  graph = train.prepare_graph(config)
+  model = train.build_model(config, graph)
+  optimizer = nnx.Optimizer(model, train.build_optimizer(config), wrt=nnx.Param)
+
+  def flat(state):
+    return [np.asarray(x) for x in __import__("jax").tree.leaves(state)]
+
+  ema = flat(nnx.state(model, nnx.Param))
+  rng = np.random.default_rng(0)
+  model.train()
+  for batch in list(graph.train.epoch(rng)) * 2:
+    train.train_step(model, optimizer, train.batching.to_device(batch), True)
+    y = flat(nnx.state(model, nnx.Param))
+    ema = [0.75 * e + 0.25 * p for e, p in zip(ema, y, strict=True)]
+  x = flat(train.eval_params(model, optimizer, "adam-scale"))
+  for got, want in zip(x, ema, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(x[0], flat(nnx.state(model, nnx.Param))[0])
+
+
+def test_plain_adam_evaluates_its_own_parameters(data_dir):
+  config = tiny_config(data_dir, optimizer="adam")
+  graph = train.prepare_graph(config)
+  model = train.build_model(config, graph)
+  optimizer = nnx.Optimizer(model, optax.adam(0.01), wrt=nnx.Param)
+  x = train.eval_params(model, optimizer, "adam")
+  assert x == nnx.state(model, nnx.Param)
+
+
+def test_multiclass_graph_reports_accuracy_equal_to_micro_f1(tmp_path):
+  write_ppi_like(str(tmp_path / "data"), "toy", multilabel=False, num_nodes=45)
+  config = tiny_config(
+    str(tmp_path / "data"),
+    dataset="toy",
+    optimizer="rsgdm-scale",
+    num_epochs=1,
+    partition_method="random",
+  )
+  record = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert record["val_accuracy"] == pytest.approx(record["val_micro_f1"])
+  assert record["test_accuracy"] == pytest.approx(record["test_micro_f1"])
+
+
+@pytest.mark.parametrize(
+  ("overrides", "error", "message"),
+  [
+    ({"optimizer": "adamw"}, ValueError, "Unknown optimizer 'adamw'"),
+    ({"dropout": 1.5}, ValueError, "dropout=1.5"),
+    ({"clusters_per_batch": 9}, ValueError, "clusters_per_batch=9"),
+    ({"dataset": "nope"}, GraphDataError, "nope-G.json"),
+  ],
+)
+def test_user_errors_leave_no_workdir(data_dir, tmp_path, overrides, error, message):
+  workdir = tmp_path / "run"
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(tiny_config(data_dir, **overrides), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", ["ppi", "ppi_small", "wordnet"])
+def test_shipped_configs_are_valid(name):
+  config = importlib.import_module(f"examples.graph.configs.{name}").get_config()
+  train._validate(config)
+  train.build_optimizer(config)
+  assert config.optimizer == "adam"
+
+
+def test_non_finite_loss_stops_without_checkpointing_the_bad_epoch(data_dir, tmp_path):
+  config = tiny_config(data_dir, optimizer="sgdm", learning_rate=1e38, num_epochs=3)
+  workdir = tmp_path / "run"
+  with pytest.raises(NonFiniteLossError, match="epoch 0"):
+    train.train_and_evaluate(config, str(workdir))
+  assert read_metrics(str(workdir)) == []
+  assert not os.listdir(workdir / "checkpoints")
