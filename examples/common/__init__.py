@@ -1,0 +1,1 @@
+"""Pieces shared by every example family: optimizers by name, logs, checkpoints, reports."""

@@ -1,0 +1,69 @@
+"""Orbax checkpoints for resumable training: one per epoch, restore the latest.
+
+Orbax writes each checkpoint into a temporary directory and renames it only when complete (its
+atomic finalize), so a run killed mid-save leaves the previous checkpoint as the latest one. A run
+stopped on a non-finite loss simply does not save the bad epoch, so the last good one stays.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves named pytrees once per epoch and restores the latest ones.
+
+  Each checkpoint holds named items, e.g. ``state`` (everything needed to resume) and ``model``
+  (the evaluated parameters, what one ships); a restore reads only the items it asks for.
+
+  Args:
+    directory: where the checkpoints live (``<workdir>/checkpoints``); created if needed.
+    max_to_keep: how many recent epochs to keep on disk.
+  """
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+  def latest_epoch(self) -> int | None:
+    """The epoch of the newest complete checkpoint, or ``None`` if there is none."""
+    return self._manager.latest_step()
+
+  def save(self, epoch: int, items: Mapping[str, Any]) -> None:
+    """Saves ``items`` (name -> pytree) as epoch ``epoch``; returns once finalized on disk."""
+    args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    self._manager.save(epoch, args=ocp.args.Composite(**args))
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_items: Mapping[str, Any], epoch: int | None = None) -> dict[str, Any]:
+    """Restores the named items of epoch ``epoch`` (default: the latest).
+
+    Each value of ``abstract_items`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings) or
+    arrays, e.g. from :func:`abstract_like`; the restored arrays get its structure and shardings.
+    """
+    epoch = self.latest_epoch() if epoch is None else epoch
+    if epoch is None:
+      raise FileNotFoundError(f"No checkpoint to restore in {self.directory}.")
+    args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
+    restored = self._manager.restore(epoch, args=ocp.args.Composite(**args))
+    return {name: restored[name] for name in abstract_items}
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.close()
+
+
+def abstract_like(state: Any) -> Any:
+  """The ``ShapeDtypeStruct`` tree (keeping shardings) that :meth:`Checkpointer.restore` fills."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -1,0 +1,79 @@
+"""Seed aggregation into the Table 1 form and the curve plot."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from examples.common import report
+from examples.common.metrics import MetricsWriter
+
+
+def _make_run(path, optimizer, accuracies, losses=None):
+  path.mkdir()
+  (path / "config.json").write_text(json.dumps({"optimizer": optimizer}))
+  with MetricsWriter(str(path)) as writer:
+    for epoch, acc in enumerate(accuracies):
+      loss = 1.0 / (epoch + 1) if losses is None else losses[epoch]
+      writer.write({"epoch": epoch, "test_accuracy": acc, "train_loss": loss})
+  return str(path)
+
+
+def test_mean_curve_uses_epochs_every_run_reached(tmp_path):
+  runs = [
+    report.load_run(_make_run(tmp_path / "a", "x", [0.1, 0.2, 0.3])),
+    report.load_run(_make_run(tmp_path / "b", "x", [0.3, 0.4])),
+  ]
+  epochs, mean, std = report.mean_curve(runs, "test_accuracy")
+  np.testing.assert_array_equal(epochs, [0, 1])
+  np.testing.assert_allclose(mean, [0.2, 0.3])
+  np.testing.assert_allclose(std, [0.1, 0.1])
+
+
+def test_epoch_thirds_match_the_paper():
+  assert report.epoch_thirds(300) == [(0, 99), (100, 199), (200, 299)]
+  assert report.epoch_thirds(90) == [(0, 29), (30, 59), (60, 89)]
+  with pytest.raises(ValueError):
+    report.epoch_thirds(2)
+
+
+def test_best_in_ranges_ignores_missing_and_non_finite():
+  records = [{"epoch": 0, "a": 0.2}, {"epoch": 1, "a": None}, {"epoch": 2, "a": 0.5}, {"epoch": 3}]
+  assert report.best_in_ranges(records, "a", [(0, 1), (2, 3)]) == [0.2, 0.5]
+  assert math.isnan(report.best_in_ranges(records, "a", [(4, 5)])[0])
+  assert report.best_in_ranges(records, "a", [(0, 3)], mode="min") == [0.2]
+
+
+def test_summary_table_and_plot(tmp_path):
+  accs = {
+    "sgdm": [[0.1, 0.3, 0.2, 0.5, 0.4, 0.6], [0.2, 0.1, 0.4, 0.3, 0.7, 0.5]],
+    "rsgdm-scale": [[0.3, 0.2, 0.5, 0.4, 0.6, 0.6]],
+  }
+  dirs = [
+    _make_run(tmp_path / f"{name}-{seed}", name, series)
+    for name, runs in accs.items()
+    for seed, series in enumerate(runs)
+  ]
+  groups = report.group_runs(report.load_run(d) for d in dirs)
+  ranges = report.epoch_thirds(6)
+  summary = report.summarize(groups, "test_accuracy", ranges)
+  # sgdm: best per third is (0.3, 0.5, 0.6) and (0.2, 0.4, 0.7).
+  for cell, runs in zip(summary["sgdm"], [(0.3, 0.2), (0.5, 0.4), (0.6, 0.7)], strict=True):
+    assert cell.mean == pytest.approx(np.mean(runs))
+    assert cell.std == pytest.approx(np.std(runs, ddof=1))
+    assert cell.n == 2
+  table = report.markdown_table(summary, ranges, order=["sgdm", "rsgdm-scale"])
+  lines = table.splitlines()
+  assert lines[0] == "| optimizer | epoch 0-1 | epoch 2-3 | epoch 4-5 |"
+  assert lines[2] == "| sgdm | 25.00 ± 7.07 | 45.00 ± 7.07 | 65.00 ± 7.07 |"
+  assert (
+    lines[3] == "| rsgdm-scale | 30.00 ± 0.00 (n=1) | 50.00 ± 0.00 (n=1) | 60.00 ± 0.00 (n=1) |"
+  )
+  png = tmp_path / "out" / "curves.png"
+  panels = [
+    report.Panel("train_loss", "loss", log_scale=True),
+    report.Panel("test_accuracy", "acc", labels=["sgdm"], title="SGDm only"),
+  ]
+  report.plot_curves(groups, panels, str(png))
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,89 @@
+"""Turns image-classification runs into the paper's Table 1 (Markdown) and Figure 3/5 (PNG).
+
+  python -m examples.image_classification.report runs/d121 --output_dir=runs/d121/report
+
+Every folder under the given ones that holds a ``metrics.jsonl`` is one run; runs are grouped by
+optimizer. The table gives, per optimizer, the best top-1 test accuracy (at ``eval_params``) in each
+third of the epochs, mean ± std over seeds, as the paper's Table 1 does.
+"""
+
+import os
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from examples.common import report
+from examples.common.metrics import METRICS_FILE
+from examples.common.optimizers import OPTIMIZER_NAMES
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+  "output_dir", None, "Where to write table.md and curves.png (default: first dir)."
+)
+flags.DEFINE_integer("num_epochs", 0, "Epochs of the runs (0: from their config.json).")
+flags.DEFINE_string("title", "", "Figure title.")
+
+MOMENTUM_FAMILY = ("sgdm", "rsgdm-scale", "rsgdm-sign", "rsgdm-topk", "signsgdm", "ef-signsgdm")
+PLAIN_FAMILY = ("sgd", "rsgd-scale", "rsgd-sign", "rsgd-topk", "signsgd", "ef-signsgd")
+ADAPTIVE = ("adam", "adagrad")
+
+
+def find_runs(roots: Sequence[str]) -> list[str]:
+  """Every directory under ``roots`` (included) that holds a ``metrics.jsonl``."""
+  found = []
+  for root in roots:
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"No such run directory: {root!r}.")
+    for directory, _, files in os.walk(root):
+      if METRICS_FILE in files:
+        found.append(directory)
+  if not found:
+    raise FileNotFoundError(f"No {METRICS_FILE} under {list(roots)}: nothing to report.")
+  return sorted(found)
+
+
+def write_report(
+  roots: Sequence[str], output_dir: str, *, num_epochs: int = 0, title: str = ""
+) -> str:
+  """Writes ``table.md`` and ``curves.png`` to ``output_dir``; returns the Markdown table."""
+  runs = [report.load_run(d) for d in find_runs(roots)]
+  groups = report.group_runs(runs, "optimizer")
+  if not num_epochs:
+    num_epochs = max(int(r.config.get("num_epochs", 0)) for r in runs)
+  ranges = report.epoch_thirds(num_epochs)
+  summary = report.summarize(groups, "test_accuracy", ranges)
+  table = report.markdown_table(summary, ranges, order=OPTIMIZER_NAMES)
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, "table.md"), "w") as f:
+    f.write(table)
+  with_momentum = MOMENTUM_FAMILY + ADAPTIVE
+  panels = [
+    report.Panel("train_loss", "training loss", with_momentum, "SGDm family, Adam, AdaGrad", True),
+    report.Panel("test_accuracy", "test accuracy", with_momentum, "SGDm family, Adam, AdaGrad"),
+    report.Panel("train_loss", "training loss", PLAIN_FAMILY, "SGD family", True),
+    report.Panel("test_accuracy", "test accuracy", PLAIN_FAMILY, "SGD family"),
+  ]
+  if not any(label in PLAIN_FAMILY for label in groups):
+    panels = [
+      *panels[:2],
+      report.Panel("reference_test_accuracy", "test accuracy at params (reference)", None),
+      report.Panel("proximity", "proximity ||x - y|| / ||y||", None, log_scale=True),
+    ]
+  report.plot_curves(
+    groups, panels, os.path.join(output_dir, "curves.png"), order=OPTIMIZER_NAMES, title=title
+  )
+  return table
+
+
+def main(argv: list[str]) -> None:
+  roots = argv[1:]
+  if not roots:
+    raise app.UsageError("Give one or more run directories.")
+  output_dir = FLAGS.output_dir or os.path.join(roots[0], "report")
+  table = write_report(roots, output_dir, num_epochs=FLAGS.num_epochs, title=FLAGS.title)
+  print(table)
+  print(f"Wrote {output_dir}/table.md and {output_dir}/curves.png")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,353 @@
+"""One trainer for every image-classification experiment: ``train_and_evaluate(config, workdir)``.
+
+The training loop is the ordinary Optax loop: gradients are taken at ``params``, which for the
+residual optimizers is the reference (SGD(m)) trajectory ``y``; each epoch evaluates
+``rsgd.eval_params(opt_state, params)`` (the RSGD point ``x = y + r``, what the paper reports and
+what gets checkpointed for shipping) and, for comparison, ``params`` itself.
+
+Batch normalization: the running statistics are gathered along the reference trajectory (the only
+forward passes in train mode are at ``params``). By default ``eval_params`` is evaluated with those
+statistics, as a PyTorch implementation that only swaps the weights does. With
+``config.recompute_bn_stats`` they are re-estimated at the evaluated point from
+``config.bn_recompute_batches`` unaugmented training batches (each batch's exact mean and variance,
+averaged), which is the more faithful choice when ``x`` and ``y`` differ a lot (large alpha, sign
+schemes early in training).
+
+Data parallelism: a one-axis mesh over the local devices (all of them, or ``config.num_devices``);
+batches are split along it with ``NamedSharding(mesh, P("data"))`` and the training state is
+replicated, so XLA inserts the gradient all-reduce. Batch-norm statistics are computed over the
+global batch, so the result does not depend on the device count.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+import rsgd_optax as rsgd
+from examples.common import optimizers
+from examples.common.checkpoint import Checkpointer, abstract_like
+from examples.common.metrics import MetricsWriter
+from examples.common.nonfinite import check_losses
+from examples.common.report import CONFIG_FILE
+from examples.image_classification import input_pipeline
+from examples.image_classification.models import create_model
+
+logger = logging.getLogger(__name__)
+
+TrainState = dict[str, Any]  # params, batch_stats, opt_state, step
+
+
+def create_mesh(num_devices: int = 0) -> Mesh:
+  """A one-axis ``data`` mesh over the first ``num_devices`` devices (0: all of them)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist.")
+    devices = devices[:num_devices]
+  return Mesh(np.array(devices), ("data",))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """The optimizer named by ``config.optimizer`` and its learning-rate schedule."""
+  schedule = optimizers.step_decay_schedule(
+    config.learning_rate, steps_per_epoch, tuple(config.lr_decay_epochs), config.lr_decay_factor
+  )
+  tx = optimizers.make_optimizer(
+    config.optimizer,
+    schedule,
+    momentum=config.momentum,
+    weight_decay=config.weight_decay,
+    alpha=config.alpha,
+    topk_fraction=config.topk_fraction,
+  )
+  return tx, schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The jitted functions of one run (built once, reused every epoch)."""
+
+  train: Any
+  evaluate: Any
+  batch_moments: Any
+
+
+def _standardize(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Array:
+  return (images.astype(jnp.float32) - mean) / std
+
+
+def make_steps(
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mean, std, mesh: Mesh
+) -> Steps:
+  """Builds the train, evaluation and batch-statistics steps for ``graphdef``."""
+  replicated = NamedSharding(mesh, P())
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+  def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+    x = _standardize(images, mean, std)
+
+    # Fresh variables (copy=True) inside the gradient's trace, so that the train-mode forward
+    # pass may update the batch statistics there.
+    def loss_fn(params, batch_stats):
+      model = nnx.merge(graphdef, params, batch_stats, copy=True)
+      logits = model(x, train=True)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, (logits, nnx.state(model, nnx.BatchStat))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"], state["batch_stats"]
+    )
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], updates),
+      "batch_stats": batch_stats,
+      "opt_state": opt_state,
+      "step": state["step"] + 1,
+    }
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return new_state, loss, accuracy
+
+  def eval_step(params, batch_stats, images, labels, mask):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    logits = model(_standardize(images, mean, std), train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+    return jnp.stack([jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)])
+
+  def batch_moments(params, batch_stats, images):
+    """Each batch-norm layer's exact batch mean and variance at ``params`` (momentum 0)."""
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    for _, module in nnx.iter_modules(model):
+      if isinstance(module, nnx.BatchNorm):
+        module.momentum = 0.0
+    model(_standardize(images, mean, std), train=True)
+    return nnx.state(model, nnx.BatchStat)
+
+  return Steps(
+    train=jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
+    evaluate=jax.jit(eval_step, out_shardings=replicated),
+    batch_moments=jax.jit(batch_moments, out_shardings=replicated),
+  )
+
+
+def _put(sharding: NamedSharding, *arrays: np.ndarray) -> list[jax.Array]:
+  return [jax.make_array_from_process_local_data(sharding, a) for a in arrays]
+
+
+def evaluate(
+  steps: Steps, params, batch_stats, batches: Iterator, sharding: NamedSharding
+) -> tuple[float, float]:
+  """Mean loss and accuracy over ``batches`` (padding masked out)."""
+  total = jnp.zeros(3)
+  for images, labels, mask in batches:
+    total = total + steps.evaluate(
+      params, batch_stats, *_put(sharding, images, labels, mask.astype(np.float32))
+    )
+  loss_sum, correct, count = np.asarray(jax.device_get(total), np.float64)
+  return float(loss_sum / count), float(correct / count)
+
+
+def recompute_batch_stats(
+  steps: Steps, params, batch_stats, batches: Iterator, sharding: NamedSharding, max_batches: int
+):
+  """Batch-norm statistics re-estimated at ``params``: the mean of per-batch moments."""
+  moments = []
+  for images, _, mask in batches:
+    if len(moments) == max_batches:
+      break
+    if not mask.all():  # padded batches would bias the statistics
+      continue
+    moments.append(steps.batch_moments(params, batch_stats, *_put(sharding, images)))
+  if not moments:
+    return batch_stats
+  return jax.tree.map(lambda *m: sum(m) / len(m), *moments)
+
+
+def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef, TrainState]:
+  """Builds the model and the replicated training state."""
+  kwargs = dict(config.get("model_kwargs", {}))
+  kwargs.setdefault("in_channels", image_shape[-1])
+  if config.model == "small_cnn":
+    kwargs.setdefault("image_size", image_shape[0])
+  model = create_model(config.model, num_classes, rngs=nnx.Rngs(config.seed), **kwargs)
+  graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError(f"Model {config.model} has state besides params and batch statistics.")
+  state = {
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+  }
+  return graphdef, jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+
+def train_epoch(
+  steps: Steps,
+  state: TrainState,
+  data: input_pipeline.Input,
+  epoch: int,
+  sharding: NamedSharding,
+  *,
+  check_every: int,
+  progress_bar: bool,
+) -> tuple[TrainState, dict[str, float]]:
+  """One pass over the training batches; stops on a non-finite loss (checked every few steps)."""
+  first_step = int(state["step"])
+  losses, accuracies, checked = [], [], 0
+  bar = tqdm(
+    total=data.steps_per_epoch, desc=f"epoch {epoch}", disable=not progress_bar, leave=False
+  )
+  for images, labels in data.train_batches(epoch):
+    state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
+    losses.append(loss)
+    accuracies.append(accuracy)
+    if len(losses) - checked >= check_every or len(losses) == data.steps_per_epoch:
+      new = np.asarray(jax.device_get(losses[checked:]))  # one host sync per check
+      check_losses(new, epoch=epoch, first_step=first_step + checked)
+      bar.set_postfix(loss=f"{new[-1]:.4f}")
+      bar.update(len(new))
+      checked = len(losses)
+  bar.close()
+  running = {
+    "running_train_loss": float(np.mean(jax.device_get(losses))),
+    "running_train_accuracy": float(np.mean(jax.device_get(accuracies))),
+  }
+  return state, running
+
+
+def evaluate_epoch(
+  config: ml_collections.ConfigDict,
+  steps: Steps,
+  state: TrainState,
+  data: input_pipeline.Input,
+  sharding: NamedSharding,
+) -> tuple[dict[str, float], dict[str, Any]]:
+  """Metrics at ``eval_params`` and at ``params``; also returns the model to ship."""
+  params, opt_state = state["params"], state["opt_state"]
+  with_residual = optimizers.has_residual(config.optimizer)
+  eval_params = rsgd.eval_params(opt_state, params) if with_residual else params
+  eval_stats = state["batch_stats"]
+  if config.get("recompute_bn_stats", False):
+    eval_stats = recompute_batch_stats(
+      steps,
+      eval_params,
+      eval_stats,
+      data.eval_batches("train_eval"),
+      sharding,
+      config.bn_recompute_batches,
+    )
+  test_loss, test_accuracy = evaluate(
+    steps, eval_params, eval_stats, data.eval_batches("test"), sharding
+  )
+  train_loss, train_accuracy = evaluate(
+    steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
+  )
+  if with_residual:
+    reference_loss, reference_accuracy = evaluate(
+      steps, params, state["batch_stats"], data.eval_batches("test"), sharding
+    )
+    proximity = float(rsgd.proximity(opt_state, params))
+  else:
+    reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
+  metrics = {
+    "train_loss": train_loss,
+    "train_accuracy": train_accuracy,
+    "test_loss": test_loss,
+    "test_accuracy": test_accuracy,
+    "reference_test_loss": reference_loss,
+    "reference_test_accuracy": reference_accuracy,
+    "generalization_error": test_loss - train_loss,
+    "proximity": proximity,
+  }
+  return metrics, {"params": eval_params, "batch_stats": eval_stats}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Trains ``config.model`` with ``config.optimizer``, resuming from ``workdir`` if possible.
+
+  Returns:
+    The per-epoch metrics records (also in ``<workdir>/metrics.jsonl``).
+
+  Raises:
+    examples.common.nonfinite.NonFiniteLossError: the training loss became NaN or infinite; the
+      last good checkpoint is kept.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  optimizers.make_optimizer(config.optimizer, 0.1)  # fail fast on a bad name, before loading data
+  data = input_pipeline.create_input(config)
+  mesh = create_mesh(config.get("num_devices", 0))
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} does not split over {mesh.size} devices.")
+  batch_sharding = NamedSharding(mesh, P("data"))
+  tx, schedule = create_optimizer(config, data.steps_per_epoch)
+  graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
+  steps = make_steps(graphdef, tx, data.mean, data.std, mesh)
+  _write_config(config, workdir)
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  start_epoch = 0
+  latest = checkpointer.latest_epoch()
+  if latest is not None:
+    state = checkpointer.restore({"state": abstract_like(state)})["state"]
+    start_epoch = latest + 1
+    logger.info("Resumed from the checkpoint of epoch %d in %s.", latest, workdir)
+  writer = MetricsWriter(workdir, resume_epoch=latest, write_files=jax.process_index() == 0)
+  try:
+    for epoch in range(start_epoch, config.num_epochs):
+      started = time.time()
+      # A divergence raises inside train_epoch, before anything of this epoch is saved.
+      state, running = train_epoch(
+        steps,
+        state,
+        data,
+        epoch,
+        batch_sharding,
+        check_every=max(1, config.get("log_every_steps", 50)),
+        progress_bar=config.get("progress_bar", True),
+      )
+      metrics, model = evaluate_epoch(config, steps, state, data, batch_sharding)
+      step = int(state["step"])
+      record = {
+        "epoch": epoch,
+        "step": step,
+        "lr": float(schedule(step - 1)),
+        **running,
+        **metrics,
+        "seconds": time.time() - started,
+      }
+      writer.write(record)
+      checkpointer.save(epoch, {"state": state, "model": model})
+      logger.info(
+        "epoch %d: train_loss %.4f test_accuracy %.4f (reference %.4f) proximity %.2e, %.1fs",
+        epoch,
+        record["train_loss"],
+        record["test_accuracy"],
+        record["reference_test_accuracy"],
+        record["proximity"],
+        record["seconds"],
+      )
+  finally:
+    writer.close()
+    checkpointer.close()
+  return writer.records

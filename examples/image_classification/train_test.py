@@ -1,0 +1,212 @@
+"""End-to-end trainer tests on tiny generated data in the real formats."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from examples.common.checkpoint import Checkpointer
+from examples.common.metrics import read_metrics
+from examples.common.nonfinite import NonFiniteLossError
+from examples.image_classification import input_pipeline, testdata, train
+from examples.image_classification.configs import default
+
+FIELDS = {
+  "epoch",
+  "step",
+  "lr",
+  "train_loss",
+  "train_accuracy",
+  "running_train_loss",
+  "running_train_accuracy",
+  "test_loss",
+  "test_accuracy",
+  "reference_test_loss",
+  "reference_test_accuracy",
+  "generalization_error",
+  "proximity",
+  "seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("fmnist"))
+  testdata.write_fashion_mnist(directory, train=64, test=24, size=8)
+  return directory
+
+
+def tiny_config(data_dir: str, **overrides):
+  config = default.get_config()
+  config.dataset = "fashion_mnist"
+  config.data_dir = data_dir
+  config.model = "small_cnn"
+  config.model_kwargs.width = 4
+  config.model_kwargs.hidden = 16
+  config.batch_size = 16
+  config.num_epochs = 2
+  config.lr_decay_epochs = (1,)
+  config.optimizer = "rsgdm-scale"
+  config.alpha = 0.25
+  config.train_eval_examples = 32
+  config.num_devices = 1
+  config.progress_bar = False
+  config.log_every_steps = 2
+  config.update(overrides)
+  return config
+
+
+def _without_seconds(records):
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def test_metrics_fields_and_values(fmnist_dir, tmp_path):
+  workdir = str(tmp_path)
+  records = train.train_and_evaluate(tiny_config(fmnist_dir), workdir)
+  assert records == read_metrics(workdir)
+  assert [r["epoch"] for r in records] == [0, 1]
+  for r in records:
+    assert set(r) == FIELDS
+    assert r["generalization_error"] == pytest.approx(r["test_loss"] - r["train_loss"])
+  assert [r["step"] for r in records] == [4, 8]  # 64 images / batch 16
+  assert records[0]["lr"] == pytest.approx(0.1) and records[1]["lr"] == pytest.approx(0.01)
+  assert json.load(open(os.path.join(workdir, "config.json")))["optimizer"] == "rsgdm-scale"
+
+  # Proximity from the checkpointed residual, by its definition ||r|| / ||y||.
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    restored = ckpt.restore({"state": None, "model": None}, epoch=1)
+  state, model = restored["state"], restored["model"]
+  # Restored without a target: plain containers; opt_state is chain(decay, sgd, residual).
+  residual = _flat(state["opt_state"][-1]["residual"])
+  params = _flat(state["params"])
+  assert records[1]["proximity"] == pytest.approx(
+    np.linalg.norm(residual) / np.linalg.norm(params), rel=1e-4
+  )
+  # The shipped model is eval_params = params + residual.
+  np.testing.assert_allclose(_flat(model["params"]), params + residual, rtol=1e-6, atol=1e-7)
+  # Evaluating at params (reference) and at params + residual gives different numbers.
+  assert records[1]["test_loss"] != records[1]["reference_test_loss"]
+
+
+def test_base_optimizer_reports_params_as_reference(fmnist_dir, tmp_path):
+  records = train.train_and_evaluate(
+    tiny_config(fmnist_dir, optimizer="sgdm", num_epochs=1), str(tmp_path)
+  )
+  assert records[0]["proximity"] == 0.0
+  assert records[0]["reference_test_accuracy"] == records[0]["test_accuracy"]
+
+
+def test_killed_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatch):
+  config = tiny_config(fmnist_dir, num_epochs=3)
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "full"))
+
+  original = input_pipeline.ArrayInput.train_batches
+
+  def dies_in_epoch_2(self, epoch):
+    for step, batch in enumerate(original(self, epoch)):
+      if epoch == 2 and step == 1:
+        raise KeyboardInterrupt("killed")
+      yield batch
+
+  monkeypatch.setattr(input_pipeline.ArrayInput, "train_batches", dies_in_epoch_2)
+  workdir = str(tmp_path / "killed")
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir)
+  assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1]
+  monkeypatch.setattr(input_pipeline.ArrayInput, "train_batches", original)
+  resumed = train.train_and_evaluate(config, workdir)
+  assert _without_seconds(resumed) == _without_seconds(uninterrupted)
+  assert _without_seconds(read_metrics(workdir)) == _without_seconds(uninterrupted)
+
+
+def test_eight_devices_match_one(fmnist_dir, tmp_path):
+  assert jax.device_count() >= 8, "the root conftest.py provides 8 CPU devices"
+  one = train.train_and_evaluate(tiny_config(fmnist_dir, num_epochs=1), str(tmp_path / "one"))
+  eight = train.train_and_evaluate(
+    tiny_config(fmnist_dir, num_epochs=1, num_devices=8), str(tmp_path / "eight")
+  )
+  for key in FIELDS - {"seconds"}:
+    assert eight[0][key] == pytest.approx(one[0][key], rel=1e-4, abs=1e-6), key
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(fmnist_dir, tmp_path):
+  # Epoch 0 trains normally; the learning rate then jumps by 1e6 and the plain CNN blows up.
+  config = tiny_config(
+    fmnist_dir,
+    num_epochs=3,
+    optimizer="sgd",
+    lr_decay_epochs=(1,),
+    lr_decay_factor=1e6,
+    log_every_steps=1,
+  )
+  config.model_kwargs.use_batch_norm = False
+  workdir = str(tmp_path)
+  with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
+    train.train_and_evaluate(config, workdir)
+  assert [r["epoch"] for r in read_metrics(workdir)] == [0]
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    assert ckpt.latest_epoch() == 0
+    state = ckpt.restore({"state": None})["state"]
+  assert int(state["step"]) == 4
+  assert np.all(np.isfinite(_flat(state["params"])))
+
+
+def test_recompute_bn_stats_matches_batch_moments_at_eval_params(fmnist_dir, tmp_path):
+  config = tiny_config(fmnist_dir, num_epochs=1, recompute_bn_stats=True, alpha=1.0)
+  config.optimizer = "rsgdm-sign"
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    restored = ckpt.restore({"state": None, "model": None})
+  model_params = restored["model"]["params"]
+  # Reference: the first conv's output at eval_params on the (unaugmented) train-eval images,
+  # per-channel mean over all of them (two full batches of 16).
+  data = input_pipeline.create_input(config)
+  images = data.train_eval.images.astype(np.float32)
+  x = (images - data.mean) / data.std
+  kernel = np.asarray(model_params["conv1"]["kernel"]["value"])
+  y = jax.lax.conv_general_dilated(
+    jnp.asarray(x), jnp.asarray(kernel), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  want_mean = np.asarray(jnp.mean(y, axis=(0, 1, 2)))
+  got = restored["model"]["batch_stats"]["bn1"]["mean"]["value"]
+  np.testing.assert_allclose(got, want_mean, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(
+    restored["state"]["batch_stats"]["bn1"]["mean"]["value"], want_mean, atol=1e-3
+  )
+
+
+def test_unknown_optimizer_fails_before_training(fmnist_dir, tmp_path):
+  with pytest.raises(ValueError, match="Unknown optimizer 'rsgdm-foo'"):
+    train.train_and_evaluate(tiny_config(fmnist_dir, optimizer="rsgdm-foo"), str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["binary", "python"])
+def test_one_epoch_on_cifar100_files(tmp_path, fmt):
+  writer = testdata.write_cifar100_binary if fmt == "binary" else testdata.write_cifar100_python
+  writer(str(tmp_path / "data"), train=16, test=8)
+  config = tiny_config(str(tmp_path / "data"), dataset="cifar100", batch_size=8, num_epochs=1)
+  records = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert records[0]["step"] == 2 and np.isfinite(records[0]["test_loss"])
+
+
+def test_one_epoch_on_imagenet_folders(tmp_path):
+  testdata.write_image_folders(str(tmp_path / "data"), per_class=4, classes=2)
+  config = tiny_config(
+    str(tmp_path / "data"),
+    dataset="imagenet",
+    batch_size=4,
+    num_epochs=1,
+    image_size=16,
+    resize_size=18,
+    num_workers=0,
+  )
+  records = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert records[0]["step"] == 2 and np.isfinite(records[0]["test_loss"])
