@@ -3,165 +3,194 @@
 :func:`jax.lax.top_k` sorts the whole array on CPU and GPU, which makes a top-k residual step many
 times dearer than the base optimizer's. Here the ``k``-th largest magnitude is found instead by a radix
 select on the float bits: with the sign bit cleared, a float's bits read as an unsigned integer order
-the same way as its magnitude, so a few histogram passes over the top, then the next, bits of those
-integers (each pass only counting the entries whose higher bits match the digits chosen so far) give
-the exact threshold ``T``. One masked pass then keeps every entry above ``T`` and, of the entries
-equal to ``T``, the ones with the lowest flat indices, so that exactly ``k`` survive: the same set as
-a stable sort by descending magnitude, or :func:`jax.lax.top_k`.
+the same way as its magnitude, so a few histogram passes, over the top bits and then over the next
+bits of only the entries whose higher bits match the digits chosen so far, give the exact threshold
+``T``. One masked pass then keeps every entry above ``T`` and, of the entries equal to ``T``, the ones
+with the lowest flat indices, so that exactly ``k`` survive: the same set as a stable sort by
+descending magnitude, or :func:`jax.lax.top_k`. Cutting a tie (rare for real-valued data) is a second
+radix select, over the flat indices of the tied entries, and runs only when a tie is cut.
 
-Leaves of the same size and dtype are stacked and selected together, one histogram per row, so that a
-model's ~160 leaves compile to a few dozen batched selections rather than ~160 sorts.
+The magnitudes of all leaves are laid out once as rows of a single tile array (each leaf padded to
+whole tiles, each tile tagged with its leaf), so every histogram pass over all ~160 leaves of a model
+is one fused pass and one scatter into per-leaf counters: the compiled program does not grow with the
+number of leaves beyond one tiling and one output piece per leaf.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Widest histogram of one pass: 2**16 int32 counters fit in the L2 cache, and wider digits mean fewer
-# passes over the data. Narrow digits are slow on CPU (many entries hit the same counter).
+# Counters of one histogram pass, over all rows: 2**20 int32 counters (4 MiB) stay in cache, and
+# wider digits mean fewer passes. Digits narrower than 8 bits are slow on CPU (entries pile up on the
+# same counter), and 16 bits already take a float32 magnitude in two passes.
+_MAX_COUNTER_BITS = 20
 _MAX_DIGIT_BITS = 16
-# Entries per block when the tie at the threshold is cut (ranks are counted block-wise).
-_TIE_BLOCK = 1024
+_MIN_DIGIT_BITS = 8
+# Entries per tile of the common layout (the padding of a leaf's last tile is at most this).
+_TILE_WIDTH = 1024
 
 _KEY_DTYPES = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 
 
+class _Tiles(NamedTuple):
+  """Several flat arrays laid out as ``(tiles, width)``, each tile within one selection row.
+
+  Attributes:
+    values: ``(tiles, width)``; the tail of each array's last tile is zero padding.
+    row: ``(tiles,)`` the selection row each tile belongs to.
+    start: ``(tiles,)`` flat index, within its row, of each tile's first entry (for tie order).
+    valid: ``(tiles, width)`` bool, False on padding.
+    span: one more than the largest flat index within any row.
+  """
+
+  values: jax.Array
+  row: jax.Array
+  start: jax.Array
+  valid: jax.Array
+  span: int
+  first_tile: list[int]
+
+
 def _magnitude_keys(x: jax.Array) -> jax.Array:
-  """Unsigned integers ordered as ``|x|`` is (the bits of ``|x|``, sign bit clear)."""
+  """Unsigned integers ordered as ``|x|`` is (the bits of ``|x|``, sign bit clear), flattened."""
   key_dtype = _KEY_DTYPES[jnp.dtype(x.dtype).itemsize]
-  return jax.lax.bitcast_convert_type(jnp.abs(x), key_dtype)
+  return jax.lax.bitcast_convert_type(jnp.abs(x.reshape(-1)), key_dtype)
 
 
-def _digit_widths(key_bits: int, size: int) -> list[int]:
-  """Digit widths, most significant first, that cover the ``key_bits`` magnitude bits."""
-  width = int(min(_MAX_DIGIT_BITS, max(8, int(size).bit_length())))
+def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int]) -> _Tiles:
+  """Lays ``arrays[i]`` (row ``rows[i]``, first flat index ``offsets[i]``) out as tiles."""
+  width = min(_TILE_WIDTH, 1 << max(0, int(max(a.size for a in arrays) - 1).bit_length()))
+  pieces, tile_row, tile_start, tile_count, first_tile = [], [], [], [], []
+  for array, row, offset in zip(arrays, rows, offsets, strict=True):
+    key = array.reshape(-1)
+    first_tile.append(len(tile_row))
+    tiles = -(-key.size // width)
+    pieces.append(jnp.pad(key, (0, tiles * width - key.size)).reshape(tiles, width))
+    tile_row += [row] * tiles
+    tile_start += [offset + t * width for t in range(tiles)]
+    tile_count += [min(width, key.size - t * width) for t in range(tiles)]
+  count = jnp.asarray(np.asarray(tile_count, np.int32))
+  valid = jax.lax.broadcasted_iota(jnp.int32, (len(tile_count), width), 1) < count[:, None]
+  return _Tiles(
+    values=pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces),
+    row=jnp.asarray(np.asarray(tile_row, np.int32)),
+    start=jnp.asarray(np.asarray(tile_start, np.int32)),
+    valid=valid,
+    span=max(offset + a.size for a, offset in zip(arrays, offsets, strict=True)),
+    first_tile=first_tile,
+  )
+
+
+def _digit_widths(key_bits: int, rows: int) -> list[int]:
+  """Digit widths, most significant first, covering ``key_bits`` bits with ``rows`` histograms."""
+  row_bits = max(0, int(rows - 1).bit_length())
+  width = max(_MIN_DIGIT_BITS, min(_MAX_DIGIT_BITS, _MAX_COUNTER_BITS - row_bits))
   passes = -(-key_bits // width)
   base, extra = divmod(key_bits, passes)
   return [base + 1 if i < extra else base for i in range(passes)]
 
 
 def _suffix_sums(hist: jax.Array) -> jax.Array:
-  """``out[..., b] = sum(hist[..., b:])`` (an associative scan: jnp.cumsum is slow on CPU)."""
-  reversed_hist = jnp.flip(hist, axis=-1)
-  return jnp.flip(jax.lax.associative_scan(jnp.add, reversed_hist, axis=hist.ndim - 1), axis=-1)
+  """``out[r, b] = sum(hist[r, b:])``."""
+  return jax.lax.cumsum(hist, axis=1, reverse=True)
 
 
-def _histogram(digits: list[jax.Array], bins: int) -> jax.Array:
-  """Per-row counts of the values in ``[0, bins)``, summed over the ``(n, m_i)`` arrays ``digits``.
-
-  Entries with digit ``bins`` (outside the current prefix) are dropped.
-  """
-  n = digits[0].shape[0]
-  hist = jnp.zeros((n * bins,), jnp.int32)
-  for digit in digits:
-    row_offset = (jnp.arange(n, dtype=jnp.int32) * bins)[:, None]
-    index = jnp.where(digit < bins, digit + row_offset, n * bins)
-    hist = hist.at[index.reshape(-1)].add(1, mode="drop")
-  return hist.reshape(n, bins)
-
-
-def _threshold(
-  keys: list[jax.Array], k: jax.Array, key_bits: int
+def _radix_select(
+  keys: jax.Array, row: jax.Array, valid: jax.Array, need: jax.Array, key_bits: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Radix select of the ``k``-th largest key per row over the arrays in ``keys``.
+  """Per row, the ``need``-th largest of the valid ``keys`` (tiles, width) of that row's tiles.
 
   Args:
-    keys: arrays of shape ``(n, m_i)`` (same ``n`` and dtype); row ``r`` of the selection is the
-      union of row ``r`` of every array.
-    k: ``(n,)`` int32, ``1 <= k <= sum(m_i)``.
-    key_bits: the number of low bits the keys can use.
+    keys: ``(tiles, width)`` unsigned keys using their low ``key_bits`` bits.
+    row: ``(tiles,)`` the row of each tile, ``0 <= row < len(need)``.
+    valid: ``(tiles, width)`` bool, the entries that take part.
+    need: ``(rows,)`` int32, between 1 and the number of valid entries of the row.
+    key_bits: how many low bits the keys use.
 
   Returns:
-    ``(threshold, need, ties)``, each of shape ``(n,)``: the ``k``-th largest key, how many of the
-    entries equal to it are kept (``k`` minus the number above it), and how many entries equal it.
+    ``(threshold, need, ties)``, each ``(rows,)``: the selected key, how many entries equal to it are
+    selected (``need`` minus the number of larger keys), and how many valid entries equal it.
   """
-  key_dtype = keys[0].dtype
-  n = keys[0].shape[0]
-  size = sum(key.shape[1] for key in keys)
-  prefix = jnp.zeros((n,), key_dtype)
-  need = k
+  rows = need.shape[0]
+  prefix = jnp.zeros((rows,), keys.dtype)
+  ties = jnp.zeros((rows,), jnp.int32)
   shift = key_bits
-  ties = jnp.zeros((n,), jnp.int32)
-  for width in _digit_widths(key_bits, size):
+  for width in _digit_widths(key_bits, rows):
     shift -= width
     bins = 1 << width
-    digits = []
-    for key in keys:
-      digit = ((key >> shift) & (bins - 1)).astype(jnp.int32)
-      if shift + width < key_bits:
-        in_prefix = (key >> (shift + width)) == prefix[:, None]
-        digit = jnp.where(in_prefix, digit, bins)
-      digits.append(digit)
-    hist = _histogram(digits, bins)
+    dropped = rows * bins  # out of range: the scatter drops it
+    digit = ((keys >> shift) & (bins - 1)).astype(jnp.int32) + (row * bins)[:, None]
+    counted = valid
+    if shift + width < key_bits:  # count only the entries under the digits chosen so far
+      counted = counted & ((keys >> (shift + width)) == prefix[row][:, None])
+    index = jnp.where(counted, digit, dropped).reshape(-1)
+    hist = jnp.zeros((dropped,), jnp.int32).at[index].add(1, mode="drop").reshape(rows, bins)
     at_least = _suffix_sums(hist)
     # The chosen digit is the largest one with at least `need` entries at or above it.
     chosen = jnp.sum(at_least >= need[:, None], axis=1, dtype=jnp.int32) - 1
     ties = jnp.take_along_axis(hist, chosen[:, None], axis=1)[:, 0]
-    above = jnp.take_along_axis(at_least, chosen[:, None], axis=1)[:, 0] - ties
-    need = need - above
-    prefix = (prefix << width) | chosen.astype(key_dtype)
+    need = need - (jnp.take_along_axis(at_least, chosen[:, None], axis=1)[:, 0] - ties)
+    prefix = (prefix << width) | chosen.astype(keys.dtype)
   return prefix, need, ties
 
 
-def _tie_cut(equal: jax.Array, need: jax.Array) -> jax.Array:
-  """Per row of ``equal`` (n, m) bool, the flat index of its ``need``-th True (1-based ``need``).
+def _select_top_k(
+  leaves: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int], ks: Sequence[int]
+) -> list[jax.Array]:
+  """Each leaf with all but the entries among its row's ``ks[row]`` largest magnitudes zeroed.
 
-  Returns -1 where ``need`` is 0. Ranks are counted per block of ``_TIE_BLOCK`` entries, then within
-  the one block that holds the cut, so no full-length cumulative sum is needed.
+  ``leaves`` share one float dtype; ``offsets[i]`` is leaf ``i``'s first flat index within its row
+  (ties go to the lower one).
   """
-  n, m = equal.shape
-  block = min(_TIE_BLOCK, m)
-  blocks = -(-m // block)
-  padded = jnp.pad(equal.astype(jnp.int32), ((0, 0), (0, blocks * block - m)))
-  padded = padded.reshape(n, blocks, block)
-  through_block = jnp.cumsum(jnp.sum(padded, axis=2), axis=1)
-  which = jnp.minimum(jnp.sum(through_block < need[:, None], axis=1), blocks - 1)
-  before = jnp.take_along_axis(through_block, which[:, None], axis=1)[:, 0]
-  before -= jnp.take_along_axis(jnp.sum(padded, axis=2), which[:, None], axis=1)[:, 0]
-  in_block = jnp.take_along_axis(padded, which[:, None, None], axis=1)[:, 0, :]
-  position = jnp.sum(jnp.cumsum(in_block, axis=1) < (need - before)[:, None], axis=1)
-  cut = which * block + position
-  return jnp.where(need > 0, cut, -1)
+  tiles = _tile(leaves, rows, offsets)
+  keys = _magnitude_keys(tiles.values).reshape(tiles.values.shape)
+  key_bits = 8 * jnp.dtype(keys.dtype).itemsize - 1
+  need = jnp.asarray(np.asarray(ks, np.int32))
+  threshold, need, ties = _radix_select(keys, tiles.row, tiles.valid, need, key_bits)
+  span = tiles.span
+
+  def reversed_index(start: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``span - 1 - flat index``: larger for lower indices, so that a select prefers them."""
+    index = jax.lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1) + start
+    return (span - 1 - index).astype(jnp.uint32)
+
+  def keep_all_ties(_: None) -> jax.Array:
+    return jnp.zeros(need.shape, jnp.uint32)
+
+  def cut_ties(_: None) -> jax.Array:
+    # The need-th lowest flat index among the tied entries is the need-th largest reversed index.
+    tied = tiles.valid & (keys == threshold[tiles.row][:, None])
+    order = reversed_index(tiles.start[:, None], keys.shape)
+    index_bits = max(1, int(span - 1).bit_length())
+    cut, _, _ = _radix_select(order, tiles.row, tied, jnp.maximum(need, 1), index_bits)
+    return jnp.where(need < ties, cut, 0).astype(jnp.uint32)
+
+  # Ties at the threshold are rare for real-valued data: the index select runs only when one is cut.
+  # `last` is the reversed index of the last tied entry kept (0 keeps them all).
+  last = jax.lax.cond(jnp.any(need < ties), cut_ties, keep_all_ties, None)
+  tile_threshold = threshold[tiles.row][:, None]
+  order = reversed_index(tiles.start[:, None], keys.shape)
+  kept = (keys > tile_threshold) | ((keys == tile_threshold) & (order >= last[tiles.row][:, None]))
+  kept_values = jnp.where(kept, tiles.values, jnp.zeros_like(tiles.values)).reshape(-1)
+  width = tiles.values.shape[1]
+  out = []
+  for leaf, first in zip(leaves, tiles.first_tile, strict=True):
+    out.append(kept_values[first * width : first * width + leaf.size].reshape(leaf.shape))
+  return out
 
 
-def _keep_mask(key: jax.Array, threshold: jax.Array, need: jax.Array, ties: jax.Array) -> jax.Array:
-  """Mask of the kept entries of ``key`` (n, m): above ``threshold``, plus the first ``need`` ties."""
-  threshold = threshold[:, None]
-
-  def all_ties(_: jax.Array) -> jax.Array:
-    return jnp.full(need.shape, key.shape[1], jnp.int32)
-
-  def some_ties(_: jax.Array) -> jax.Array:
-    cut = _tie_cut(key == threshold, need)
-    return jnp.where(need >= ties, key.shape[1], cut)
-
-  # Ties at the threshold are rare for real-valued data: the rank pass runs only when one is cut.
-  cut = jax.lax.cond(jnp.any(need < ties), some_ties, all_ties, None)
-  return _mask_through(key, threshold[:, 0], cut)
-
-
-def _mask_through(key: jax.Array, threshold: jax.Array, cut: jax.Array) -> jax.Array:
-  """Entries of ``key`` (n, m) above ``threshold``, and those equal to it up to index ``cut``."""
-  index = jax.lax.broadcasted_iota(jnp.int32, key.shape, 1)
-  threshold = threshold[:, None]
-  return (key > threshold) | ((key == threshold) & (index <= cut[:, None]))
-
-
-def _key_bits(dtype: jnp.dtype) -> int:
-  return 8 * jnp.dtype(dtype).itemsize - 1
-
-
-def _keep_top_k_rows(rows: jax.Array, ks: Sequence[int]) -> jax.Array:
-  """``rows`` (n, m) with all but each row's ``ks[r]`` largest-magnitude entries zeroed."""
-  keys = _magnitude_keys(rows)
-  k = jnp.asarray(np.asarray(ks, np.int32))
-  threshold, need, ties = _threshold([keys], k, _key_bits(rows.dtype))
-  mask = _keep_mask(keys, threshold, need, ties)
-  return jnp.where(mask, rows, jnp.zeros_like(rows))
+def _common_float(leaves: Sequence[jax.Array]) -> jnp.dtype:
+  """The float dtype that holds every leaf's values exactly (explicit, for strict promotion)."""
+  dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}
+  widest = max(dtypes, key=lambda d: d.itemsize)
+  if len(dtypes) > 1 and widest.itemsize == 2:  # bfloat16 with float16: neither holds the other
+    return jnp.dtype(jnp.float32)
+  return widest
 
 
 def keep_top_k(x: jax.Array, k: int) -> jax.Array:
@@ -176,26 +205,28 @@ def keep_top_k(x: jax.Array, k: int) -> jax.Array:
 def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[jax.Array]:
   """Keeps the ``ks[i]`` largest-magnitude entries of each ``leaves[i]``, zeroing the rest.
 
-  Leaves of equal size and dtype are selected together, one stacked batch per group.
+  All leaves whose magnitudes have the same bit width are selected together: each histogram pass is
+  one scatter over all of them into per-leaf counters.
   """
   if len(leaves) != len(ks):
     raise ValueError(f"Got {len(leaves)} leaves but {len(ks)} values of k.")
-  out: list[jax.Array | None] = [None] * len(leaves)
-  groups: dict[tuple[int, str], list[int]] = {}
+  out = list(leaves)
+  groups: dict[int, list[int]] = {}
   for i, (leaf, k) in enumerate(zip(leaves, ks, strict=True)):
-    k = int(k)
-    if k >= leaf.size:
-      out[i] = leaf
-    elif k <= 0:
+    if int(k) <= 0:
       out[i] = jnp.zeros_like(leaf)
-    else:
-      groups.setdefault((leaf.size, jnp.dtype(leaf.dtype).name), []).append(i)
+    elif int(k) < leaf.size:
+      groups.setdefault(jnp.dtype(leaf.dtype).itemsize, []).append(i)
   for members in groups.values():
-    rows = jnp.stack([leaves[i].reshape(-1) for i in members])
-    kept = _keep_top_k_rows(rows, [int(ks[i]) for i in members])
-    for row, i in enumerate(members):
-      out[i] = kept[row].reshape(leaves[i].shape)
-  return out  # type: ignore[return-value]
+    kept = _select_top_k(
+      [leaves[i] for i in members],
+      rows=list(range(len(members))),
+      offsets=[0] * len(members),
+      ks=[int(ks[i]) for i in members],
+    )
+    for i, leaf in zip(members, kept, strict=True):
+      out[i] = leaf
+  return out
 
 
 def keep_top_k_global(leaves: Sequence[jax.Array], k: int) -> list[jax.Array]:
@@ -207,32 +238,13 @@ def keep_top_k_global(leaves: Sequence[jax.Array], k: int) -> list[jax.Array]:
   if not leaves:
     return []
   k = int(k)
-  size = sum(leaf.size for leaf in leaves)
-  if k >= size:
+  if k >= sum(leaf.size for leaf in leaves):
     return list(leaves)
   if k <= 0:
     return [jnp.zeros_like(leaf) for leaf in leaves]
-  dtype = jnp.result_type(*leaves)
-  keys = [_magnitude_keys(leaf.reshape(1, -1).astype(dtype)) for leaf in leaves]
-  threshold, need, ties = _threshold(keys, jnp.full((1,), k, jnp.int32), _key_bits(dtype))
-
-  def all_ties(_: None) -> list[jax.Array]:
-    return [jnp.full((1,), key.shape[1], jnp.int32) for key in keys]
-
-  def some_ties(_: None) -> list[jax.Array]:
-    # Hand the kept ties out to the leaves in order: each keeps what is left of `need`.
-    remaining, cuts = need, []
-    for key in keys:
-      equal = key == threshold[:, None]
-      leaf_ties = jnp.sum(equal, axis=1, dtype=jnp.int32)
-      leaf_need = jnp.clip(remaining, 0, leaf_ties)
-      remaining = remaining - leaf_need
-      cuts.append(jnp.where(leaf_need >= leaf_ties, key.shape[1], _tie_cut(equal, leaf_need)))
-    return cuts
-
-  cuts = jax.lax.cond(jnp.all(need >= ties), all_ties, some_ties, None)
-  out = []
-  for leaf, key, cut in zip(leaves, keys, cuts, strict=True):
-    mask = _mask_through(key, threshold, cut)
-    out.append(jnp.where(mask[0].reshape(leaf.shape), leaf, jnp.zeros_like(leaf)))
-  return out
+  dtype = _common_float(leaves)
+  offsets = np.cumsum([0] + [leaf.size for leaf in leaves[:-1]]).tolist()
+  kept = _select_top_k(
+    [leaf.astype(dtype) for leaf in leaves], rows=[0] * len(leaves), offsets=offsets, ks=[k]
+  )
+  return [kept_leaf.astype(leaf.dtype) for kept_leaf, leaf in zip(kept, leaves, strict=True)]
