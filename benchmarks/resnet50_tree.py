@@ -18,9 +18,14 @@ EXPANSION = 4
 
 
 def resnet50_shapes(
-  width_scale: float = 1.0, num_classes: int = 1000
+  width_scale: float = 1.0,
+  stage_blocks: tuple[int, ...] = STAGE_BLOCKS,
+  num_classes: int = 1000,
 ) -> dict[str, tuple[int, ...]]:
-  """Leaf name -> shape (HWIO kernels), in the model's order; ``width_scale`` shrinks channels."""
+  """Leaf name -> shape (HWIO kernels), in the model's order.
+
+  ``width_scale`` shrinks the channels and ``stage_blocks`` the depth, for quick smoke runs.
+  """
 
   def ch(c: int) -> int:
     return max(1, round(c * width_scale))
@@ -34,7 +39,7 @@ def resnet50_shapes(
 
   conv_bn("stem", 7, 3, ch(64))
   cin = ch(64)
-  for stage, (blocks, width) in enumerate(zip(STAGE_BLOCKS, STAGE_WIDTHS, strict=True)):
+  for stage, (blocks, width) in enumerate(zip(stage_blocks, STAGE_WIDTHS, strict=True)):
     for block in range(blocks):
       name = f"stage{stage + 1}_block{block + 1}"
       cout = ch(width * EXPANSION)
@@ -50,10 +55,13 @@ def resnet50_shapes(
 
 
 def resnet50_tree(
-  key: jax.Array, width_scale: float = 1.0, dtype: jnp.dtype = jnp.float32
+  key: jax.Array,
+  width_scale: float = 1.0,
+  stage_blocks: tuple[int, ...] = STAGE_BLOCKS,
+  dtype: jnp.dtype = jnp.float32,
 ) -> dict[str, jax.Array]:
   """A ResNet-50-shaped dict of normal random leaves (scaled by 0.01, as gradients might be)."""
-  shapes = resnet50_shapes(width_scale)
+  shapes = resnet50_shapes(width_scale, stage_blocks)
   keys = jax.random.split(key, len(shapes))
   return {
     name: 0.01 * jax.random.normal(k, shape, dtype)
