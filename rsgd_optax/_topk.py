@@ -44,14 +44,14 @@ class _Tiles(NamedTuple):
     values: ``(tiles, width)``; the tail of each array's last tile is zero padding.
     row: ``(tiles,)`` the selection row each tile belongs to.
     start: ``(tiles,)`` flat index, within its row, of each tile's first entry (for tie order).
-    valid: ``(tiles, width)`` bool, False on padding.
+    valid: ``(tiles, width)`` bool, False on padding; None where there is no padding.
     span: one more than the largest flat index within any row.
   """
 
   values: jax.Array
   row: jax.Array
   start: jax.Array
-  valid: jax.Array
+  valid: jax.Array | None
   span: int
   first_tile: list[int]
 
@@ -74,8 +74,10 @@ def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[in
     tile_row += [row] * tiles
     tile_start += [offset + t * width for t in range(tiles)]
     tile_count += [min(width, key.size - t * width) for t in range(tiles)]
-  count = jnp.asarray(np.asarray(tile_count, np.int32))
-  valid = jax.lax.broadcasted_iota(jnp.int32, (len(tile_count), width), 1) < count[:, None]
+  valid = None
+  if min(tile_count) < width:
+    count = jnp.asarray(np.asarray(tile_count, np.int32))
+    valid = jax.lax.broadcasted_iota(jnp.int32, (len(tile_count), width), 1) < count[:, None]
   return _Tiles(
     values=pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces),
     row=jnp.asarray(np.asarray(tile_row, np.int32)),
@@ -101,14 +103,14 @@ def _suffix_sums(hist: jax.Array) -> jax.Array:
 
 
 def _radix_select(
-  keys: jax.Array, row: jax.Array, valid: jax.Array, need: jax.Array, key_bits: int
+  keys: jax.Array, row: jax.Array, valid: jax.Array | None, need: jax.Array, key_bits: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per row, the ``need``-th largest of the valid ``keys`` (tiles, width) of that row's tiles.
 
   Args:
     keys: ``(tiles, width)`` unsigned keys using their low ``key_bits`` bits.
     row: ``(tiles,)`` the row of each tile, ``0 <= row < len(need)``.
-    valid: ``(tiles, width)`` bool, the entries that take part.
+    valid: ``(tiles, width)`` bool, the entries that take part (None: all).
     need: ``(rows,)`` int32, between 1 and the number of valid entries of the row.
     key_bits: how many low bits the keys use.
 
@@ -127,8 +129,11 @@ def _radix_select(
     digit = ((keys >> shift) & (bins - 1)).astype(jnp.int32) + (row * bins)[:, None]
     counted = valid
     if shift + width < key_bits:  # count only the entries under the digits chosen so far
-      counted = counted & ((keys >> (shift + width)) == prefix[row][:, None])
-    index = jnp.where(counted, digit, dropped).reshape(-1)
+      in_prefix = (keys >> (shift + width)) == prefix[row][:, None]
+      counted = in_prefix if counted is None else counted & in_prefix
+    if counted is not None:
+      digit = jnp.where(counted, digit, dropped)
+    index = digit.reshape(-1)
     hist = jnp.zeros((dropped,), jnp.int32).at[index].add(1, mode="drop").reshape(rows, bins)
     at_least = _suffix_sums(hist)
     # The chosen digit is the largest one with at least `need` entries at or above it.
@@ -164,7 +169,9 @@ def _select_top_k(
 
   def cut_ties(_: None) -> jax.Array:
     # The need-th lowest flat index among the tied entries is the need-th largest reversed index.
-    tied = tiles.valid & (keys == threshold[tiles.row][:, None])
+    tied = keys == threshold[tiles.row][:, None]
+    if tiles.valid is not None:
+      tied = tied & tiles.valid
     order = reversed_index(tiles.start[:, None], keys.shape)
     index_bits = max(1, int(span - 1).bit_length())
     cut, _, _ = _radix_select(order, tiles.row, tied, jnp.maximum(need, 1), index_bits)
