@@ -33,6 +33,8 @@ _MAX_DIGIT_BITS = 16
 _MIN_DIGIT_BITS = 8
 # Entries per tile of the common layout (the padding of a leaf's last tile is at most this).
 _TILE_WIDTH = 1024
+# Leaves at least this large get a selection of their own rather than a row of the shared layout.
+_OWN_SELECTION_SIZE = 1 << 18
 
 _KEY_DTYPES = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 
@@ -218,12 +220,15 @@ def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[ja
   if len(leaves) != len(ks):
     raise ValueError(f"Got {len(leaves)} leaves but {len(ks)} values of k.")
   out = list(leaves)
-  groups: dict[int, list[int]] = {}
+  groups: dict[tuple[int, int], list[int]] = {}
   for i, (leaf, k) in enumerate(zip(leaves, ks, strict=True)):
     if int(k) <= 0:
       out[i] = jnp.zeros_like(leaf)
     elif int(k) < leaf.size:
-      groups.setdefault(jnp.dtype(leaf.dtype).itemsize, []).append(i)
+      # A large leaf is selected on its own: it needs no copy into the shared layout, and its
+      # histograms can use wider digits (fewer passes).
+      group = i if leaf.size >= _OWN_SELECTION_SIZE else -1
+      groups.setdefault((jnp.dtype(leaf.dtype).itemsize, group), []).append(i)
   for members in groups.values():
     kept = _select_top_k(
       [leaves[i] for i in members],
