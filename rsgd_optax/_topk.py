@@ -10,10 +10,11 @@ with the lowest flat indices, so that exactly ``k`` survive: the same set as a s
 descending magnitude, or :func:`jax.lax.top_k`. Cutting a tie (rare for real-valued data) is a second
 radix select, over the flat indices of the tied entries, and runs only when a tie is cut.
 
-The magnitudes of all leaves are laid out once as rows of a single tile array (each leaf padded to
-whole tiles, each tile tagged with its leaf), so every histogram pass over all ~160 leaves of a model
-is one fused pass and one scatter into per-leaf counters: the compiled program does not grow with the
-number of leaves beyond one tiling and one output piece per leaf.
+The small leaves of a model (most of its ~160) are laid out once as rows of a single tile array (each
+leaf padded to whole tiles, each tile tagged with its leaf), so each histogram pass over all of them
+is one fused pass and one scatter into per-leaf counters, and the compiled program grows by only one
+tiling and one output piece per leaf. Leaves of ``_OWN_SELECTION_SIZE`` entries or more are selected
+on their own: they need no copy into that layout and their histograms take wider digits.
 """
 
 from __future__ import annotations
