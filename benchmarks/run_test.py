@@ -1,0 +1,43 @@
+"""Smoke test: the benchmark entry point runs at its tiny size and writes a well-formed report.
+
+No timing is asserted (timings belong to the benchmark, not to CI); only the shape of the output.
+"""
+
+import json
+import math
+
+from benchmarks import run
+
+
+def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
+  out = tmp_path / "results.json"
+  run.main(["--size", "tiny", "--out", str(out)])
+  table = capsys.readouterr().out
+  results = json.loads(out.read_text())
+
+  assert table.startswith("| what | goal | measured | met |")
+  assert results["size"] == "tiny"
+  assert results["machine"]["jax"] and results["machine"]["device_kind"]
+  assert results["bandwidth"]["bytes_per_second"] > 0
+  goals = results["goals"]
+  assert len(goals) == 11
+  for row in goals:
+    assert set(row) == {"what", "goal", "value", "met"}
+    assert row["met"] in {"yes", "no", "n/a"}
+    assert row["value"] is None or (math.isfinite(row["value"]) and row["value"] > 0)
+    assert row["what"] in table
+  optimizers = results["resnet50_tree"]["optimizers"]
+  assert set(optimizers) == {
+    "sgdm",
+    "residual_scale",
+    "residual_sign",
+    "residual_topk",
+    "residual_scale_bf16",
+  }
+  # The memory rows are exact: one params-sized residual (half in bfloat16), plus the step count.
+  params_bytes = results["resnet50_tree"]["params_bytes"]
+  assert optimizers["residual_scale"]["memory"]["state_bytes_beyond_sgdm"] == params_bytes + 4
+  assert optimizers["residual_scale_bf16"]["memory"]["state_bytes_beyond_sgdm"] == (
+    params_bytes // 2 + 4
+  )
+  assert results["top_k"]["exact_match_with_lax"] is True

@@ -1,0 +1,35 @@
+"""Interleaved timing: every round runs each variant once, so slow drift of the machine cancels."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved(
+  variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+  """Seconds per call of each variant, ``rounds`` times, the variants alternating within a round.
+
+  Each callable must block until its work is done (``jax.block_until_ready``).
+  """
+  for _ in range(warmup):
+    for run in variants.values():
+      run()
+  times: dict[str, list[float]] = {name: [] for name in variants}
+  for _ in range(rounds):
+    for name, run in variants.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def median(values: list[float]) -> float:
+  return float(statistics.median(values))
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+  """The median over rounds of the per-round ratio (variants of one round ran back to back)."""
+  return median([a / b for a, b in zip(numerator, denominator, strict=True)])

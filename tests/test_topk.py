@@ -1,0 +1,190 @@
+"""Exact top-k selection (rsgd_optax._topk) against a stable full sort in NumPy."""
+
+import functools
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rsgd_optax import _topk
+
+
+def reference_keep(x: np.ndarray, k: int) -> np.ndarray:
+  """Zero all but the k largest |x|: a stable sort on -|x|, so ties go to the lower flat index."""
+  flat = np.asarray(x, np.float64).reshape(-1)
+  order = np.argsort(-np.abs(flat), kind="stable")[:k]
+  kept = np.zeros(flat.shape, bool)
+  kept[order] = True
+  return np.where(kept, flat, 0.0).reshape(np.shape(x))
+
+
+def reference_global(leaves: list[np.ndarray], k: int) -> list[np.ndarray]:
+  flat = reference_keep(np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in leaves]), k)
+  out, start = [], 0
+  for x in leaves:
+    out.append(flat[start : start + x.size].reshape(x.shape))
+    start += x.size
+  return out
+
+
+# One compiled function per (shape, dtype, k): jit caches them across tests.
+keep_top_k = jax.jit(_topk.keep_top_k, static_argnums=1)
+
+
+@functools.cache
+def _leaves_fn(ks: tuple[int, ...]):
+  return jax.jit(lambda leaves: _topk.keep_top_k_leaves(leaves, ks))
+
+
+@functools.cache
+def _global_fn(k: int):
+  return jax.jit(lambda leaves: _topk.keep_top_k_global(leaves, k))
+
+
+def assert_same(actual: jax.Array, expected: np.ndarray, like: jax.Array) -> None:
+  assert actual.shape == like.shape and actual.dtype == like.dtype
+  np.testing.assert_array_equal(np.asarray(actual, np.float64), expected)
+
+
+def _data(kind: str, shape: tuple[int, ...], dtype, seed: int = 0) -> jax.Array:
+  rng = np.random.default_rng(seed)
+  if kind == "normal":
+    values = rng.normal(size=shape)
+  elif kind == "ties":  # few distinct magnitudes, both signs: many ties at any threshold
+    values = rng.integers(-3, 4, size=shape).astype(np.float64)
+  elif kind == "all_equal":
+    values = np.full(shape, -1.5)
+  elif kind == "zeros":
+    values = np.zeros(shape)
+  elif kind == "negative":
+    values = -np.abs(rng.normal(size=shape)) - 0.1
+  else:
+    raise ValueError(kind)
+  return jnp.asarray(values, dtype)
+
+
+KINDS = ("normal", "ties", "all_equal", "zeros", "negative")
+KS = (1, 7, 100, 299, 300, 1000)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_keep_top_k_matches_stable_sort(dtype):
+  # Every data kind with every k, as the leaves of one batched call (one compilation per dtype).
+  cases = [(kind, k) for kind in KINDS for k in KS]
+  leaves = [_data(kind, (20, 15), dtype, seed) for seed, (kind, _) in enumerate(cases)]
+  out = _leaves_fn(tuple(k for _, k in cases))(leaves)
+  for actual, x, (_, k) in zip(out, leaves, cases, strict=True):
+    assert_same(actual, reference_keep(x, k), x)
+    assert int(jnp.sum(actual != 0)) <= min(k, x.size)
+
+
+def test_single_leaf_entry_point():
+  for kind in KINDS:
+    x = _data(kind, (20, 15), jnp.float32)
+    assert_same(keep_top_k(x, 30), reference_keep(x, 30), x)
+
+
+def test_exactly_k_survive_on_nonzero_ties():
+  x = _data("all_equal", (4097,), jnp.float32)  # more than one tile
+  ks = (1, 1024, 1025, 4096)
+  for out, k in zip(_leaves_fn(ks)([x] * len(ks)), ks, strict=True):
+    assert int(jnp.sum(out != 0)) == k
+    assert_same(out, reference_keep(x, k), x)
+
+
+def test_large_leaf_matches_lax_top_k():
+  x = jax.random.normal(jax.random.key(0), (4, 70_001), jnp.float32)  # a selection of its own
+  k = 2_100
+  _, index = jax.lax.top_k(jnp.abs(x.reshape(-1)), k)
+  expected = np.zeros(x.size)
+  expected[np.asarray(index)] = np.asarray(x).reshape(-1)[np.asarray(index)]
+  assert_same(keep_top_k(x, k), expected.reshape(x.shape), x)
+
+
+def test_float64_under_x64():
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(333,)), jnp.float64)
+    ties = jnp.asarray(np.random.default_rng(2).integers(-2, 3, size=(200,)), jnp.float64)
+    out = jax.jit(lambda leaves: _topk.keep_top_k_leaves(leaves, (33, 90)))([x, ties])
+    assert_same(out[0], reference_keep(x, 33), x)
+    assert_same(out[1], reference_keep(ties, 90), ties)
+
+
+def test_k_at_least_size_keeps_everything_and_zero_k_keeps_nothing():
+  x = _data("normal", (5, 3), jnp.float32)
+  np.testing.assert_array_equal(keep_top_k(x, 15), x)
+  np.testing.assert_array_equal(keep_top_k(x, 40), x)
+  np.testing.assert_array_equal(_topk.keep_top_k(x, 0), jnp.zeros_like(x))
+
+
+def test_leaves_each_with_its_own_k():
+  leaves = [
+    _data("normal", (8, 8), jnp.float32, 1),
+    _data("ties", (64,), jnp.float32, 2),  # same size as the first: selected in one batch
+    _data("ties", (3, 5, 7), jnp.float32, 3),
+    _data("normal", (2_500,), jnp.float32, 4),  # spans several tiles
+    _data("normal", (6,), jnp.float32, 5),  # smaller than its k
+    _data("ties", (300,), jnp.bfloat16, 6),  # a second key width
+    _data("all_equal", (1,), jnp.float32, 7),
+  ]
+  ks = (5, 20, 50, 25, 10, 40, 1)
+  out = _leaves_fn(ks)(leaves)
+  for actual, x, k in zip(out, leaves, ks, strict=True):
+    assert_same(actual, reference_keep(x, k), x)
+
+
+def test_global_selection_across_leaves():
+  leaves = [
+    _data("ties", (10,), jnp.float32, 1),
+    _data("ties", (4, 5), jnp.float32, 2),
+    _data("normal", (1_500,), jnp.float32, 3),
+    _data("ties", (300,), jnp.float32, 4),
+  ]
+  for k in (1, 37, 400, 1_829):
+    out = _global_fn(k)(leaves)
+    for actual, expected, x in zip(out, reference_global(leaves, k), leaves, strict=True):
+      assert_same(actual, expected, x)
+
+
+def test_global_selection_with_mixed_dtypes_keeps_each_dtype():
+  leaves = [_data("ties", (50,), jnp.bfloat16, 1), _data("normal", (70,), jnp.float32, 2)]
+  out = _global_fn(30)(leaves)
+  for actual, expected, x in zip(out, reference_global(leaves, 30), leaves, strict=True):
+    assert_same(actual, expected, x)
+
+
+def test_global_edge_cases():
+  assert _topk.keep_top_k_global([], 3) == []
+  leaves = [_data("normal", (3,), jnp.float32), _data("normal", (2,), jnp.float32, 1)]
+  for actual, x in zip(_topk.keep_top_k_global(leaves, 9), leaves, strict=True):
+    np.testing.assert_array_equal(actual, x)
+
+
+def test_mismatched_ks_are_rejected():
+  with pytest.raises(ValueError, match="2 leaves but 1 values of k"):
+    _topk.keep_top_k_leaves([jnp.ones(3), jnp.ones(2)], [1])
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+  x=hnp.arrays(
+    np.float32,
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9),
+    elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5, 1e-3, 7.0, -1e30]),
+  ),
+  fraction=st.floats(0.0, 1.0),
+)
+def test_property_matches_stable_sort(x, fraction):
+  k = max(1, round(fraction * x.size))
+  out = _topk.keep_top_k(jnp.asarray(x), k)
+  np.testing.assert_array_equal(np.asarray(out, np.float64), reference_keep(x, k))
+  # Exactly k survive where k entries are nonzero; every kept entry is at least as large as any
+  # dropped one.
+  assert int(np.sum(np.asarray(out) != 0)) == min(k, int(np.sum(x != 0)))
+  kept = np.asarray(out) != 0
+  if kept.any() and (~kept).any():
+    assert np.abs(x[kept]).min() >= np.abs(x[~kept & (x != 0)]).max(initial=0.0)
