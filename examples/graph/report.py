@@ -23,9 +23,9 @@ from examples.common import report
 
 ORDER = ("adam", "adam-scale", "adam-sign", "adam-topk", "sgdm", "rsgdm-scale")
 PANELS = (
-  ("train_loss", "training loss"),
-  ("val_micro_f1", "validation micro-F1"),
-  ("test_micro_f1", "test micro-F1"),
+  report.Panel("train_loss", "training loss"),
+  report.Panel("val_micro_f1", "validation micro-F1"),
+  report.Panel("test_micro_f1", "test micro-F1"),
 )
 
 
