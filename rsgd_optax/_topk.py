@@ -68,7 +68,11 @@ def _magnitude_keys(x: jax.Array) -> jax.Array:
 def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int]) -> _Tiles:
   """Lays ``arrays[i]`` (row ``rows[i]``, first flat index ``offsets[i]``) out as tiles."""
   width = min(_TILE_WIDTH, 1 << max(0, int(max(a.size for a in arrays) - 1).bit_length()))
-  pieces, tile_row, tile_start, tile_count, first_tile = [], [], [], [], []
+  pieces: list[jax.Array] = []
+  tile_row: list[int] = []
+  tile_start: list[int] = []
+  tile_count: list[int] = []
+  first_tile: list[int] = []
   for array, row, offset in zip(arrays, rows, offsets, strict=True):
     key = array.reshape(-1)
     first_tile.append(len(tile_row))
@@ -77,7 +81,7 @@ def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[in
     tile_row += [row] * tiles
     tile_start += [offset + t * width for t in range(tiles)]
     tile_count += [min(width, key.size - t * width) for t in range(tiles)]
-  valid = None
+  valid: jax.Array | None = None
   if min(tile_count) < width:
     count = jnp.asarray(np.asarray(tile_count, np.int32))
     valid = jax.lax.broadcasted_iota(jnp.int32, (len(tile_count), width), 1) < count[:, None]
@@ -177,7 +181,7 @@ def _select_top_k(
       tied = tied & tiles.valid
     order = reversed_index(tiles.start[:, None], keys.shape)
     index_bits = max(1, int(span - 1).bit_length())
-    cut, _, _ = _radix_select(order, tiles.row, tied, jnp.maximum(need, 1), index_bits)
+    cut = _radix_select(order, tiles.row, tied, jnp.maximum(need, 1), index_bits)[0]
     return jnp.where(need < ties, cut, 0).astype(jnp.uint32)
 
   # Ties at the threshold are rare for real-valued data: the index select runs only when one is cut.
