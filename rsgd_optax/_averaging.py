@@ -49,10 +49,6 @@ class AveragingState(NamedTuple):
   inner_state: PyTree
 
 
-def _is_float(x: Any) -> bool:
-  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
 def _unboxed(x: Any) -> jax.Array:
   """The array in a scalar state leaf, also when ``flax.nnx.Optimizer`` wrapped it in a Variable."""
   (leaf,) = jax.tree.leaves(x)
@@ -78,24 +74,12 @@ def _rsgd_point(params: PyTree, updates: PyTree, residual: PyTree | None) -> PyT
     return new_params
 
   def add(y: Any, r: Any) -> Any:
-    if isinstance(r, optax.MaskedNode) or not _is_float(y):
+    if isinstance(r, optax.MaskedNode) or not _residual._is_float(y):
       return y
     dtype = _dtypes.wider_float(y.dtype, r.dtype)
     return y.astype(dtype) + r.astype(dtype)
 
   return jax.tree.map(add, new_params, residual)
-
-
-def _validated_dtype(average_dtype: Any) -> Any:
-  if average_dtype is None:
-    return None
-  try:
-    dtype = jnp.dtype(average_dtype)
-  except TypeError as e:
-    raise ValueError(f"`average_dtype` must be a floating dtype, got {average_dtype!r}.") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"`average_dtype` must be a floating dtype, got {dtype}.")
-  return dtype
 
 
 def _validated_which(which: Any) -> None:
@@ -168,7 +152,7 @@ def iterate_averaging(
       f"e.g. optax.sgd(30.0)), got {inner!r}."
     )
   _validated_which(which)
-  dtype = _validated_dtype(average_dtype)
+  dtype = _residual._validated_dtype(average_dtype, "average_dtype")
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: PyTree) -> AveragingState:
@@ -177,7 +161,7 @@ def iterate_averaging(
       raise ValueError("iterate_averaging cannot wrap another iterate_averaging.")
 
     def zeros(p: Any) -> Any:
-      if not _is_float(p):
+      if not _residual._is_float(p):
         return optax.MaskedNode()
       return jnp.zeros_like(p, dtype=dtype or p.dtype)
 

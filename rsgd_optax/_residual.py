@@ -139,15 +139,16 @@ def _negated_into(updates: PyTree, moved: PyTree) -> PyTree:
   return jax.tree.map(negate, updates, moved, is_leaf=lambda x: x is None)
 
 
-def _validated_dtype(residual_dtype: Any) -> Any:
-  if residual_dtype is None:
+def _validated_dtype(dtype_arg: Any, name: str = "residual_dtype") -> Any:
+  """``dtype_arg`` as a floating dtype (None stays None); a ValueError naming ``name`` otherwise."""
+  if dtype_arg is None:
     return None
   try:
-    dtype = jnp.dtype(residual_dtype)
+    dtype = jnp.dtype(dtype_arg)
   except TypeError as e:
-    raise ValueError(f"`residual_dtype` must be a floating dtype, got {residual_dtype!r}.") from e
+    raise ValueError(f"`{name}` must be a floating dtype, got {dtype_arg!r}.") from e
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"`residual_dtype` must be a floating dtype, got {dtype}.")
+    raise ValueError(f"`{name}` must be a floating dtype, got {dtype}.")
   return dtype
 
 
