@@ -15,7 +15,9 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   table = capsys.readouterr().out
   results = json.loads(out.read_text())
 
-  assert table.startswith("| what | goal | measured | met |")
+  # A note line may come first (for example when torch is absent and its rows are skipped).
+  header = next(line for line in table.splitlines() if line.startswith("|"))
+  assert header == "| what | goal | measured | met |"
   assert results["size"] == "tiny"
   assert results["machine"]["jax"] and results["machine"]["device_kind"]
   assert results["bandwidth"]["bytes_per_second"] > 0
