@@ -13,6 +13,7 @@ and keeps ``r`` in its state; :func:`eval_params` returns ``x = params + r``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -152,6 +153,35 @@ def _validated_dtype(dtype_arg: Any, name: str = "residual_dtype") -> Any:
   return dtype
 
 
+def _with_memory(
+  scheme: _schemes.Scheme,
+  memory_dtype: Any,
+  make_state: Callable[[jax.Array, PyTree], Any],
+  emit: Callable[[PyTree, PyTree], PyTree],
+) -> optax.GradientTransformation:
+  """The arithmetic shared by :func:`residual` and :func:`error_feedback`.
+
+  Both keep a memory ``m`` (the residual, or the error) and move by ``p = R(m - u)``, keeping
+  ``m - u - p``; they differ only in what they emit: ``u`` itself (params stay on the base
+  trajectory) or ``-p`` (params move by the compressed step).
+  """
+  _schemes.validate_scheme(scheme)
+  dtype = _validated_dtype(memory_dtype)
+
+  def init_fn(params: PyTree) -> Any:
+    return make_state(jnp.zeros([], jnp.int32), _float_zeros(params, dtype))
+
+  def update_fn(updates: PyTree, state: Any, params: PyTree = None) -> tuple[PyTree, Any]:
+    del params
+    count, memory = state
+    delta = _difference(memory, updates)
+    moved = _run_scheme(scheme, delta, count)
+    new_memory = _subtract_into(delta, moved, memory)
+    return emit(updates, moved), make_state(optax.safe_increment(count), new_memory)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def residual(
   scheme: _schemes.Scheme, *, residual_dtype: Any = None
 ) -> optax.GradientTransformation:
@@ -200,22 +230,7 @@ def residual(
   References:
     Algorithm 1 of the RSGD(m) paper (SGD(m) with residuals), sections 4.1-4.3 and Theorem 2.
   """
-  _schemes.validate_scheme(scheme)
-  dtype = _validated_dtype(residual_dtype)
-
-  def init_fn(params: PyTree) -> ResidualState:
-    return ResidualState(count=jnp.zeros([], jnp.int32), residual=_float_zeros(params, dtype))
-
-  def update_fn(
-    updates: PyTree, state: ResidualState, params: PyTree = None
-  ) -> tuple[PyTree, ResidualState]:
-    del params
-    delta = _difference(state.residual, updates)
-    moved = _run_scheme(scheme, delta, state.count)
-    new_residual = _subtract_into(delta, moved, state.residual)
-    return updates, ResidualState(optax.safe_increment(state.count), new_residual)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _with_memory(scheme, residual_dtype, ResidualState, lambda updates, moved: updates)
 
 
 def residual_scale(
@@ -314,23 +329,7 @@ def error_feedback(
     Karimireddy et al., "Error feedback fixes SignSGD and other gradient compression schemes",
     ICML 2019; section 2 of the RSGD(m) paper.
   """
-  _schemes.validate_scheme(scheme)
-  dtype = _validated_dtype(residual_dtype)
-
-  def init_fn(params: PyTree) -> ErrorFeedbackState:
-    return ErrorFeedbackState(count=jnp.zeros([], jnp.int32), error=_float_zeros(params, dtype))
-
-  def update_fn(
-    updates: PyTree, state: ErrorFeedbackState, params: PyTree = None
-  ) -> tuple[PyTree, ErrorFeedbackState]:
-    del params
-    delta = _difference(state.error, updates)
-    moved = _run_scheme(scheme, delta, state.count)
-    new_error = _subtract_into(delta, moved, state.error)
-    new_updates = _negated_into(updates, moved)
-    return new_updates, ErrorFeedbackState(optax.safe_increment(state.count), new_error)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _with_memory(scheme, residual_dtype, ErrorFeedbackState, _negated_into)
 
 
 def compress(scheme: _schemes.Scheme) -> optax.GradientTransformation:
