@@ -9,6 +9,7 @@ import pytest
 from flax import nnx, serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax_compat import enable_x64
 
 import rsgd_optax as rsgd
 from rsgd_optax import (
@@ -138,7 +139,7 @@ def run(tx, step, steps, start, params=None, state=None, first=0):
 def test_matches_the_numpy_reference_in_float64(name, start):
   np_scheme = SCHEMES[name][1]
   steps = 7
-  with jax.enable_x64(True):
+  with enable_x64(True):
     tx = make_tx(name, 0.01)
     step = jax.jit(
       lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(

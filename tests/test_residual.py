@@ -6,13 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax_compat import enable_x64
 
 import rsgd_optax as rsgd
-
-try:  # jax >= 0.8
-  enable_x64 = jax.enable_x64
-except AttributeError:  # the oldest supported jax
-  from jax.experimental import enable_x64
 
 # ---------------------------------------------------------------------------------------------
 # An independent NumPy reference, in the paper's notation: x is the RSGD point, r the residual, and

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax_compat import enable_x64
 
 from rsgd_optax import _topk
 
@@ -106,7 +107,7 @@ def test_large_leaf_matches_lax_top_k():
 
 
 def test_float64_under_x64():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(333,)), jnp.float64)
     ties = jnp.asarray(np.random.default_rng(2).integers(-2, 3, size=(200,)), jnp.float64)
     out = jax.jit(lambda leaves: _topk.keep_top_k_leaves(leaves, (33, 90)))([x, ties])
