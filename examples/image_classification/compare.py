@@ -19,9 +19,6 @@ from ml_collections import config_flags
 from examples.image_classification import report, sweep
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Root directory of the sweep's runs.")
-config_flags.DEFINE_config_file("config", None, "A config with a `sweep` field.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -45,4 +42,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script (the trainer's main uses the same flag names).
+  flags.DEFINE_string("workdir", None, "Root directory of the sweep's runs.")
+  config_flags.DEFINE_config_file(
+    "config", None, "A config with a `sweep` field.", lock_config=True
+  )
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

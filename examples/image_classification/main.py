@@ -18,9 +18,6 @@ from examples.common.nonfinite import NonFiniteLossError
 from examples.image_classification import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
-config_flags.DEFINE_config_file("config", None, "Config file (a configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -39,4 +36,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script, so that importing an entry point never claims flag names
+  # that the other examples' entry points use too.
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
+  config_flags.DEFINE_config_file("config", None, "Config file (a configs/*.py).", lock_config=True)
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
