@@ -226,7 +226,10 @@ def test_after_any_base_optimizer_params_are_the_base_run_and_x_follows_the_sche
   ys, xs, _ = run_optax(optax.chain(BASES[base](), rsgd.residual_sign()), steps)
   x = [np.asarray(v) for v in X0]
   for t in range(steps):
-    chex.assert_trees_all_equal(ys[t], plain_ys[t])
+    if jax.default_backend() == "cpu":
+      chex.assert_trees_all_equal(ys[t], plain_ys[t])
+    else:  # a GPU build may contract the chained step's arithmetic differently (about 1 ulp)
+      chex.assert_trees_all_close(ys[t], plain_ys[t], rtol=1e-5, atol=0)
     # x_{t+1} = x_t - R(x_t - y_{t+1}), recomputed in NumPy from the recorded base iterates
     y = [np.asarray(ys[t]["w"]), np.asarray(ys[t]["b"])]
     p = np_scaled_sign(True)([xi - yi for xi, yi in zip(x, y, strict=True)])

@@ -13,7 +13,8 @@ statistics, as a PyTorch implementation that only swaps the weights does. With
 averaged), which is the more faithful choice when ``x`` and ``y`` differ a lot (large alpha, sign
 schemes early in training).
 
-Data parallelism: a one-axis mesh over the local devices (all of them, or ``config.num_devices``);
+Data parallelism: a one-axis mesh over the local devices (all of them, or ``config.num_devices``, of
+the default backend or of ``config.platform``);
 batches are split along it with ``NamedSharding(mesh, P("data"))`` and the training state is
 replicated, so XLA inserts the gradient all-reduce. Batch-norm statistics are computed over the
 global batch, so the result does not depend on the device count.
@@ -52,9 +53,12 @@ logger = logging.getLogger(__name__)
 TrainState = dict[str, Any]  # params, batch_stats, opt_state, step
 
 
-def create_mesh(num_devices: int = 0) -> Mesh:
-  """A one-axis ``data`` mesh over the first ``num_devices`` devices (0: all of them)."""
-  devices = jax.devices()
+def create_mesh(num_devices: int = 0, platform: str | None = None) -> Mesh:
+  """A one-axis ``data`` mesh over the first ``num_devices`` devices (0: all of them).
+
+  ``platform`` ("cpu", "gpu", ...) picks a backend other than the default one.
+  """
+  devices = jax.devices(platform)
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist.")
@@ -337,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   os.makedirs(workdir, exist_ok=True)
   optimizers.make_optimizer(config.optimizer, 0.1)  # fail fast on a bad name, before loading data
   data = input_pipeline.create_input(config)
-  mesh = create_mesh(config.get("num_devices", 0))
+  mesh = create_mesh(config.get("num_devices", 0), config.get("platform") or None)
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} does not split over {mesh.size} devices.")
   batch_sharding = NamedSharding(mesh, P("data"))

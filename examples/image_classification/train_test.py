@@ -127,11 +127,16 @@ def test_killed_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatc
 
 
 def test_eight_devices_match_one(fmnist_dir, tmp_path):
-  assert jax.device_count() >= 8, "the root conftest.py provides 8 CPU devices"
-  one = train.train_and_evaluate(tiny_config(fmnist_dir, num_epochs=1), str(tmp_path / "one"))
-  eight = train.train_and_evaluate(
-    tiny_config(fmnist_dir, num_epochs=1, num_devices=8), str(tmp_path / "eight")
-  )
+  # Both runs on the CPU backend, which the root conftest.py gives 8 devices (also on a GPU host).
+  cpus = jax.devices("cpu")
+  assert len(cpus) >= 8, "the root conftest.py provides 8 CPU devices"
+  with jax.default_device(cpus[0]):
+    one = train.train_and_evaluate(
+      tiny_config(fmnist_dir, num_epochs=1, platform="cpu"), str(tmp_path / "one")
+    )
+    eight = train.train_and_evaluate(
+      tiny_config(fmnist_dir, num_epochs=1, num_devices=8, platform="cpu"), str(tmp_path / "eight")
+    )
   for key in FIELDS - {"seconds"}:
     assert eight[0][key] == pytest.approx(one[0][key], rel=1e-4, abs=1e-6), key
 

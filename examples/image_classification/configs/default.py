@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.seed = 0
   config.num_devices = 0  # 0: every device
+  config.platform = ""  # "": the default backend; or "cpu", "gpu", "tpu"
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
   config.recompute_bn_stats = False  # re-estimate BN statistics at eval_params (see train.py)
   config.bn_recompute_batches = 50
