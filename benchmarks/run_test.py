@@ -6,12 +6,14 @@ No timing is asserted (timings belong to the benchmark, not to CI); only the sha
 import json
 import math
 
+import pytest
+
 from benchmarks import run
 
 
 def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   out = tmp_path / "results.json"
-  run.main(["--size", "tiny", "--out", str(out)])
+  run.main(["--size", "tiny", "--out", str(out), "--cnn-batch", "2"])
   table = capsys.readouterr().out
   results = json.loads(out.read_text())
 
@@ -43,3 +45,10 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
     params_bytes // 2 + 4
   )
   assert results["top_k"]["exact_match_with_lax"] is True
+  assert results["cnn_step"]["batch"] == 2
+
+
+def test_batch_must_be_positive(capsys):
+  with pytest.raises(SystemExit):
+    run.main(["--size", "tiny", "--cnn-batch", "0"])
+  assert "must be a positive integer, got 0" in capsys.readouterr().err
