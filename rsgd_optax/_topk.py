@@ -7,8 +7,9 @@ the same way as its magnitude, so a few histogram passes, over the top bits and 
 bits of only the entries whose higher bits match the digits chosen so far, give the exact threshold
 ``T``. One masked pass then keeps every entry above ``T`` and, of the entries equal to ``T``, the ones
 with the lowest flat indices, so that exactly ``k`` survive: the same set as a stable sort by
-descending magnitude, or :func:`jax.lax.top_k`. Cutting a tie (rare for real-valued data) is a second
-radix select, over the flat indices of the tied entries, and runs only when a tie is cut.
+descending magnitude, or :func:`jax.lax.top_k`. A tie is cut (common for large float32 leaves, whose
+values recur) by counting the tied entries per tile and looking inside the one tile per row where the
+count crosses the number to keep; this runs only when some row cuts a tie.
 
 The small leaves of a model (most of its ~160) are laid out once as rows of a single tile array (each
 leaf padded to whole tiles, each tile tagged with its leaf), so each histogram pass over all of them
@@ -32,6 +33,8 @@ import numpy as np
 _MAX_COUNTER_BITS = 20
 _MAX_DIGIT_BITS = 16
 _MIN_DIGIT_BITS = 8
+# Tied entries are counted in chunks of this many (uint8 sums of 32 flags vectorize on CPU).
+_CHUNK = 32
 # Entries per tile of the common layout (the padding of a leaf's last tile is at most this).
 _TILE_WIDTH = 1024
 # Leaves at least this large get a selection of their own rather than a row of the shared layout.
@@ -57,6 +60,7 @@ class _Tiles(NamedTuple):
   valid: jax.Array | None
   span: int
   first_tile: list[int]
+  first_tile_of_row: np.ndarray  # (rows,) each row's first tile (0 for a row with none)
 
 
 def _magnitude_keys(x: jax.Array) -> jax.Array:
@@ -81,6 +85,9 @@ def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[in
     tile_row += [row] * tiles
     tile_start += [offset + t * width for t in range(tiles)]
     tile_count += [min(width, key.size - t * width) for t in range(tiles)]
+  first_tile_of_row = np.zeros(max(rows) + 1, np.int32)
+  for tile in range(len(tile_row) - 1, -1, -1):  # rows' tiles are contiguous, in order
+    first_tile_of_row[tile_row[tile]] = tile
   valid: jax.Array | None = None
   if min(tile_count) < width:
     count = jnp.asarray(np.asarray(tile_count, np.int32))
@@ -92,6 +99,7 @@ def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[in
     valid=valid,
     span=max(offset + a.size for a, offset in zip(arrays, offsets, strict=True)),
     first_tile=first_tile,
+    first_tile_of_row=first_tile_of_row,
   )
 
 
@@ -175,16 +183,39 @@ def _select_top_k(
     return jnp.zeros(need.shape, jnp.uint32)
 
   def cut_ties(_: None) -> jax.Array:
-    # The need-th lowest flat index among the tied entries is the need-th largest reversed index.
+    # The need-th tied entry in flat order, found through per-tile counts of tied entries: one
+    # counting pass, then a look inside the one tile per row where the count crosses `need`.
     tied = keys == threshold[tiles.row][:, None]
     if tiles.valid is not None:
       tied = tied & tiles.valid
-    order = reversed_index(tiles.start[:, None], keys.shape)
-    index_bits = max(1, int(span - 1).bit_length())
-    cut = _radix_select(order, tiles.row, tied, jnp.maximum(need, 1), index_bits)[0]
+    n_tiles, width = keys.shape
+    chunk = min(_CHUNK, width)
+    # uint8 sums over chunks of 32 vectorize on XLA's CPU backend; int32 sums of long rows do not.
+    chunk_counts = jnp.sum(
+      tied.reshape(n_tiles, width // chunk, chunk).astype(jnp.uint8), axis=2, dtype=jnp.uint8
+    )
+    per_tile = jnp.sum(chunk_counts, axis=1, dtype=jnp.int32)
+    through = jnp.cumsum(
+      per_tile
+    )  # tied entries up to and including each tile (rows are contiguous)
+    first = jnp.asarray(tiles.first_tile_of_row)
+    within = through - (through[first] - per_tile[first])[tiles.row]
+    target = need[tiles.row]
+    crossing = (within >= target) & (within - per_tile < target)
+    tile_index = jnp.arange(n_tiles, dtype=jnp.int32)
+    hit = jnp.full(need.shape, -1, jnp.int32).at[tiles.row].max(jnp.where(crossing, tile_index, -1))
+    hit = jnp.maximum(hit, 0)
+    before = within[hit] - per_tile[hit]
+    hit_tied = keys[hit] == threshold[:, None]
+    if tiles.valid is not None:
+      hit_tied = hit_tied & tiles.valid[hit]
+    running = jnp.cumsum(hit_tied, axis=1, dtype=jnp.int32)
+    position = jnp.sum(running < (need - before)[:, None], axis=1, dtype=jnp.int32)
+    cut = (span - 1 - (tiles.start[hit] + position)).astype(jnp.uint32)
     return jnp.where(need < ties, cut, 0).astype(jnp.uint32)
 
-  # Ties at the threshold are rare for real-valued data: the index select runs only when one is cut.
+  # The cut runs only when a row has more entries equal to its threshold than it keeps. That is
+  # common for large float32 leaves (2**23 mantissas per binade: equal values recur).
   # `last` is the reversed index of the last tied entry kept (0 keeps them all).
   last = jax.lax.cond(jnp.any(need < ties), cut_ties, keep_all_ties, None)
   tile_threshold = threshold[tiles.row][:, None]

@@ -106,6 +106,19 @@ def test_large_leaf_matches_lax_top_k():
   assert_same(keep_top_k(x, k), expected.reshape(x.shape), x)
 
 
+def test_ties_cut_deep_inside_a_large_leaf_and_across_rows():
+  # Few distinct magnitudes, so the threshold is tied across hundreds of tiles; each row's cut falls
+  # in a different tile, and the small leaves share one layout whose last tiles are padded.
+  rng = np.random.default_rng(3)
+  large = jnp.asarray(np.round(rng.normal(size=(300_001,)) * 4) / 4, jnp.float32)
+  small = [jnp.asarray(rng.integers(-2, 3, size=(n,)), jnp.float32) for n in (1_500, 2_049, 700)]
+  leaves = [large, *small]
+  ks = (3_001, 600, 1_111, 13)
+  for actual, x, k in zip(_leaves_fn(ks)(leaves), leaves, ks, strict=True):
+    assert_same(actual, reference_keep(x, k), x)
+    assert int(jnp.sum(actual != 0)) == k
+
+
 def test_float64_under_x64():
   with enable_x64(True):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(333,)), jnp.float64)
