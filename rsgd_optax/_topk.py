@@ -33,8 +33,6 @@ import numpy as np
 _MAX_COUNTER_BITS = 20
 _MAX_DIGIT_BITS = 16
 _MIN_DIGIT_BITS = 8
-# Histograms are counted this many tiles at a time (256 KiB of scatter indices a block).
-_BLOCK_TILES = 64
 # Tied entries are counted in chunks of this many (uint8 sums of 32 flags vectorize on CPU).
 _CHUNK = 32
 # Entries per tile of the common layout (the padding of a leaf's last tile is at most this).
@@ -119,55 +117,6 @@ def _suffix_sums(hist: jax.Array) -> jax.Array:
   return jax.lax.cumsum(hist, axis=1, reverse=True)
 
 
-def _histogram(
-  keys: jax.Array,
-  row: jax.Array,
-  valid: jax.Array | None,
-  prefix: jax.Array,
-  shift: int,
-  width: int,
-  key_bits: int,
-  rows: int,
-) -> jax.Array:
-  """``(rows, 2**width)`` counts of the digit ``keys >> shift`` of the valid keys under ``prefix``.
-
-  Counted a block of ``_BLOCK_TILES`` tiles at a time, so that the scatter's per-entry indices
-  never take more than a block's memory: a params-sized temporary is page-faulted afresh on every
-  step on the CPU, which cost about half of a one-shot histogram.
-  """
-  bins = 1 << width
-  dropped = rows * bins  # out of range: the scatter drops it
-
-  def count(hist: jax.Array, block_keys, block_row, block_valid) -> jax.Array:
-    digit = ((block_keys >> shift) & (bins - 1)).astype(jnp.int32) + (block_row * bins)[:, None]
-    counted = block_valid
-    if shift + width < key_bits:  # count only the entries under the digits chosen so far
-      in_prefix = (block_keys >> (shift + width)) == prefix[block_row][:, None]
-      counted = in_prefix if counted is None else counted & in_prefix
-    if counted is not None:
-      digit = jnp.where(counted, digit, dropped)
-    return hist.at[digit.reshape(-1)].add(1, mode="drop")
-
-  hist = jnp.zeros((dropped,), jnp.int32)
-  n_tiles = keys.shape[0]
-  blocks, rest = divmod(n_tiles, _BLOCK_TILES)
-  if blocks > 1:
-
-    def body(i: jax.Array, hist: jax.Array) -> jax.Array:
-      start = i * _BLOCK_TILES
-      take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, _BLOCK_TILES)
-      return count(hist, take(keys), take(row), None if valid is None else take(valid))
-
-    hist = jax.lax.fori_loop(0, blocks, body, hist)
-    done = blocks * _BLOCK_TILES
-    if rest:
-      tail = None if valid is None else valid[done:]
-      hist = count(hist, keys[done:], row[done:], tail)
-  else:
-    hist = count(hist, keys, row, valid)
-  return hist.reshape(rows, bins)
-
-
 def _radix_select(
   keys: jax.Array, row: jax.Array, valid: jax.Array | None, need: jax.Array, key_bits: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -190,7 +139,17 @@ def _radix_select(
   shift = key_bits
   for width in _digit_widths(key_bits, rows):
     shift -= width
-    hist = _histogram(keys, row, valid, prefix, shift, width, key_bits, rows)
+    bins = 1 << width
+    dropped = rows * bins  # out of range: the scatter drops it
+    digit = ((keys >> shift) & (bins - 1)).astype(jnp.int32) + (row * bins)[:, None]
+    counted = valid
+    if shift + width < key_bits:  # count only the entries under the digits chosen so far
+      in_prefix = (keys >> (shift + width)) == prefix[row][:, None]
+      counted = in_prefix if counted is None else counted & in_prefix
+    if counted is not None:
+      digit = jnp.where(counted, digit, dropped)
+    index = digit.reshape(-1)
+    hist = jnp.zeros((dropped,), jnp.int32).at[index].add(1, mode="drop").reshape(rows, bins)
     at_least = _suffix_sums(hist)
     # The chosen digit is the largest one with at least `need` entries at or above it.
     chosen = jnp.sum(at_least >= need[:, None], axis=1, dtype=jnp.int32) - 1
