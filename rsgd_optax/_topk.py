@@ -195,9 +195,8 @@ def _select_top_k(
       tied.reshape(n_tiles, width // chunk, chunk).astype(jnp.uint8), axis=2, dtype=jnp.uint8
     )
     per_tile = jnp.sum(chunk_counts, axis=1, dtype=jnp.int32)
-    through = jnp.cumsum(
-      per_tile
-    )  # tied entries up to and including each tile (rows are contiguous)
+    # Tied entries up to and including each tile; a row's tiles are contiguous.
+    through = jnp.cumsum(per_tile)
     first = jnp.asarray(tiles.first_tile_of_row)
     within = through - (through[first] - per_tile[first])[tiles.row]
     target = need[tiles.row]
