@@ -58,7 +58,13 @@ def create_mesh(num_devices: int = 0, platform: str | None = None) -> Mesh:
 
   ``platform`` ("cpu", "gpu", ...) picks a backend other than the default one.
   """
-  devices = jax.devices(platform)
+  try:
+    devices = jax.devices(platform)
+  except RuntimeError as error:
+    raise ValueError(
+      f"config.platform={platform!r} has no devices here ({error}); set it to '' for the default "
+      "backend."
+    ) from error
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist.")

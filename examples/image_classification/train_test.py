@@ -215,3 +215,8 @@ def test_one_epoch_on_imagenet_folders(tmp_path):
   )
   records = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert records[0]["step"] == 2 and np.isfinite(records[0]["test_loss"])
+
+
+def test_an_unknown_platform_is_named_in_the_error():
+  with pytest.raises(ValueError, match=r"config.platform='bogus' has no devices here"):
+    train.create_mesh(platform="bogus")
