@@ -86,8 +86,8 @@ def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[in
     tile_start += [offset + t * width for t in range(tiles)]
     tile_count += [min(width, key.size - t * width) for t in range(tiles)]
   first_tile_of_row = np.zeros(max(rows) + 1, np.int32)
-  for tile in range(len(tile_row) - 1, -1, -1):  # rows' tiles are contiguous, in order
-    first_tile_of_row[tile_row[tile]] = tile
+  row_ids, first_tiles = np.unique(np.asarray(tile_row), return_index=True)
+  first_tile_of_row[row_ids] = first_tiles
   valid: jax.Array | None = None
   if min(tile_count) < width:
     count = jnp.asarray(np.asarray(tile_count, np.int32))
