@@ -153,7 +153,7 @@ def make_steps(
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       logits = model(x, train=True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, nnx.state(model, nnx.BatchStat))
+      return loss, (logits, nnx.state(model, nnx.BatchStat).to_pure_dict())
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state["params"], state["batch_stats"]
@@ -182,7 +182,7 @@ def make_steps(
       if isinstance(module, nnx.BatchNorm):
         module.momentum = 0.0
     model(_standardize(images, mean, std), train=True)
-    return nnx.state(model, nnx.BatchStat)
+    return nnx.state(model, nnx.BatchStat).to_pure_dict()
 
   return Steps(
     train=jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
@@ -234,9 +234,13 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
   graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   if jax.tree.leaves(rest):
     raise ValueError(f"Model {config.model} has state besides params and batch statistics.")
+  # Plain dicts of arrays, not nnx.State: the Variable leaves of an nnx.State are flattened and
+  # rebuilt in Python on every jitted call, a host cost per array that grows with the optimizer
+  # state (benchmarks/BENCHMARKS.md).
+  params = params.to_pure_dict()
   state = {
     "params": params,
-    "batch_stats": batch_stats,
+    "batch_stats": batch_stats.to_pure_dict(),
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
   }

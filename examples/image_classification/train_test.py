@@ -176,16 +176,14 @@ def test_recompute_bn_stats_matches_batch_moments_at_eval_params(fmnist_dir, tmp
   data = input_pipeline.create_input(config)
   images = data.train_eval.images.astype(np.float32)
   x = (images - data.mean) / data.std
-  kernel = np.asarray(model_params["conv1"]["kernel"]["value"])
+  kernel = np.asarray(model_params["conv1"]["kernel"])
   y = jax.lax.conv_general_dilated(
     jnp.asarray(x), jnp.asarray(kernel), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
   want_mean = np.asarray(jnp.mean(y, axis=(0, 1, 2)))
-  got = restored["model"]["batch_stats"]["bn1"]["mean"]["value"]
+  got = restored["model"]["batch_stats"]["bn1"]["mean"]
   np.testing.assert_allclose(got, want_mean, rtol=1e-4, atol=1e-5)
-  assert not np.allclose(
-    restored["state"]["batch_stats"]["bn1"]["mean"]["value"], want_mean, atol=1e-3
-  )
+  assert not np.allclose(restored["state"]["batch_stats"]["bn1"]["mean"], want_mean, atol=1e-3)
 
 
 def test_unknown_optimizer_fails_before_training(fmnist_dir, tmp_path):
