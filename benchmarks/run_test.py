@@ -38,6 +38,9 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
     "residual_topk",
     "residual_scale_bf16",
   }
+  for name in ("sgdm", "residual_scale", "residual_sign", "residual_topk"):
+    row = optimizers[name]
+    assert row["looped_step_seconds"] > 0 and row["looped_fraction_of_bandwidth"] > 0
   # The memory rows are exact: one params-sized residual (half in bfloat16), plus the step count.
   params_bytes = results["resnet50_tree"]["params_bytes"]
   assert optimizers["residual_scale"]["memory"]["state_bytes_beyond_sgdm"] == params_bytes + 4
@@ -45,7 +48,14 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
     params_bytes // 2 + 4
   )
   assert results["top_k"]["exact_match_with_lax"] is True
-  assert results["cnn_step"]["batch"] == 2
+  cnn = results["cnn_step"]
+  assert cnn["batch"] == 2
+  # The residual adds one array per parameter array, plus its step count.
+  arrays = cnn["state_arrays"]
+  assert arrays["rsgdm"] - arrays["sgdm"] == cnn["param_arrays"] + 1
+  assert cnn["pipelined_steps"] > 1 and cnn["control_ratio"] > 0
+  for key in ("sgdm_seconds", "rsgdm_seconds", "blocked_sgdm_seconds", "blocked_rsgdm_seconds"):
+    assert math.isfinite(cnn[key]) and cnn[key] > 0
 
 
 def test_batch_must_be_positive(capsys):
