@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -174,16 +175,12 @@ def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
     carry = [jax.tree.map(jnp.copy, params), tx.init(params)]
     looped = jax.jit(_looped_step_fn(tx, LOOPED_STEPS), donate_argnums=(0, 1))
 
-    def run(step=compiled[name], carry=carry) -> None:
+    def run(step: Callable, carry=carry) -> None:
       carry[:] = step(carry[0], carry[1], grads)
       jax.block_until_ready(carry)
 
-    def run_looped(step=looped, carry=carry) -> None:
-      carry[:] = step(carry[0], carry[1], grads)
-      jax.block_until_ready(carry)
-
-    runners[name] = run
-    runners[f"looped_{name}"] = run_looped
+    runners[name] = functools.partial(run, compiled[name])
+    runners[f"looped_{name}"] = functools.partial(run, looped)
   del params
   times = timing.interleaved(runners, size.rounds)
   step_seconds = {name: times[name] for name in txs}
