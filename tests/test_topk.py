@@ -119,6 +119,51 @@ def test_ties_cut_deep_inside_a_large_leaf_and_across_rows():
     assert int(jnp.sum(actual != 0)) == k
 
 
+def test_two_bfloat16_rows_share_16_bit_counter_indices():
+  # Two rows of 15-bit digits fill exactly 2**16 counters: the one case where a shared layout's
+  # histogram indices (row offset included) are 16-bit.
+  leaves = [_data("normal", (1_000,), jnp.bfloat16, 1), _data("ties", (700,), jnp.bfloat16, 2)]
+  ks = (33, 250)
+  for actual, x, k in zip(_leaves_fn(ks)(leaves), leaves, ks, strict=True):
+    assert_same(actual, reference_keep(x, k), x)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_radix_select_counts_no_padding_among_ties(rows):
+  # A threshold of 0 is tied with every zero entry; the zeros padding each row's last tile must not
+  # be counted among them.
+  rng = np.random.default_rng(4)
+  arrays = [
+    jnp.asarray(np.where(rng.random(300) < 0.1, 1.0, 0.0), jnp.float32) for _ in range(rows)
+  ]
+  tiles = _topk._tile(arrays, list(range(rows)), [0] * rows)
+  assert tiles.padding.tolist() == [tiles.values.shape[1] - 300] * rows
+  keys = _topk._magnitude_keys(tiles.values).reshape(tiles.values.shape)
+  nonzero = [int(jnp.sum(a != 0)) for a in arrays]
+  need = jnp.asarray([n + 5 for n in nonzero], jnp.int32)
+  threshold, need_at_threshold, ties = _topk._radix_select(keys, tiles.row, tiles.padding, need, 31)
+  np.testing.assert_array_equal(threshold, 0)
+  np.testing.assert_array_equal(need_at_threshold, 5)
+  np.testing.assert_array_equal(ties, [300 - n for n in nonzero])
+
+
+@pytest.mark.parametrize("bins", [256, 32_768, 65_536])
+def test_choose_digit_matches_suffix_sums(bins):
+  rng = np.random.default_rng(bins)
+  hist = rng.integers(0, 3, size=(4, bins)) * (rng.random((4, bins)) < 0.05)
+  hist[3] = 0
+  hist[3, bins // 3] = 7  # all of a row's entries under one digit
+  totals = hist.sum(axis=1)
+  for need in ([1, 1, 1, 1], totals, [max(1, t // 2) for t in totals], [2, 3, 5, 7]):
+    need = np.asarray(need, np.int32)
+    digit, ties, above = _topk._choose_digit(jnp.asarray(hist, jnp.int32), jnp.asarray(need))
+    at_least = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]
+    expected = np.asarray([np.flatnonzero(at_least[r] >= need[r]).max() for r in range(4)])
+    np.testing.assert_array_equal(digit, expected)
+    np.testing.assert_array_equal(ties, hist[np.arange(4), expected])
+    np.testing.assert_array_equal(above, at_least[np.arange(4), expected] - ties)
+
+
 def test_float64_under_x64():
   with enable_x64(True):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(333,)), jnp.float64)
