@@ -152,7 +152,7 @@ def _choose_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Arra
 
 def _radix_select(
   keys: jax.Array, row: jax.Array, padding: np.ndarray, need: jax.Array, key_bits: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Per row, the ``need``-th largest of the valid ``keys`` (tiles, width) of that row's tiles.
 
   Args:
@@ -163,8 +163,12 @@ def _radix_select(
     key_bits: how many low bits the keys use.
 
   Returns:
-    ``(threshold, need, ties)``, each ``(rows,)``: the selected key, how many entries equal to it are
-    selected (``need`` minus the number of larger keys), and how many valid entries equal it.
+    ``(threshold, need, ties, tied)``: per row (each ``(rows,)``), the selected key, how many
+    entries equal to it are selected (``need`` minus the number of larger keys) and how many valid
+    entries equal it; and ``(tiles, width)`` bool, True where a key equals its row's threshold
+    (padding included when the threshold is 0). ``tied`` is derived from the last pass's
+    histogram indices, not from the keys, so that a conditional taking it as an operand does not
+    hold on to the values.
   """
   rows = need.shape[0]
   prefix = jnp.zeros((rows,), keys.dtype)
@@ -201,7 +205,11 @@ def _radix_select(
     chosen, ties, above = _choose_digit(hist, need)
     need = need - above
     prefix = (prefix << width) | chosen.astype(keys.dtype)
-  return prefix, need, ties
+    # An entry's last-pass index is its row's chosen counter exactly when its whole key equals
+    # the threshold (entries outside the prefix were sent to the out-of-range counter).
+    counter = chosen + jnp.arange(rows, dtype=jnp.int32) * bins
+    tied = digit == counter.astype(index_dtype)[row][:, None]
+  return prefix, need, ties, tied
 
 
 def _select_top_k(
@@ -216,7 +224,7 @@ def _select_top_k(
   keys = _magnitude_keys(tiles.values).reshape(tiles.values.shape)
   key_bits = 8 * jnp.dtype(keys.dtype).itemsize - 1
   need = jnp.asarray(np.asarray(ks, np.int32))
-  threshold, need, ties = _radix_select(keys, tiles.row, tiles.padding, need, key_bits)
+  threshold, need, ties, tied = _radix_select(keys, tiles.row, tiles.padding, need, key_bits)
   span = tiles.span
 
   def reversed_index(start: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -230,17 +238,14 @@ def _select_top_k(
   def cut_ties(_: None) -> jax.Array:
     # The need-th tied entry in flat order, found through per-tile counts of tied entries: one
     # counting pass, then a look inside the one tile per row where the count crosses `need`.
-    # Keys are recomputed here from the values: a key array captured by the branch would be
-    # written out in full on every step, as an operand of the conditional.
-    keys = _magnitude_keys(tiles.values).reshape(tiles.values.shape)
-    tied = keys == threshold[tiles.row][:, None]
-    if tiles.valid is not None:
-      tied = tied & tiles.valid
-    n_tiles, width = keys.shape
+    # The branch reads the tied flags, not the values: whatever it captures becomes an operand
+    # of the conditional, and a captured value array could no longer be updated in place.
+    valid_tied = tied if tiles.valid is None else tied & tiles.valid
+    n_tiles, width = valid_tied.shape
     chunk = min(_CHUNK, width)
     # uint8 sums over chunks of 32 vectorize on XLA's CPU backend; int32 sums of long rows do not.
     chunk_counts = jnp.sum(
-      tied.reshape(n_tiles, width // chunk, chunk).astype(jnp.uint8), axis=2, dtype=jnp.uint8
+      valid_tied.reshape(n_tiles, width // chunk, chunk).astype(jnp.uint8), axis=2, dtype=jnp.uint8
     )
     per_tile = jnp.sum(chunk_counts, axis=1, dtype=jnp.int32)
     # Tied entries up to and including each tile; a row's tiles are contiguous.
@@ -253,9 +258,7 @@ def _select_top_k(
     hit = jnp.full(need.shape, -1, jnp.int32).at[tiles.row].max(jnp.where(crossing, tile_index, -1))
     hit = jnp.maximum(hit, 0)
     before = within[hit] - per_tile[hit]
-    hit_tied = keys[hit] == threshold[:, None]
-    if tiles.valid is not None:
-      hit_tied = hit_tied & tiles.valid[hit]
+    hit_tied = valid_tied[hit]
     running = jnp.cumsum(hit_tied, axis=1, dtype=jnp.int32)
     position = jnp.sum(running < (need - before)[:, None], axis=1, dtype=jnp.int32)
     cut = (span - 1 - (tiles.start[hit] + position)).astype(jnp.uint32)
@@ -265,6 +268,8 @@ def _select_top_k(
   # common for large float32 leaves (2**23 mantissas per binade: equal values recur).
   # `last` is the reversed index of the last tied entry kept (0 keeps them all).
   last = jax.lax.cond(jnp.any(need < ties), cut_ties, keep_all_ties, None)
+  if len(leaves) == 1 and tiles.valid is None and offsets[0] == 0:
+    return [_keep_above(leaves[0], threshold[0], last[0], span)]
   tile_threshold = threshold[tiles.row][:, None]
   order = reversed_index(tiles.start[:, None], keys.shape)
   kept = (keys > tile_threshold) | ((keys == tile_threshold) & (order >= last[tiles.row][:, None]))
@@ -274,6 +279,23 @@ def _select_top_k(
   for leaf, first in zip(leaves, tiles.first_tile, strict=True):
     out.append(kept_values[first * width : first * width + leaf.size].reshape(leaf.shape))
   return out
+
+
+def _keep_above(leaf: jax.Array, threshold: jax.Array, last: jax.Array, span: int) -> jax.Array:
+  """``leaf`` where its key exceeds ``threshold`` or equals it at reversed flat index ``>= last``.
+
+  Computed in the leaf's own shape, with no reshape: then XLA sees an elementwise function of the
+  leaf and may write the residual's update in place over it instead of in a fresh temporary.
+  """
+  keys = jax.lax.bitcast_convert_type(jnp.abs(leaf), _KEY_DTYPES[jnp.dtype(leaf.dtype).itemsize])
+  index = jnp.zeros(leaf.shape, jnp.int32)
+  stride = 1
+  for axis in reversed(range(leaf.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.int32, leaf.shape, axis) * stride
+    stride *= leaf.shape[axis]
+  order = (span - 1 - index).astype(jnp.uint32)
+  kept = (keys > threshold) | ((keys == threshold) & (order >= last))
+  return jnp.where(kept, leaf, jnp.zeros_like(leaf))
 
 
 def _common_float(leaves: Sequence[jax.Array]) -> jnp.dtype:

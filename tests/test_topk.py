@@ -119,6 +119,17 @@ def test_ties_cut_deep_inside_a_large_leaf_and_across_rows():
     assert int(jnp.sum(actual != 0)) == k
 
 
+def test_ties_cut_in_an_unpadded_leaf_of_several_dimensions():
+  # A leaf that fills whole tiles is masked in its own shape, its flat index built from one iota
+  # per axis: a cut deep inside it checks that index against a stable sort.
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(np.round(rng.normal(size=(64, 32, 128)) * 4) / 4, jnp.float32)
+  for k in (5_000, 77_777):
+    actual = keep_top_k(x, k)
+    assert_same(actual, reference_keep(x, k), x)
+    assert int(jnp.sum(actual != 0)) == k
+
+
 def test_two_bfloat16_rows_share_16_bit_counter_indices():
   # Two rows of 15-bit digits fill exactly 2**16 counters: the one case where a shared layout's
   # histogram indices (row offset included) are 16-bit.
@@ -141,10 +152,16 @@ def test_radix_select_counts_no_padding_among_ties(rows):
   keys = _topk._magnitude_keys(tiles.values).reshape(tiles.values.shape)
   nonzero = [int(jnp.sum(a != 0)) for a in arrays]
   need = jnp.asarray([n + 5 for n in nonzero], jnp.int32)
-  threshold, need_at_threshold, ties = _topk._radix_select(keys, tiles.row, tiles.padding, need, 31)
+  threshold, need_at_threshold, ties, tied = _topk._radix_select(
+    keys, tiles.row, tiles.padding, need, 31
+  )
   np.testing.assert_array_equal(threshold, 0)
   np.testing.assert_array_equal(need_at_threshold, 5)
   np.testing.assert_array_equal(ties, [300 - n for n in nonzero])
+  # The tied flags mark every key equal to the threshold: the zero entries, and the padding.
+  valid = np.asarray(tiles.valid)
+  np.testing.assert_array_equal(np.asarray(tied)[valid], (np.asarray(tiles.values) == 0)[valid])
+  assert np.asarray(tied)[~valid].all()
 
 
 @pytest.mark.parametrize("bins", [256, 32_768, 65_536])
