@@ -130,6 +130,20 @@ def test_ties_cut_in_an_unpadded_leaf_of_several_dimensions():
     assert int(jnp.sum(actual != 0)) == k
 
 
+def test_several_large_leaves_each_selected_on_its_own():
+  # Leaves of 2**18 entries or more get selections of their own, side by side in one program:
+  # different scales, and one padded leaf whose threshold is tied deep inside it.
+  rng = np.random.default_rng(6)
+  leaves = [
+    jnp.asarray(rng.normal(size=(1 << 18,)) * scale, jnp.float32) for scale in (1.0, 1e-3, 50.0)
+  ]
+  leaves.append(jnp.asarray(np.round(rng.normal(size=(512, 520)) * 3), jnp.float32))
+  ks = (2_621, 10, 100_000, 40_000)
+  for actual, x, k in zip(_leaves_fn(ks)(leaves), leaves, ks, strict=True):
+    assert_same(actual, reference_keep(x, k), x)
+    assert int(jnp.sum(actual != 0)) == k
+
+
 def test_two_bfloat16_rows_share_16_bit_counter_indices():
   # Two rows of 15-bit digits fill exactly 2**16 counters: the one case where a shared layout's
   # histogram indices (row offset included) are 16-bit.
