@@ -205,10 +205,10 @@ def _radix_select(
     chosen, ties, above = _choose_digit(hist, need)
     need = need - above
     prefix = (prefix << width) | chosen.astype(keys.dtype)
-    # An entry's last-pass index is its row's chosen counter exactly when its whole key equals
-    # the threshold (entries outside the prefix were sent to the out-of-range counter).
-    counter = chosen + jnp.arange(rows, dtype=jnp.int32) * bins
-    tied = digit == counter.astype(index_dtype)[row][:, None]
+  # An entry's last-pass index is its row's chosen counter exactly when its whole key equals the
+  # threshold (entries outside the prefix were sent to the out-of-range counter).
+  counter = chosen + jnp.arange(rows, dtype=jnp.int32) * bins
+  tied = digit == counter.astype(index_dtype)[row][:, None]
   return prefix, need, ties, tied
 
 
