@@ -51,7 +51,17 @@ class Checkpointer:
     if epoch is None:
       raise FileNotFoundError(f"No checkpoint to restore in {self.directory}.")
     args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
-    restored = self._manager.restore(epoch, args=ocp.args.Composite(**args))
+    try:
+      restored = self._manager.restore(epoch, args=ocp.args.Composite(**args))
+    except ValueError as error:
+      if "tree structures do not match" not in str(error):
+        raise
+      raise ValueError(
+        f"The checkpoint of epoch {epoch} in {self.directory} holds a different tree than this run "
+        "expects: it was written with another config, or by an older version of this example (the "
+        "image trainer's state became plain dicts of arrays). Resume with the config that wrote "
+        "it, or train in a fresh workdir."
+      ) from error
     return {name: restored[name] for name in abstract_items}
 
   def close(self) -> None:

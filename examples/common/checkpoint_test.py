@@ -40,3 +40,14 @@ def test_reopened_directory_resumes_from_latest(tmp_path):
 def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
   with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(FileNotFoundError, match="No checkpoint"):
     ckpt.restore({"state": _state(0.0)})
+
+
+def test_restore_into_a_different_tree_is_a_clear_error(tmp_path):
+  # A checkpoint from before the trainer's state became plain dicts: each leaf under a "value" key.
+  with Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(0, {"state": {"params": {"w": {"value": jnp.ones(3)}}}})
+  with (
+    Checkpointer(str(tmp_path)) as ckpt,
+    pytest.raises(ValueError, match=r"epoch 0 .* holds a different tree .* fresh workdir"),
+  ):
+    ckpt.restore({"state": abstract_like({"params": {"w": jnp.ones(3)}})})
