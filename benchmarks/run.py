@@ -70,6 +70,11 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
   }
 
 
+# Process-wide settings that change the timings (the XLA scheduler, the memory allocator): a table
+# measured under any of them says so.
+PERFORMANCE_SETTINGS = ("XLA_FLAGS", "LD_PRELOAD", "GLIBC_TUNABLES")
+
+
 def machine() -> dict[str, Any]:
   device = jax.devices()[0]
   info = {
@@ -82,6 +87,7 @@ def machine() -> dict[str, Any]:
     "backend": jax.default_backend(),
     "device_kind": device.device_kind,
     "device_count": jax.device_count(),
+    "settings": {name: os.environ[name] for name in PERFORMANCE_SETTINGS if os.environ.get(name)},
   }
   try:
     import torch
@@ -432,6 +438,9 @@ def markdown(results: dict[str, Any]) -> str:
     f"jax {results['machine']['jax']} on {results['machine']['device_kind']} "
     f"({results['machine']['backend']}); medians of {results['rounds']} interleaved rounds.",
   ]
+  settings = results["machine"].get("settings")
+  if settings:
+    lines.append("Measured with " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
   return "\n".join(lines)
 
 

@@ -62,3 +62,10 @@ def test_batch_must_be_positive(capsys):
   with pytest.raises(SystemExit):
     run.main(["--size", "tiny", "--cnn-batch", "0"])
   assert "must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_machine_records_the_settings_that_change_timings(monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+  monkeypatch.delenv("LD_PRELOAD", raising=False)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert run.machine()["settings"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
