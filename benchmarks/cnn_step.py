@@ -12,6 +12,7 @@ adds, and it is what a blocked step on a GPU measured (BENCHMARKS.md).
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import jax
@@ -76,7 +77,11 @@ def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
 
 
 def cnn_rows(name: str, batch: int, rounds: int) -> dict[str, Any]:
-  """Step seconds of SGDm and of RSGDm (residual_scale(1/16)) on random CIFAR-shaped batches.
+  """Step seconds of SGDm and of RSGDm on random CIFAR-shaped batches.
+
+  RSGDm is ``residual_scale(1/16)`` (the goal's row); ``schemes`` also times the sign and top-k
+  residuals pipelined, with each step's compile seconds and temporary bytes, since in a whole step
+  XLA may reuse the activations' memory for the residual's temporaries.
 
   Two timings per optimizer: ``PIPELINED_STEPS`` steps dispatched back to back and then waited for
   (what a training loop does: the host prepares the next step while the device runs this one), and
@@ -95,12 +100,15 @@ def cnn_rows(name: str, batch: int, rounds: int) -> dict[str, Any]:
   txs = {
     "sgdm": sgdm,
     "rsgdm": optax.chain(sgdm, rsgd.residual_scale(1 / 16)),
+    "rsgdm_sign": optax.chain(sgdm, rsgd.residual_sign()),
+    "rsgdm_topk": optax.chain(sgdm, rsgd.residual_topk(0.01)),
     "sgdm_recompiled": sgdm,
   }
   runners = {}
   state_arrays = {}
+  compile_seconds = {}
+  temp_bytes = {}
   for key, tx in txs.items():
-    step = _train_step(graphdef, tx)
     carry = [
       {
         "params": jax.tree.map(jnp.copy, params),
@@ -109,6 +117,10 @@ def cnn_rows(name: str, batch: int, rounds: int) -> dict[str, Any]:
       }
     ]
     state_arrays[key] = len(jax.tree.leaves(carry[0]))
+    start = time.perf_counter()
+    step = _train_step(graphdef, tx).lower(carry[0], images, labels).compile()
+    compile_seconds[key] = time.perf_counter() - start
+    temp_bytes[key] = step.memory_analysis().temp_size_in_bytes
 
     def run(steps: int, step=step, carry=carry) -> None:
       for _ in range(steps):
@@ -116,10 +128,25 @@ def cnn_rows(name: str, batch: int, rounds: int) -> dict[str, Any]:
       loss.block_until_ready()
 
     runners[key] = functools.partial(run, PIPELINED_STEPS)
-    if key != "sgdm_recompiled":
+    if key in ("sgdm", "rsgdm"):
       runners[f"blocked_{key}"] = functools.partial(run, 1)
   times = timing.interleaved(runners, rounds)
   per_step = {key: [t / PIPELINED_STEPS for t in times[key]] for key in txs}
+  schemes = {
+    scheme: {
+      "seconds": timing.median(per_step[key]),
+      "step_ratio": timing.median_ratio(per_step[key], per_step["sgdm"]),
+      "compile_seconds": compile_seconds[key],
+      "compile_ratio": compile_seconds[key] / compile_seconds["sgdm"],
+      "temp_bytes": temp_bytes[key],
+    }
+    for scheme, key in (
+      ("sgdm", "sgdm"),
+      ("residual_scale", "rsgdm"),
+      ("residual_sign", "rsgdm_sign"),
+      ("residual_topk", "rsgdm_topk"),
+    )
+  }
   return {
     "model": name if source.startswith("examples") else "StandaloneCNN",
     "source": source,
@@ -135,4 +162,6 @@ def cnn_rows(name: str, batch: int, rounds: int) -> dict[str, Any]:
     "blocked_sgdm_seconds": timing.median(times["blocked_sgdm"]),
     "blocked_rsgdm_seconds": timing.median(times["blocked_rsgdm"]),
     "blocked_step_ratio": timing.median_ratio(times["blocked_rsgdm"], times["blocked_sgdm"]),
+    "schemes": schemes,
+    "control_compile_ratio": compile_seconds["sgdm_recompiled"] / compile_seconds["sgdm"],
   }

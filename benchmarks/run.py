@@ -434,6 +434,17 @@ def markdown(results: dict[str, Any]) -> str:
     f"({cnn['blocked_step_ratio']:.3f}x; state arrays {cnn['state_arrays']['sgdm']} against "
     f"{cnn['state_arrays']['rsgdm']}). SGDm compiled twice: {cnn['control_ratio']:.3f}x.",
     "",
+    "The same whole step with each residual (pipelined; temporaries and compile time of the whole "
+    f"step; SGDm compiled twice compiles in {cnn['control_compile_ratio']:.2f}x):",
+    "",
+    "| whole step | ms a step | x sgdm | compile s | x sgdm | temp MB |",
+    "|---|---|---|---|---|---|",
+    *(
+      f"| {name} | {row['seconds'] * 1e3:.1f} | {row['step_ratio']:.3f} | "
+      f"{row['compile_seconds']:.1f} | {row['compile_ratio']:.2f} | {row['temp_bytes'] / 1e6:.1f} |"
+      for name, row in cnn["schemes"].items()
+    ),
+    "",
     f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} CPUs, "
     f"jax {results['machine']['jax']} on {results['machine']['device_kind']} "
     f"({results['machine']['backend']}); medians of {results['rounds']} interleaved rounds.",

@@ -56,6 +56,16 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   assert cnn["pipelined_steps"] > 1 and cnn["control_ratio"] > 0
   for key in ("sgdm_seconds", "rsgdm_seconds", "blocked_sgdm_seconds", "blocked_rsgdm_seconds"):
     assert math.isfinite(cnn[key]) and cnn[key] > 0
+  schemes = cnn["schemes"]
+  assert set(schemes) == {"sgdm", "residual_scale", "residual_sign", "residual_topk"}
+  assert schemes["sgdm"]["step_ratio"] == 1.0 and schemes["sgdm"]["compile_ratio"] == 1.0
+  for row in schemes.values():
+    assert row["seconds"] > 0 and row["compile_seconds"] > 0 and row["temp_bytes"] >= 0
+  lines = table.splitlines()
+  first = lines.index("| whole step | ms a step | x sgdm | compile s | x sgdm | temp MB |") + 2
+  assert [line.split(" | ")[0] for line in lines[first : first + 4]] == [
+    f"| {name}" for name in schemes
+  ]
 
 
 def test_batch_must_be_positive(capsys):
