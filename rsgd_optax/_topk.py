@@ -71,9 +71,14 @@ class _Tiles(NamedTuple):
 
 
 def _magnitude_keys(x: jax.Array) -> jax.Array:
-  """Unsigned integers ordered as ``|x|`` is (the bits of ``|x|``, sign bit clear), flattened."""
+  """Unsigned integers ordered as ``|x|`` is (the bits of ``|x|``, sign bit clear), in x's shape."""
   key_dtype = _KEY_DTYPES[jnp.dtype(x.dtype).itemsize]
-  return jax.lax.bitcast_convert_type(jnp.abs(x.reshape(-1)), key_dtype)
+  return jax.lax.bitcast_convert_type(jnp.abs(x), key_dtype)
+
+
+def _kept(keys: jax.Array, threshold: jax.Array, order: jax.Array, last: jax.Array) -> jax.Array:
+  """True where a key exceeds ``threshold``, or equals it at reversed flat index ``>= last``."""
+  return (keys > threshold) | ((keys == threshold) & (order >= last))
 
 
 def _tile(arrays: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int]) -> _Tiles:
@@ -221,7 +226,7 @@ def _select_top_k(
   (ties go to the lower one).
   """
   tiles = _tile(leaves, rows, offsets)
-  keys = _magnitude_keys(tiles.values).reshape(tiles.values.shape)
+  keys = _magnitude_keys(tiles.values)
   key_bits = 8 * jnp.dtype(keys.dtype).itemsize - 1
   need = jnp.asarray(np.asarray(ks, np.int32))
   threshold, need, ties, tied = _radix_select(keys, tiles.row, tiles.padding, need, key_bits)
@@ -272,7 +277,7 @@ def _select_top_k(
     return [_keep_above(leaves[0], threshold[0], last[0], span)]
   tile_threshold = threshold[tiles.row][:, None]
   order = reversed_index(tiles.start[:, None], keys.shape)
-  kept = (keys > tile_threshold) | ((keys == tile_threshold) & (order >= last[tiles.row][:, None]))
+  kept = _kept(keys, tile_threshold, order, last[tiles.row][:, None])
   kept_values = jnp.where(kept, tiles.values, jnp.zeros_like(tiles.values)).reshape(-1)
   width = tiles.values.shape[1]
   out = []
@@ -287,15 +292,14 @@ def _keep_above(leaf: jax.Array, threshold: jax.Array, last: jax.Array, span: in
   Computed in the leaf's own shape, with no reshape: then XLA sees an elementwise function of the
   leaf and may write the residual's update in place over it instead of in a fresh temporary.
   """
-  keys = jax.lax.bitcast_convert_type(jnp.abs(leaf), _KEY_DTYPES[jnp.dtype(leaf.dtype).itemsize])
+  keys = _magnitude_keys(leaf)
   index = jnp.zeros(leaf.shape, jnp.int32)
   stride = 1
   for axis in reversed(range(leaf.ndim)):
     index = index + jax.lax.broadcasted_iota(jnp.int32, leaf.shape, axis) * stride
     stride *= leaf.shape[axis]
   order = (span - 1 - index).astype(jnp.uint32)
-  kept = (keys > threshold) | ((keys == threshold) & (order >= last))
-  return jnp.where(kept, leaf, jnp.zeros_like(leaf))
+  return jnp.where(_kept(keys, threshold, order, last), leaf, jnp.zeros_like(leaf))
 
 
 def _common_float(leaves: Sequence[jax.Array]) -> jnp.dtype:
