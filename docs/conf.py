@@ -51,7 +51,8 @@ myst_heading_anchors = 3
 html_theme = "sphinx_book_theme"
 html_title = f"rsgd-optax {release}"
 html_theme_options = {"show_toc_level": 2}
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 
 
 GENERATED = pathlib.Path(__file__).parent / "_generated"
