@@ -143,7 +143,7 @@ def _check_clean_install(wheel: pathlib.Path, work: pathlib.Path) -> None:
   env = work / "clean-venv"
   venv.create(env, with_pip=True)
   python = env / "bin" / "python"
-  _run(python, "-m", "pip", "install", "-q", wheel, cwd=work)
+  _run(python, "-m", "pip", "install", "-q", "--no-compile", wheel, cwd=work)
   # -I: the repository is not on the path, so the installed wheel is what gets imported.
   print(_run(python, "-I", "-c", CLEAN_CHECK, json.dumps(extras_only), cwd=work), end="")
 
