@@ -6,7 +6,7 @@ Run from the repository root with the `release` extra installed (`build`, `twine
 
 Exits non-zero, naming the problem, when:
 - `python -m build` fails, or `twine check --strict` finds a problem in either file;
-- the wheel's version is not `rsgd_optax.__version__`, the wheel lacks `rsgd_optax/py.typed`, holds
+- the wheel's or CITATION.cff's version is not `rsgd_optax.__version__`, the wheel lacks `rsgd_optax/py.typed`, holds
   anything but the `rsgd_optax` package, or requires anything but jax and optax;
 - the metadata names a project URL (none is known);
 - in a fresh virtual environment with only the wheel installed, a package of the project's extras
@@ -53,6 +53,13 @@ def _source_version() -> str:
       return ast.literal_eval(node.value)
   _fail("rsgd_optax/__init__.py defines no __version__")
   raise AssertionError
+
+
+def _check_citation(version: str) -> None:
+  """CITATION.cff repeats the version (the format needs it): it must say the same."""
+  found = re.findall(r"^version:\s*\"?([^\"\s]+)", (ROOT / "CITATION.cff").read_text(), re.M)
+  if found != [version]:
+    _fail(f"CITATION.cff gives version {found}, rsgd_optax.__version__ is {version}")
 
 
 def _normalized(name: str) -> str:
@@ -150,6 +157,7 @@ def _check_clean_install(wheel: pathlib.Path, work: pathlib.Path) -> None:
 
 def main() -> None:
   version = _source_version()
+  _check_citation(version)
   with tempfile.TemporaryDirectory(prefix="rsgd-package-") as tmp:
     work = pathlib.Path(tmp)
     dist = work / "dist"

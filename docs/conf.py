@@ -9,6 +9,7 @@ The build reads nothing from the network: no intersphinx inventories, no remote 
 
 import json
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,6 +41,13 @@ exclude_patterns = ["_build", "_generated"]
 add_module_names = False
 autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
+# Show these annotations by name instead of expanding them into long unions.
+autodoc_type_aliases = {
+  "optax.Schedule": "optax.Schedule",
+  "PyTree": "PyTree",
+  "Scheme": "rsgd_optax.Scheme",
+  "_schemes.Scheme": "rsgd_optax.Scheme",
+}
 autosummary_generate = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -113,6 +121,16 @@ def _check_api_coverage(app, env):
     )
 
 
+def _tidy_signature(app, what, name, obj, options, signature, return_annotation):
+  """Autodoc writes an alias inside a union as `TypeAliasForwardRef('name')`: show the name."""
+
+  def tidy(text):
+    return re.sub(r"TypeAliasForwardRef\('([\w.]+)'\)", r"\1", text) if text else text
+
+  return tidy(signature), tidy(return_annotation)
+
+
 def setup(app):
+  app.connect("autodoc-process-signature", _tidy_signature)
   app.connect("builder-inited", _write_cost_tables)
   app.connect("env-check-consistency", _check_api_coverage)
