@@ -103,7 +103,14 @@ def _check_wheel(wheel: pathlib.Path, version: str) -> None:
 def _check_sdist(sdist: pathlib.Path) -> None:
   with tarfile.open(sdist) as archive:
     names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
-  for needed in ("rsgd_optax/py.typed", "CHANGELOG.md", "pyproject.toml", "tests/conftest.py"):
+  needed_files = (
+    "rsgd_optax/py.typed",
+    "CHANGELOG.md",
+    "pyproject.toml",
+    "tests/conftest.py",
+    "docs/conf.py",
+  )
+  for needed in needed_files:
     if needed not in names:
       _fail(f"{sdist.name} lacks {needed}")
 
