@@ -16,6 +16,14 @@ leaf padded to whole tiles, each tile tagged with its leaf), so each histogram p
 is one fused pass and one scatter into per-leaf counters, and the compiled program grows by only one
 tiling and one output piece per leaf. Leaves of ``_OWN_SELECTION_SIZE`` entries or more are selected
 on their own: they need no copy into that layout and their histograms take wider digits.
+
+A leaf that may be split across devices (on a mesh of several devices, with a partition spec naming
+an explicit axis, or on a mesh with ``Auto`` axes, whose sharding a trace does not see) is selected
+in its own shape instead: every histogram is a scatter from the leaf's entries, in place, into a few
+replicated counters, so the partitioner counts each shard where it lies and all-reduces only the
+counters. A tie is cut the same way, by a second radix select on the flat indices of the tied
+entries. Nothing leaf-sized is gathered or reshaped across devices, and the kept set is the same
+as on one device.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType
 
 # Counters of one histogram pass, over all rows: 2**20 int32 counters (4 MiB) stay in cache, and
 # wider digits mean fewer passes. Digits narrower than 8 bits are slow on CPU (entries pile up on the
@@ -302,6 +311,157 @@ def _keep_above(leaf: jax.Array, threshold: jax.Array, last: jax.Array, span: in
   return jnp.where(_kept(keys, threshold, order, last), leaf, jnp.zeros_like(leaf))
 
 
+def _may_be_split(x: jax.Array) -> bool:
+  """Whether ``x`` may be split across devices, so that it must be selected in its own shape.
+
+  True on a mesh of several devices when its partition spec names an (explicit) axis, or when the
+  mesh has ``Auto`` axes: their sharding is the partitioner's choice, which a trace does not see.
+  A leaf on one device, replicated over explicit axes, or local to a ``shard_map`` body is not.
+  """
+  sharding = jax.typeof(x).sharding
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or mesh.size <= 1:
+    return False
+  if any(axis is not None for axis in sharding.spec):
+    return True
+  return any(
+    kind == AxisType.Auto and size > 1
+    for kind, size in zip(mesh.axis_types, mesh.shape.values(), strict=True)
+  )
+
+
+def _split_digit_widths(key_bits: int, size: int) -> list[int]:
+  """Digit widths of a selection in place over ``size`` entries that may be split across devices.
+
+  Every pass all-reduces its counters, so they are sized to the selection (about a sixteenth of its
+  entries, 2**8 to 2**16 counters) rather than to a cache: a small leaf costs a few more passes of
+  small counters, not two passes of 256 KiB each.
+  """
+  width = max(_MIN_DIGIT_BITS, min(_MAX_DIGIT_BITS, int(size - 1).bit_length() - 4))
+  passes = -(-key_bits // width)
+  base, extra = divmod(key_bits, passes)
+  return [base + 1 if i < extra else base for i in range(passes)]
+
+
+def _select_in_place(
+  keys: Sequence[jax.Array], counted: Sequence[jax.Array] | None, need: jax.Array, key_bits: int
+) -> tuple[jax.Array, jax.Array, jax.Array, list[jax.Array]]:
+  """The ``need``-th largest of the counted entries of ``keys`` (unsigned, each in its own shape).
+
+  Each pass scatters every array's digits, in the array's own shape, into one vector of counters:
+  a sharded array is counted shard by shard and only the counters are summed across devices.
+
+  Args:
+    keys: arrays of one unsigned dtype using their low ``key_bits`` bits.
+    counted: bool arrays shaped as ``keys``, False for entries not to count; None counts all.
+    need: int32 scalar, between 1 and the number of counted entries.
+    key_bits: how many low bits the keys use.
+
+  Returns:
+    ``(key, need, ties, tied)``: the selected key, how many of the counted entries equal to it are
+    among the ``need`` largest, how many counted entries equal it (int32 scalars but the key), and
+    per array, True where a counted entry equals the key. ``tied`` is read off the last pass's
+    counter indices (1 byte an entry), so that a conditional taking it holds no copy of the keys.
+  """
+  dtype = keys[0].dtype
+  size = sum(key.size for key in keys)
+  prefix = jnp.zeros((), dtype)
+  ties = jnp.zeros((), jnp.int32)
+  shift = key_bits
+  for width in _split_digit_widths(key_bits, size):
+    shift -= width
+    bins = 1 << width
+    first = shift + width == key_bits
+    drops = counted is not None or not first
+    index_dtype = jnp.uint16 if bins + int(drops) <= 1 << 16 else jnp.int32
+    hist = jnp.zeros((bins,), jnp.int32)
+    digits = []
+    for i, key in enumerate(keys):
+      digit = ((key >> shift) & (bins - 1)).astype(index_dtype)
+      keep = None if counted is None else counted[i]
+      if not first:
+        in_prefix = (key >> (shift + width)) == prefix
+        keep = in_prefix if keep is None else keep & in_prefix
+      if keep is not None:
+        digit = jnp.where(keep, digit, jnp.asarray(bins, index_dtype))
+      digits.append(digit)
+      hist = hist + jax.lax.scatter_add(
+        jnp.zeros((bins,), jnp.int32),
+        digit[..., None],
+        jnp.ones(digit.shape, jnp.int32),
+        _HISTOGRAM_SCATTER,
+        mode=jax.lax.GatherScatterMode.FILL_OR_DROP
+        if drops
+        else jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+      )
+    chosen, ties, above = (a[0] for a in _choose_digit(hist[None], need[None]))
+    need = need - above
+    prefix = (prefix << width) | chosen.astype(dtype)
+  # An entry's last index is the chosen counter exactly when it is counted and its key equals the
+  # selected one (the others were sent to the dropped counter `bins`).
+  tied = [digit == chosen.astype(digit.dtype) for digit in digits]
+  return prefix, need, ties, tied
+
+
+def _reversed_flat_index(shape: tuple[int, ...], offset: int, span: int) -> jax.Array:
+  """``span - 1 - (offset + flat index)`` of each entry of ``shape``, built in that shape (uint32)."""
+  index = jnp.full(shape, offset, jnp.int32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+    stride *= shape[axis]
+  return (span - 1 - index).astype(jnp.uint32)
+
+
+def _keep_top_k_in_place(
+  leaves: Sequence[jax.Array], offsets: Sequence[int], k: int
+) -> list[jax.Array]:
+  """The ``k`` largest magnitudes of all ``leaves`` together (one dtype), each kept in its shape.
+
+  ``offsets[i]`` is leaf ``i``'s first flat index in the selection (ties go to the lower one). No
+  array is reshaped or concatenated: the partitioner keeps each leaf in its own sharding.
+  """
+  keys = [_magnitude_keys(leaf) for leaf in leaves]
+  key_bits = 8 * jnp.dtype(keys[0].dtype).itemsize - 1
+  span = max(offset + leaf.size for leaf, offset in zip(leaves, offsets, strict=True))
+  threshold, need, ties, tied = _select_in_place(keys, None, jnp.asarray(k, jnp.int32), key_bits)
+
+  def orders() -> list[jax.Array]:
+    return [
+      _reversed_flat_index(leaf.shape, offset, span)
+      for leaf, offset in zip(leaves, offsets, strict=True)
+    ]
+
+  def cut_ties(_: None) -> jax.Array:
+    # Of the tied entries, the `need` with the lowest flat indices: a radix select on the reversed
+    # flat index, counting only the tied entries (indices are distinct, so it is exact).
+    return _select_in_place(orders(), tied, need, max(1, int(span - 1).bit_length()))[0]
+
+  def keep_all_ties(_: None) -> jax.Array:
+    return jnp.zeros((), jnp.uint32)
+
+  last = jax.lax.cond(need < ties, cut_ties, keep_all_ties, None)
+  return [
+    jnp.where(_kept(key, threshold, order, last), leaf, jnp.zeros_like(leaf))
+    for leaf, key, order in zip(leaves, keys, orders(), strict=True)
+  ]
+
+
+def _on_auto_axes(fn, leaves: Sequence[jax.Array]) -> list[jax.Array]:
+  """``fn(leaves)`` with the mesh's explicit axes turned ``Auto``, each result in its leaf's spec.
+
+  Under explicit axes every op must say how its output is sharded; the selection's scatters have no
+  such rule. Inside ``auto_axes`` the partitioner places them (local counts, all-reduced counters),
+  and the results come back sharded as the leaves are.
+  """
+  shardings = [jax.typeof(leaf).sharding for leaf in leaves]
+  mesh = next(s.mesh for s in shardings if not s.mesh.empty)
+  if AxisType.Explicit not in mesh.axis_types:
+    return fn(leaves)
+  with jax.sharding.use_abstract_mesh(mesh):
+    return jax.sharding.auto_axes(fn, out_sharding=[s.spec for s in shardings])(list(leaves))
+
+
 def _common_float(leaves: Sequence[jax.Array]) -> jnp.dtype:
   """The float dtype that holds every leaf's values exactly (explicit, for strict promotion)."""
   dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}
@@ -333,6 +493,9 @@ def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[ja
   for i, (leaf, k) in enumerate(zip(leaves, ks, strict=True)):
     if int(k) <= 0:
       out[i] = jnp.zeros_like(leaf)
+    elif int(k) < leaf.size and _may_be_split(leaf):
+      # Selected in its own shape: a shared layout, or a flat view, would gather it.
+      out[i] = _on_auto_axes(lambda ls, k=int(k): _keep_top_k_in_place(ls, [0], k), [leaf])[0]
     elif int(k) < leaf.size:
       # A large leaf is selected on its own: it needs no copy into the shared layout, and its
       # histograms can use wider digits (fewer passes).
@@ -365,7 +528,10 @@ def keep_top_k_global(leaves: Sequence[jax.Array], k: int) -> list[jax.Array]:
     return [jnp.zeros_like(leaf) for leaf in leaves]
   dtype = _common_float(leaves)
   offsets = np.cumsum([0] + [leaf.size for leaf in leaves[:-1]]).tolist()
-  kept = _select_top_k(
-    [leaf.astype(dtype) for leaf in leaves], rows=[0] * len(leaves), offsets=offsets, ks=[k]
-  )
+  cast = [leaf.astype(dtype) for leaf in leaves]
+  if any(_may_be_split(leaf) for leaf in leaves):
+    # Each leaf stays in its own shape and sharding; only the counters are summed over them.
+    kept = _on_auto_axes(lambda ls: _keep_top_k_in_place(ls, offsets, k), cast)
+  else:
+    kept = _select_top_k(cast, rows=[0] * len(leaves), offsets=offsets, ks=[k])
   return [kept_leaf.astype(leaf.dtype) for kept_leaf, leaf in zip(kept, leaves, strict=True)]
