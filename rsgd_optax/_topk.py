@@ -330,63 +330,79 @@ def _may_be_split(x: jax.Array) -> bool:
   )
 
 
-def _split_digit_widths(key_bits: int, size: int) -> list[int]:
-  """Digit widths of a selection in place over ``size`` entries that may be split across devices.
+def _split_digit_bits(size: int) -> int:
+  """The digit width of an in-place selection of ``size`` entries (leaves that may be sharded).
 
   Every pass all-reduces its counters, so they are sized to the selection (about a sixteenth of its
   entries, 2**8 to 2**16 counters) rather than to a cache: a small leaf costs a few more passes of
   small counters, not two passes of 256 KiB each.
   """
-  width = max(_MIN_DIGIT_BITS, min(_MAX_DIGIT_BITS, int(size - 1).bit_length() - 4))
+  return max(_MIN_DIGIT_BITS, min(_MAX_DIGIT_BITS, int(size - 1).bit_length() - 4))
+
+
+def _even_digits(key_bits: int, width: int) -> list[int]:
+  """Digit widths of at most ``width`` bits, most significant first, covering ``key_bits`` bits."""
   passes = -(-key_bits // width)
   base, extra = divmod(key_bits, passes)
   return [base + 1 if i < extra else base for i in range(passes)]
 
 
 def _select_in_place(
-  keys: Sequence[jax.Array], counted: Sequence[jax.Array] | None, need: jax.Array, key_bits: int
+  keys: Sequence[jax.Array],
+  rows: Sequence[int],
+  counted: Sequence[jax.Array] | None,
+  need: jax.Array,
+  key_bits: int,
+  width: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array, list[jax.Array]]:
-  """The ``need``-th largest of the counted entries of ``keys`` (unsigned, each in its own shape).
+  """Per row, the ``need``-th largest of the counted entries of the ``keys`` of that row.
 
-  Each pass scatters every array's digits, in the array's own shape, into one vector of counters:
-  a sharded array is counted shard by shard and only the counters are summed across devices.
+  Each pass scatters every array's digits, in the array's own shape, into its row of one vector of
+  counters: a sharded array is counted shard by shard and only the counters cross devices.
 
   Args:
-    keys: arrays of one unsigned dtype using their low ``key_bits`` bits.
+    keys: arrays of one unsigned dtype using their low ``key_bits`` bits, each in its own shape.
+    rows: the row of each array, ``0 <= rows[i] < len(need)``.
     counted: bool arrays shaped as ``keys``, False for entries not to count; None counts all.
-    need: int32 scalar, between 1 and the number of counted entries.
+    need: ``(rows,)`` int32, between 1 and the number of counted entries of the row.
     key_bits: how many low bits the keys use.
+    width: the widest digit, in bits.
 
   Returns:
-    ``(key, need, ties, tied)``: the selected key, how many of the counted entries equal to it are
-    among the ``need`` largest, how many counted entries equal it (int32 scalars but the key), and
-    per array, True where a counted entry equals the key. ``tied`` is read off the last pass's
-    counter indices (1 byte an entry), so that a conditional taking it holds no copy of the keys.
+    ``(key, need, ties, tied)``: per row (each ``(rows,)``), the selected key, how many of the
+    counted entries equal to it are among the ``need`` largest, and how many counted entries equal
+    it; and per array, True where a counted entry equals its row's key. ``tied`` is read off the
+    last pass's counter indices (1 byte an entry), so that a conditional taking it holds no copy of
+    the keys.
   """
   dtype = keys[0].dtype
-  size = sum(key.size for key in keys)
-  prefix = jnp.zeros((), dtype)
-  ties = jnp.zeros((), jnp.int32)
+  n_rows = need.shape[0]
+  prefix = jnp.zeros((n_rows,), dtype)
+  ties = jnp.zeros((n_rows,), jnp.int32)
   shift = key_bits
-  for width in _split_digit_widths(key_bits, size):
-    shift -= width
-    bins = 1 << width
-    first = shift + width == key_bits
+  for digit_bits in _even_digits(key_bits, width):
+    shift -= digit_bits
+    bins = 1 << digit_bits
+    counters = n_rows * bins
+    first = shift + digit_bits == key_bits
     drops = counted is not None or not first
-    index_dtype = jnp.uint16 if bins + int(drops) <= 1 << 16 else jnp.int32
-    hist = jnp.zeros((bins,), jnp.int32)
+    # 16-bit indices where the counters (and the dropped one) fit: the index array is shard-sized.
+    index_dtype = jnp.uint16 if counters + int(drops) <= 1 << 16 else jnp.int32
+    hist = jnp.zeros((counters,), jnp.int32)
     digits = []
-    for i, key in enumerate(keys):
+    for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
       digit = ((key >> shift) & (bins - 1)).astype(index_dtype)
+      if row:
+        digit = digit + jnp.asarray(row * bins, index_dtype)
       keep = None if counted is None else counted[i]
       if not first:
-        in_prefix = (key >> (shift + width)) == prefix
+        in_prefix = (key >> (shift + digit_bits)) == prefix[row]
         keep = in_prefix if keep is None else keep & in_prefix
       if keep is not None:
-        digit = jnp.where(keep, digit, jnp.asarray(bins, index_dtype))
+        digit = jnp.where(keep, digit, jnp.asarray(counters, index_dtype))
       digits.append(digit)
       hist = hist + jax.lax.scatter_add(
-        jnp.zeros((bins,), jnp.int32),
+        jnp.zeros((counters,), jnp.int32),
         digit[..., None],
         jnp.ones(digit.shape, jnp.int32),
         _HISTOGRAM_SCATTER,
@@ -394,56 +410,69 @@ def _select_in_place(
         if drops
         else jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
       )
-    chosen, ties, above = (a[0] for a in _choose_digit(hist[None], need[None]))
+    chosen, ties, above = _choose_digit(hist.reshape(n_rows, bins), need)
     need = need - above
-    prefix = (prefix << width) | chosen.astype(dtype)
-  # An entry's last index is the chosen counter exactly when it is counted and its key equals the
-  # selected one (the others were sent to the dropped counter `bins`).
-  tied = [digit == chosen.astype(digit.dtype) for digit in digits]
+    prefix = (prefix << digit_bits) | chosen.astype(dtype)
+  # An entry's last index is its row's chosen counter exactly when it is counted and its key equals
+  # the row's selected key (the others were sent to the dropped counter `counters`).
+  counter = chosen + jnp.arange(n_rows, dtype=jnp.int32) * bins
+  tied = [
+    digit == counter[row].astype(digit.dtype) for digit, row in zip(digits, rows, strict=True)
+  ]
   return prefix, need, ties, tied
 
 
 def _reversed_flat_index(shape: tuple[int, ...], offset: int, span: int) -> jax.Array:
   """``span - 1 - (offset + flat index)`` of each entry of ``shape``, built in that shape (uint32)."""
-  index = jnp.full(shape, offset, jnp.int32)
+  index = jnp.full(shape, span - 1 - offset, jnp.int32)
   stride = 1
   for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+    index = index - jax.lax.broadcasted_iota(jnp.int32, shape, axis) * stride
     stride *= shape[axis]
-  return (span - 1 - index).astype(jnp.uint32)
+  return index.astype(jnp.uint32)
 
 
 def _keep_top_k_in_place(
-  leaves: Sequence[jax.Array], offsets: Sequence[int], k: int
+  leaves: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int], ks: Sequence[int]
 ) -> list[jax.Array]:
-  """The ``k`` largest magnitudes of all ``leaves`` together (one dtype), each kept in its shape.
+  """Each leaf with all but the entries among its row's ``ks[row]`` largest magnitudes zeroed.
 
-  ``offsets[i]`` is leaf ``i``'s first flat index in the selection (ties go to the lower one). No
-  array is reshaped or concatenated: the partitioner keeps each leaf in its own sharding.
+  Leaves share one float dtype; ``offsets[i]`` is leaf ``i``'s first flat index within its row
+  (ties go to the lower one). No array is reshaped or concatenated: the partitioner keeps each leaf
+  in its own sharding, and each pass all-reduces one vector of counters for all rows.
   """
   keys = [_magnitude_keys(leaf) for leaf in leaves]
   key_bits = 8 * jnp.dtype(keys[0].dtype).itemsize - 1
-  span = max(offset + leaf.size for leaf, offset in zip(leaves, offsets, strict=True))
-  threshold, need, ties, tied = _select_in_place(keys, None, jnp.asarray(k, jnp.int32), key_bits)
+  n_rows = len(ks)
+  spans = [0] * n_rows
+  sizes = [0] * n_rows
+  for leaf, row, offset in zip(leaves, rows, offsets, strict=True):
+    spans[row] = max(spans[row], offset + leaf.size)
+    sizes[row] += leaf.size
+  width = _split_digit_bits(max(sizes))
+  need = jnp.asarray(np.asarray(ks, np.int32))
+  threshold, need, ties, tied = _select_in_place(keys, rows, None, need, key_bits, width)
 
   def orders() -> list[jax.Array]:
     return [
-      _reversed_flat_index(leaf.shape, offset, span)
-      for leaf, offset in zip(leaves, offsets, strict=True)
+      _reversed_flat_index(leaf.shape, offset, spans[row])
+      for leaf, row, offset in zip(leaves, rows, offsets, strict=True)
     ]
 
   def cut_ties(_: None) -> jax.Array:
-    # Of the tied entries, the `need` with the lowest flat indices: a radix select on the reversed
-    # flat index, counting only the tied entries (indices are distinct, so it is exact).
-    return _select_in_place(orders(), tied, need, max(1, int(span - 1).bit_length()))[0]
+    # Of each row's tied entries, the `need` with the lowest flat indices: a radix select on the
+    # reversed flat index, counting only the tied entries (indices are distinct, so it is exact).
+    # A row that keeps all its ties selects its last tied entry, which keeps them all too.
+    index_bits = max(1, int(max(spans) - 1).bit_length())
+    return _select_in_place(orders(), rows, tied, need, index_bits, width)[0]
 
   def keep_all_ties(_: None) -> jax.Array:
-    return jnp.zeros((), jnp.uint32)
+    return jnp.zeros((n_rows,), jnp.uint32)
 
-  last = jax.lax.cond(need < ties, cut_ties, keep_all_ties, None)
+  last = jax.lax.cond(jnp.any(need < ties), cut_ties, keep_all_ties, None)
   return [
-    jnp.where(_kept(key, threshold, order, last), leaf, jnp.zeros_like(leaf))
-    for leaf, key, order in zip(leaves, keys, orders(), strict=True)
+    jnp.where(_kept(key, threshold[row], order, last[row]), leaf, jnp.zeros_like(leaf))
+    for leaf, key, row, order in zip(leaves, keys, rows, orders(), strict=True)
   ]
 
 
@@ -490,17 +519,31 @@ def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[ja
     raise ValueError(f"Got {len(leaves)} leaves but {len(ks)} values of k.")
   out = list(leaves)
   groups: dict[tuple[int, int], list[int]] = {}
+  split_groups: dict[tuple[int, int], list[int]] = {}
   for i, (leaf, k) in enumerate(zip(leaves, ks, strict=True)):
     if int(k) <= 0:
       out[i] = jnp.zeros_like(leaf)
     elif int(k) < leaf.size and _may_be_split(leaf):
-      # Selected in its own shape: a shared layout, or a flat view, would gather it.
-      out[i] = _on_auto_axes(lambda ls, k=int(k): _keep_top_k_in_place(ls, [0], k), [leaf])[0]
+      # Selected in its own shape (a shared layout, or a flat view, would gather it), beside the
+      # leaves whose counters have the same width.
+      bits = _split_digit_bits(leaf.size)
+      split_groups.setdefault((jnp.dtype(leaf.dtype).itemsize, bits), []).append(i)
     elif int(k) < leaf.size:
       # A large leaf is selected on its own: it needs no copy into the shared layout, and its
       # histograms can use wider digits (fewer passes).
       group = i if leaf.size >= _OWN_SELECTION_SIZE else -1
       groups.setdefault((jnp.dtype(leaf.dtype).itemsize, group), []).append(i)
+  for members in split_groups.values():
+    rows = list(range(len(members)))
+    member_ks = [int(ks[i]) for i in members]
+    kept = _on_auto_axes(
+      lambda ls, rows=rows, member_ks=member_ks: _keep_top_k_in_place(
+        ls, rows, [0] * len(ls), member_ks
+      ),
+      [leaves[i] for i in members],
+    )
+    for i, leaf in zip(members, kept, strict=True):
+      out[i] = leaf
   for members in groups.values():
     kept = _select_top_k(
       [leaves[i] for i in members],
@@ -531,7 +574,7 @@ def keep_top_k_global(leaves: Sequence[jax.Array], k: int) -> list[jax.Array]:
   cast = [leaf.astype(dtype) for leaf in leaves]
   if any(_may_be_split(leaf) for leaf in leaves):
     # Each leaf stays in its own shape and sharding; only the counters are summed over them.
-    kept = _on_auto_axes(lambda ls: _keep_top_k_in_place(ls, offsets, k), cast)
+    kept = _on_auto_axes(lambda ls: _keep_top_k_in_place(ls, [0] * len(ls), offsets, [k]), cast)
   else:
     kept = _select_top_k(cast, rows=[0] * len(leaves), offsets=offsets, ks=[k])
   return [kept_leaf.astype(leaf.dtype) for kept_leaf, leaf in zip(kept, leaves, strict=True)]

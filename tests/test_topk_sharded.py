@@ -19,6 +19,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
+from rsgd_optax import _topk
 
 FRACTION = 0.1
 SPECS = {"dim0": P("data", None), "dim1": P(None, "data"), "both": P("data", "model")}
@@ -175,3 +176,48 @@ def test_top_k_temporaries_scale_with_the_shard(kind, spec, ways):
   print(f"temporaries {temp} bytes per device, shards of {shard_bytes} bytes")
   assert temp <= 3 * shard_bytes + (1 << 16), (temp, shard_bytes)
   assert all(op == "all-reduce" for op, _ in _collectives(compiled.as_text()))
+
+
+def _data(kind: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  if kind == "normal":
+    return rng.normal(size=shape).astype(np.float32)
+  if kind == "ties":  # few magnitudes, zeros among them: every threshold is tied
+    return rng.integers(-3, 4, size=shape).astype(np.float32)
+  if kind == "all_equal":
+    return np.full(shape, -1.5, np.float32)
+  return np.zeros(shape, np.float32)
+
+
+def test_in_place_selection_of_several_rows_matches_a_stable_sort():
+  # The in-place selection on one device, rows of different sizes, shapes and data side by side in
+  # one program (its counters, one row per leaf, and its tie cut are the sharded path's).
+  cases = [
+    ("normal", (16, 24), 38),
+    ("ties", (8, 32), 26),
+    ("all_equal", (5, 3, 7), 50),
+    ("zeros", (40,), 3),
+    ("ties", (300,), 299),
+    ("ties", (2, 2049), 1),
+  ]
+  leaves = [_data(kind, shape, seed) for seed, (kind, shape, _) in enumerate(cases)]
+  ks = [k for _, _, k in cases]
+  rows = list(range(len(leaves)))
+  select = jax.jit(lambda ls: _topk._keep_top_k_in_place(ls, rows, [0] * len(ls), ks))
+  for out, x, k in zip(select([jnp.asarray(x) for x in leaves]), leaves, ks, strict=True):
+    kept = reference_kept(x.reshape(-1), k)
+    np.testing.assert_array_equal(np.asarray(out).reshape(-1), np.where(kept, x.reshape(-1), 0))
+
+
+def test_in_place_selection_across_leaves_matches_a_stable_sort():
+  # One row over several leaves (the global top-k), with offsets: ties go to the earlier leaf.
+  leaves = [_data("ties", (10,), 1), _data("ties", (4, 5), 2), _data("normal", (3, 30), 3)]
+  offsets = [0, 10, 30]
+  flat = np.concatenate([x.reshape(-1) for x in leaves])
+  for k in (1, 60):
+    out = jax.jit(lambda ls, k=k: _topk._keep_top_k_in_place(ls, [0, 0, 0], offsets, [k]))(
+      [jnp.asarray(x) for x in leaves]
+    )
+    kept = reference_kept(flat, k)
+    actual = np.concatenate([np.asarray(o).reshape(-1) for o in out])
+    np.testing.assert_array_equal(actual, np.where(kept, flat, 0))
