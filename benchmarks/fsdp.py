@@ -168,7 +168,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     f"{result['devices']} divides; {result['replicated_leaves']} of {result['leaves']} leaves "
     f"replicated): {result['params_bytes'] / mib:.1f} MiB of params.",
     "",
-    "| fsdp step | ms | x sgdm | all-gathered MiB | all-reduced MiB | state MiB / device | "
+    "| fsdp step | ms | x sgdm | all-gathered MiB | all-reduced KiB | state MiB / device | "
     "temp MiB / device |",
     "|---|---|---|---|---|---|---|",
   ]
@@ -176,7 +176,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     comm = row["collective_bytes"]
     lines.append(
       f"| {name} | {row['step_seconds'] * 1e3:.1f} | {row['step_ratio']:.2f} | "
-      f"{comm['all-gather'] / mib:.3f} | {comm['all-reduce'] / mib:.3f} | "
+      f"{comm['all-gather'] / mib:.3f} | {comm['all-reduce'] / 1024:.1f} | "
       f"{row['state_bytes_per_device'] / mib:.2f} | {row['temp_bytes_per_device'] / mib:.2f} |"
     )
   return lines

@@ -383,26 +383,25 @@ def _select_in_place(
   for digit_bits in _even_digits(key_bits, width):
     shift -= digit_bits
     bins = 1 << digit_bits
-    counters = n_rows * bins
     first = shift + digit_bits == key_bits
     drops = counted is not None or not first
-    # 16-bit indices where the counters (and the dropped one) fit: the index array is shard-sized.
-    index_dtype = jnp.uint16 if counters + int(drops) <= 1 << 16 else jnp.int32
-    hist = jnp.zeros((counters,), jnp.int32)
+    # 16-bit indices where the bins (and the dropped one) fit: the index array is shard-sized.
+    index_dtype = jnp.uint16 if bins + int(drops) <= 1 << 16 else jnp.int32
+    # Each array counts into counters of its own, all-reduced on their own (XLA combines them):
+    # a shared vector with one row per array would all-reduce every row once per array.
+    hist = [jnp.zeros((bins,), jnp.int32) for _ in range(n_rows)]
     digits = []
     for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
       digit = ((key >> shift) & (bins - 1)).astype(index_dtype)
-      if row:
-        digit = digit + jnp.asarray(row * bins, index_dtype)
       keep = None if counted is None else counted[i]
       if not first:
         in_prefix = (key >> (shift + digit_bits)) == prefix[row]
         keep = in_prefix if keep is None else keep & in_prefix
       if keep is not None:
-        digit = jnp.where(keep, digit, jnp.asarray(counters, index_dtype))
+        digit = jnp.where(keep, digit, jnp.asarray(bins, index_dtype))
       digits.append(digit)
-      hist = hist + jax.lax.scatter_add(
-        jnp.zeros((counters,), jnp.int32),
+      hist[row] = hist[row] + jax.lax.scatter_add(
+        jnp.zeros((bins,), jnp.int32),
         digit[..., None],
         jnp.ones(digit.shape, jnp.int32),
         _HISTOGRAM_SCATTER,
@@ -410,15 +409,12 @@ def _select_in_place(
         if drops
         else jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
       )
-    chosen, ties, above = _choose_digit(hist.reshape(n_rows, bins), need)
+    chosen, ties, above = _choose_digit(jnp.stack(hist), need)
     need = need - above
     prefix = (prefix << digit_bits) | chosen.astype(dtype)
-  # An entry's last index is its row's chosen counter exactly when it is counted and its key equals
-  # the row's selected key (the others were sent to the dropped counter `counters`).
-  counter = chosen + jnp.arange(n_rows, dtype=jnp.int32) * bins
-  tied = [
-    digit == counter[row].astype(digit.dtype) for digit, row in zip(digits, rows, strict=True)
-  ]
+  # An entry's last index is its row's chosen digit exactly when it is counted and its key equals
+  # the row's selected key (the others were sent to the dropped counter `bins`).
+  tied = [digit == chosen[row].astype(digit.dtype) for digit, row in zip(digits, rows, strict=True)]
   return prefix, need, ties, tied
 
 
