@@ -208,6 +208,9 @@ def top_k(fraction: float = 0.01, per_leaf: bool = True) -> Scheme:
     \end{cases}, \qquad k = \max(1, \operatorname{round}(\text{fraction} \cdot d)).
 
   The selection is exact: exactly ``k`` entries are kept, ties broken toward the lower flat index.
+  On leaves sharded over a mesh (explicit or ``Auto`` axes) it runs in each leaf's own sharding:
+  only histogram counters are all-reduced across devices, no leaf is gathered, and the kept set is
+  the one a single device would keep.
 
   Args:
     fraction: the share of entries kept, in ``(0, 1]``.

@@ -357,8 +357,8 @@ def _select_in_place(
 ) -> tuple[jax.Array, jax.Array, jax.Array, list[jax.Array]]:
   """Per row, the ``need``-th largest of the counted entries of the ``keys`` of that row.
 
-  Each pass scatters every array's digits, in the array's own shape, into its row of one vector of
-  counters: a sharded array is counted shard by shard and only the counters cross devices.
+  Each pass scatters every array's digits, in the array's own shape, into counters of its own,
+  summed per row: a sharded array is counted shard by shard and only its counters cross devices.
 
   Args:
     keys: arrays of one unsigned dtype using their low ``key_bits`` bits, each in its own shape.
@@ -435,7 +435,8 @@ def _keep_top_k_in_place(
 
   Leaves share one float dtype; ``offsets[i]`` is leaf ``i``'s first flat index within its row
   (ties go to the lower one). No array is reshaped or concatenated: the partitioner keeps each leaf
-  in its own sharding, and each pass all-reduces one vector of counters for all rows.
+  in its own sharding, and each pass all-reduces each leaf's counters (XLA combines them into a few
+  all-reduces).
   """
   keys = [_magnitude_keys(leaf) for leaf in leaves]
   key_bits = 8 * jnp.dtype(keys[0].dtype).itemsize - 1
