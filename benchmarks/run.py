@@ -6,6 +6,7 @@ Run from the repository root::
   python -m benchmarks.run --size tiny                      # seconds (the CI smoke test)
 
 Prints a Markdown table of the goals of the performance issue and writes every measurement as JSON.
+The FSDP rows (the tree sharded over 8 CPU devices) run in a subprocess: see ``benchmarks/fsdp.py``.
 Timings are medians over interleaved rounds: each round runs every variant once, back to back, so
 drift of a shared machine cancels in the ratios (each ratio is the median of per-round ratios).
 """
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 
 import rsgd_optax as rsgd
-from benchmarks import cnn_step, resnet50_tree, timing
+from benchmarks import cnn_step, fsdp, resnet50_tree, timing
 from rsgd_optax import _topk
 
 
@@ -445,6 +446,8 @@ def markdown(results: dict[str, Any]) -> str:
       for name, row in cnn["schemes"].items()
     ),
     "",
+    *fsdp.markdown(results["fsdp"]),
+    "",
     f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} CPUs, "
     f"jax {results['machine']['jax']} on {results['machine']['device_kind']} "
     f"({results['machine']['backend']}); medians of {results['rounds']} interleaved rounds.",
@@ -464,6 +467,8 @@ def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
   results["top_k"] = topk_rows(size)
   results["resnet50_tree"] = step_rows(size, results["bandwidth"]["bytes_per_second"])
   results["cnn_step"] = cnn_step.cnn_rows(size.cnn, size.cnn_batch, size.rounds)
+  # In a process of its own: 8 host devices must be set before JAX starts.
+  results["fsdp"] = fsdp.run_in_subprocess(size.width_scale, size.stage_blocks, size.rounds)
   results["goals"] = goal_rows(results)
   return results
 

@@ -66,6 +66,30 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   assert [line.split(" | ")[0] for line in lines[first : first + 4]] == [
     f"| {name}" for name in schemes
   ]
+  # The FSDP rows (8 CPU devices, in a subprocess): nothing all-gathered, top-k all-reduces only
+  # its counters, and each residual adds its parameter's shard (plus the replicated step count).
+  sharded = results["fsdp"]
+  assert sharded["devices"] == 8 and sharded["leaves"] == len(
+    run.resnet50_tree.resnet50_shapes(run.SIZES["tiny"].width_scale, run.SIZES["tiny"].stage_blocks)
+  )
+  rows = sharded["optimizers"]
+  assert set(rows) == set(schemes)
+  for name, row in rows.items():
+    assert row["collective_bytes"]["all-gather"] == 0, name
+    assert row["step_seconds"] > 0 and row["step_ratio"] > 0
+  assert rows["sgdm"]["collective_bytes"]["all-reduce"] == 0
+  assert rows["residual_topk"]["collective_bytes"]["all-reduce"] > 0
+  sgdm_state = rows["sgdm"]["state_bytes_per_device"]
+  assert sgdm_state == rows["sgdm"]["params_bytes_per_device"] < sharded["params_bytes"] / 4
+  for name in ("residual_scale", "residual_sign", "residual_topk"):
+    assert rows[name]["state_bytes_per_device"] == 2 * sgdm_state + 4, name
+  first = lines.index(
+    "| fsdp step | ms | x sgdm | all-gathered MiB | all-reduced KiB | state MiB / device | "
+    "temp MiB / device |"
+  )
+  assert [line.split(" | ")[0] for line in lines[first + 2 : first + 6]] == [
+    f"| {name}" for name in rows
+  ]
 
 
 def test_batch_must_be_positive(capsys):

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
 from rsgd_optax import _dtypes, _topk
 
@@ -180,42 +179,24 @@ def top_k_count(fraction: float, size: int) -> int:
   return max(1, round(fraction * size))
 
 
-def _explicit_spec(x: jax.Array) -> P | None:
-  """The partition spec of ``x`` when it is sharded over explicit mesh axes, else None."""
-  spec = getattr(jax.typeof(x).sharding, "spec", None)
-  if spec is None or all(axis is None for axis in spec):
-    return None
-  return spec
-
-
-def _reshard(x: jax.Array, spec: P | None) -> jax.Array:
-  return x if spec is None else jax.sharding.reshard(x, spec)
-
-
 @dataclasses.dataclass(frozen=True)
 class _TopK(StepAwareScheme):
   fraction: float
   per_leaf: bool
 
   def __call__(self, tree: PyTree, step: jax.Array | int = 0) -> PyTree:
-    # Selection needs every entry of a leaf (or of the tree) on one device: leaves sharded over
-    # explicit mesh axes are gathered for it and returned in their own sharding.
+    # A leaf that may be sharded is selected in its own shape and sharding (see _topk): nothing is
+    # gathered, and the result keeps the leaf's sharding.
     del step
     leaves, treedef = jax.tree.flatten(tree)
     if not leaves:
       return tree
-    specs = [_explicit_spec(leaf) for leaf in leaves]
-    leaves = [
-      _reshard(leaf, None if spec is None else P())
-      for leaf, spec in zip(leaves, specs, strict=True)
-    ]
     if self.per_leaf:
       ks = [top_k_count(self.fraction, leaf.size) for leaf in leaves]
       kept = _topk.keep_top_k_leaves(leaves, ks)
     else:
       k = top_k_count(self.fraction, sum(leaf.size for leaf in leaves))
       kept = _topk.keep_top_k_global(leaves, k)
-    kept = [_reshard(leaf, spec) for leaf, spec in zip(kept, specs, strict=True)]
     return jax.tree.unflatten(treedef, kept)
 
 
@@ -227,6 +208,9 @@ def top_k(fraction: float = 0.01, per_leaf: bool = True) -> Scheme:
     \end{cases}, \qquad k = \max(1, \operatorname{round}(\text{fraction} \cdot d)).
 
   The selection is exact: exactly ``k`` entries are kept, ties broken toward the lower flat index.
+  On leaves sharded over a mesh (explicit or ``Auto`` axes) it runs in each leaf's own sharding:
+  only histogram counters are all-reduced across devices, no leaf is gathered, and the kept set is
+  the one a single device would keep.
 
   Args:
     fraction: the share of entries kept, in ``(0, 1]``.

@@ -16,6 +16,14 @@ leaf padded to whole tiles, each tile tagged with its leaf), so each histogram p
 is one fused pass and one scatter into per-leaf counters, and the compiled program grows by only one
 tiling and one output piece per leaf. Leaves of ``_OWN_SELECTION_SIZE`` entries or more are selected
 on their own: they need no copy into that layout and their histograms take wider digits.
+
+A leaf that may be split across devices (on a mesh of several devices, with a partition spec naming
+an explicit axis, or on a mesh with ``Auto`` axes, whose sharding a trace does not see) is selected
+in its own shape instead: every histogram is a scatter from the leaf's entries, in place, into a few
+replicated counters, so the partitioner counts each shard where it lies and all-reduces only the
+counters. A tie is cut the same way, by a second radix select on the flat indices of the tied
+entries. Nothing leaf-sized is gathered or reshaped across devices, and the kept set is the same
+as on one device.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType
 
 # Counters of one histogram pass, over all rows: 2**20 int32 counters (4 MiB) stay in cache, and
 # wider digits mean fewer passes. Digits narrower than 8 bits are slow on CPU (entries pile up on the
@@ -302,6 +311,183 @@ def _keep_above(leaf: jax.Array, threshold: jax.Array, last: jax.Array, span: in
   return jnp.where(_kept(keys, threshold, order, last), leaf, jnp.zeros_like(leaf))
 
 
+def _may_be_split(x: jax.Array) -> bool:
+  """Whether ``x`` may be split across devices, so that it must be selected in its own shape.
+
+  True on a mesh of several devices when its partition spec names an (explicit) axis, or when the
+  mesh has ``Auto`` axes: their sharding is the partitioner's choice, which a trace does not see.
+  A leaf on one device, replicated over explicit axes, or local to a ``shard_map`` body is not.
+  """
+  sharding = jax.typeof(x).sharding
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or mesh.size <= 1:
+    return False
+  if any(axis is not None for axis in sharding.spec):
+    return True
+  return any(
+    kind == AxisType.Auto and size > 1
+    for kind, size in zip(mesh.axis_types, mesh.shape.values(), strict=True)
+  )
+
+
+def _split_digit_bits(size: int) -> int:
+  """The digit width of an in-place selection of ``size`` entries (leaves that may be sharded).
+
+  Every pass all-reduces its counters, so they are sized to the selection (about a sixteenth of its
+  entries, 2**8 to 2**16 counters) rather than to a cache: a small leaf costs a few more passes of
+  small counters, not two passes of 256 KiB each.
+  """
+  return max(_MIN_DIGIT_BITS, min(_MAX_DIGIT_BITS, int(size - 1).bit_length() - 4))
+
+
+def _even_digits(key_bits: int, width: int) -> list[int]:
+  """Digit widths of at most ``width`` bits, most significant first, covering ``key_bits`` bits."""
+  passes = -(-key_bits // width)
+  base, extra = divmod(key_bits, passes)
+  return [base + 1 if i < extra else base for i in range(passes)]
+
+
+def _select_in_place(
+  keys: Sequence[jax.Array],
+  rows: Sequence[int],
+  counted: Sequence[jax.Array] | None,
+  need: jax.Array,
+  key_bits: int,
+  width: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, list[jax.Array]]:
+  """Per row, the ``need``-th largest of the counted entries of the ``keys`` of that row.
+
+  Each pass scatters every array's digits, in the array's own shape, into counters of its own,
+  summed per row: a sharded array is counted shard by shard and only its counters cross devices.
+
+  Args:
+    keys: arrays of one unsigned dtype using their low ``key_bits`` bits, each in its own shape.
+    rows: the row of each array, ``0 <= rows[i] < len(need)``.
+    counted: bool arrays shaped as ``keys``, False for entries not to count; None counts all.
+    need: ``(rows,)`` int32, between 1 and the number of counted entries of the row.
+    key_bits: how many low bits the keys use.
+    width: the widest digit, in bits.
+
+  Returns:
+    ``(key, need, ties, tied)``: per row (each ``(rows,)``), the selected key, how many of the
+    counted entries equal to it are among the ``need`` largest, and how many counted entries equal
+    it; and per array, True where a counted entry equals its row's key. ``tied`` is read off the
+    last pass's counter indices (1 byte an entry), so that a conditional taking it holds no copy of
+    the keys.
+  """
+  dtype = keys[0].dtype
+  n_rows = need.shape[0]
+  prefix = jnp.zeros((n_rows,), dtype)
+  ties = jnp.zeros((n_rows,), jnp.int32)
+  shift = key_bits
+  for digit_bits in _even_digits(key_bits, width):
+    shift -= digit_bits
+    bins = 1 << digit_bits
+    first = shift + digit_bits == key_bits
+    drops = counted is not None or not first
+    # 16-bit indices where the bins (and the dropped one) fit: the index array is shard-sized.
+    index_dtype = jnp.uint16 if bins + int(drops) <= 1 << 16 else jnp.int32
+    # Each array counts into counters of its own, all-reduced on their own (XLA combines them):
+    # a shared vector with one row per array would all-reduce every row once per array.
+    hist = [jnp.zeros((bins,), jnp.int32) for _ in range(n_rows)]
+    digits = []
+    for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
+      digit = ((key >> shift) & (bins - 1)).astype(index_dtype)
+      keep = None if counted is None else counted[i]
+      if not first:
+        in_prefix = (key >> (shift + digit_bits)) == prefix[row]
+        keep = in_prefix if keep is None else keep & in_prefix
+      if keep is not None:
+        digit = jnp.where(keep, digit, jnp.asarray(bins, index_dtype))
+      digits.append(digit)
+      hist[row] = hist[row] + jax.lax.scatter_add(
+        jnp.zeros((bins,), jnp.int32),
+        digit[..., None],
+        jnp.ones(digit.shape, jnp.int32),
+        _HISTOGRAM_SCATTER,
+        mode=jax.lax.GatherScatterMode.FILL_OR_DROP
+        if drops
+        else jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+      )
+    chosen, ties, above = _choose_digit(jnp.stack(hist), need)
+    need = need - above
+    prefix = (prefix << digit_bits) | chosen.astype(dtype)
+  # An entry's last index is its row's chosen digit exactly when it is counted and its key equals
+  # the row's selected key (the others were sent to the dropped counter `bins`).
+  tied = [digit == chosen[row].astype(digit.dtype) for digit, row in zip(digits, rows, strict=True)]
+  return prefix, need, ties, tied
+
+
+def _reversed_flat_index(shape: tuple[int, ...], offset: int, span: int) -> jax.Array:
+  """``span - 1 - (offset + flat index)`` of each entry of ``shape``, built in that shape (uint32)."""
+  index = jnp.full(shape, span - 1 - offset, jnp.int32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index - jax.lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+    stride *= shape[axis]
+  return index.astype(jnp.uint32)
+
+
+def _keep_top_k_in_place(
+  leaves: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int], ks: Sequence[int]
+) -> list[jax.Array]:
+  """Each leaf with all but the entries among its row's ``ks[row]`` largest magnitudes zeroed.
+
+  Leaves share one float dtype; ``offsets[i]`` is leaf ``i``'s first flat index within its row
+  (ties go to the lower one). No array is reshaped or concatenated: the partitioner keeps each leaf
+  in its own sharding, and each pass all-reduces each leaf's counters (XLA combines them into a few
+  all-reduces).
+  """
+  keys = [_magnitude_keys(leaf) for leaf in leaves]
+  key_bits = 8 * jnp.dtype(keys[0].dtype).itemsize - 1
+  n_rows = len(ks)
+  spans = [0] * n_rows
+  sizes = [0] * n_rows
+  for leaf, row, offset in zip(leaves, rows, offsets, strict=True):
+    spans[row] = max(spans[row], offset + leaf.size)
+    sizes[row] += leaf.size
+  width = _split_digit_bits(max(sizes))
+  need = jnp.asarray(np.asarray(ks, np.int32))
+  threshold, need, ties, tied = _select_in_place(keys, rows, None, need, key_bits, width)
+
+  def orders() -> list[jax.Array]:
+    return [
+      _reversed_flat_index(leaf.shape, offset, spans[row])
+      for leaf, row, offset in zip(leaves, rows, offsets, strict=True)
+    ]
+
+  def cut_ties(_: None) -> jax.Array:
+    # Of each row's tied entries, the `need` with the lowest flat indices: a radix select on the
+    # reversed flat index, counting only the tied entries (indices are distinct, so it is exact).
+    # A row that keeps all its ties selects its last tied entry, which keeps them all too.
+    index_bits = max(1, int(max(spans) - 1).bit_length())
+    return _select_in_place(orders(), rows, tied, need, index_bits, width)[0]
+
+  def keep_all_ties(_: None) -> jax.Array:
+    return jnp.zeros((n_rows,), jnp.uint32)
+
+  last = jax.lax.cond(jnp.any(need < ties), cut_ties, keep_all_ties, None)
+  return [
+    jnp.where(_kept(key, threshold[row], order, last[row]), leaf, jnp.zeros_like(leaf))
+    for leaf, key, row, order in zip(leaves, keys, rows, orders(), strict=True)
+  ]
+
+
+def _on_auto_axes(fn, leaves: Sequence[jax.Array]) -> list[jax.Array]:
+  """``fn(leaves)`` with the mesh's explicit axes turned ``Auto``, each result in its leaf's spec.
+
+  Under explicit axes every op must say how its output is sharded; the selection's scatters have no
+  such rule. Inside ``auto_axes`` the partitioner places them (local counts, all-reduced counters),
+  and the results come back sharded as the leaves are.
+  """
+  shardings = [jax.typeof(leaf).sharding for leaf in leaves]
+  mesh = next(s.mesh for s in shardings if not s.mesh.empty)
+  if AxisType.Explicit not in mesh.axis_types:
+    return fn(leaves)
+  with jax.sharding.use_abstract_mesh(mesh):
+    return jax.sharding.auto_axes(fn, out_sharding=[s.spec for s in shardings])(list(leaves))
+
+
 def _common_float(leaves: Sequence[jax.Array]) -> jnp.dtype:
   """The float dtype that holds every leaf's values exactly (explicit, for strict promotion)."""
   dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}
@@ -330,14 +516,31 @@ def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[ja
     raise ValueError(f"Got {len(leaves)} leaves but {len(ks)} values of k.")
   out = list(leaves)
   groups: dict[tuple[int, int], list[int]] = {}
+  split_groups: dict[tuple[int, int], list[int]] = {}
   for i, (leaf, k) in enumerate(zip(leaves, ks, strict=True)):
     if int(k) <= 0:
       out[i] = jnp.zeros_like(leaf)
+    elif int(k) < leaf.size and _may_be_split(leaf):
+      # Selected in its own shape (a shared layout, or a flat view, would gather it), beside the
+      # leaves whose counters have the same width.
+      bits = _split_digit_bits(leaf.size)
+      split_groups.setdefault((jnp.dtype(leaf.dtype).itemsize, bits), []).append(i)
     elif int(k) < leaf.size:
       # A large leaf is selected on its own: it needs no copy into the shared layout, and its
       # histograms can use wider digits (fewer passes).
       group = i if leaf.size >= _OWN_SELECTION_SIZE else -1
       groups.setdefault((jnp.dtype(leaf.dtype).itemsize, group), []).append(i)
+  for members in split_groups.values():
+    rows = list(range(len(members)))
+    member_ks = [int(ks[i]) for i in members]
+    kept = _on_auto_axes(
+      lambda ls, rows=rows, member_ks=member_ks: _keep_top_k_in_place(
+        ls, rows, [0] * len(ls), member_ks
+      ),
+      [leaves[i] for i in members],
+    )
+    for i, leaf in zip(members, kept, strict=True):
+      out[i] = leaf
   for members in groups.values():
     kept = _select_top_k(
       [leaves[i] for i in members],
@@ -365,7 +568,10 @@ def keep_top_k_global(leaves: Sequence[jax.Array], k: int) -> list[jax.Array]:
     return [jnp.zeros_like(leaf) for leaf in leaves]
   dtype = _common_float(leaves)
   offsets = np.cumsum([0] + [leaf.size for leaf in leaves[:-1]]).tolist()
-  kept = _select_top_k(
-    [leaf.astype(dtype) for leaf in leaves], rows=[0] * len(leaves), offsets=offsets, ks=[k]
-  )
+  cast = [leaf.astype(dtype) for leaf in leaves]
+  if any(_may_be_split(leaf) for leaf in leaves):
+    # Each leaf stays in its own shape and sharding; only the counters are summed over them.
+    kept = _on_auto_axes(lambda ls: _keep_top_k_in_place(ls, [0] * len(ls), offsets, [k]), cast)
+  else:
+    kept = _select_top_k(cast, rows=[0] * len(leaves), offsets=offsets, ks=[k])
   return [kept_leaf.astype(leaf.dtype) for kept_leaf, leaf in zip(kept, leaves, strict=True)]

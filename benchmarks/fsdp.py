@@ -1,0 +1,222 @@
+"""The optimizer step on the ResNet-50 tree sharded over 8 CPU devices, FSDP style.
+
+Each leaf (and so its momentum and residual) is split along a ``data`` mesh axis on its largest
+dimension that 8 divides, and replicated when none does; the gradients come sharded the same way, as
+a reduce-scatter leaves them. For sgdm and each residual the row gives the step time and its ratio to
+sgdm, the bytes the compiled step all-gathers and all-reduces (read off its HLO), and the optimizer
+state's bytes per device (read off the arrays' shards).
+
+The device count is fixed when JAX starts, so this runs as its own process::
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.fsdp --out fsdp.json
+
+``benchmarks.run`` starts it so (:func:`run_in_subprocess`); the flag stays out of its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import rsgd_optax as rsgd
+from benchmarks import resnet50_tree, timing
+
+DEVICES = 8
+DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
+SGDM = {"learning_rate": 0.1, "momentum": 0.9}
+TOPK_FRACTION = 0.01
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+_BYTES.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
+
+
+def optimizers() -> dict[str, optax.GradientTransformation]:
+  sgdm = optax.sgd(**SGDM)
+  return {
+    "sgdm": sgdm,
+    "residual_scale": optax.chain(sgdm, rsgd.residual_scale(1 / 16)),
+    "residual_sign": optax.chain(sgdm, rsgd.residual_sign()),
+    "residual_topk": optax.chain(sgdm, rsgd.residual_topk(TOPK_FRACTION)),
+  }
+
+
+def fsdp_spec(shape: tuple[int, ...], devices: int = DEVICES) -> P:
+  """``data`` on the largest dimension that ``devices`` divides (the first such on a tie), else
+  replicated."""
+  divisible = [axis for axis, n in enumerate(shape) if n % devices == 0]
+  if not divisible:
+    return P()
+  axis = max(divisible, key=lambda a: (shape[a], -a))
+  return P(*(("data" if a == axis else None) for a in range(len(shape))))
+
+
+def collective_bytes(hlo: str) -> dict[str, int]:
+  """Bytes of the results of each kind of cross-device op in a compiled HLO text, per device."""
+  out = {"all-gather": 0, "all-reduce": 0, "reduce-scatter": 0, "all-to-all": 0}
+  out["collective-permute"] = 0
+  pattern = r"= (.+?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)\("
+  for match in re.finditer(pattern, hlo):
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
+      entries = int(np.prod([int(d) for d in dims.split(",") if d]))
+      out[match.group(2)] += entries * _BYTES[dtype]
+  return out
+
+
+def _per_device_bytes(tree: Any) -> int:
+  """The most bytes of ``tree``'s shards that any one device holds."""
+  held: dict[Any, int] = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+  return max(held.values())
+
+
+def _host_tree(seed: int, width_scale: float, stage_blocks: tuple[int, ...]) -> dict[str, Any]:
+  """The ResNet-50-shaped tree as NumPy float32 leaves, normal scaled by 0.01."""
+  rng = np.random.default_rng(seed)
+  shapes = resnet50_tree.resnet50_shapes(width_scale, stage_blocks)
+  return {name: (0.01 * rng.standard_normal(shape, np.float32)) for name, shape in shapes.items()}
+
+
+def fsdp_rows(width_scale: float, stage_blocks: tuple[int, ...], rounds: int) -> dict[str, Any]:
+  devices = jax.devices()
+  if len(devices) != DEVICES:
+    raise RuntimeError(f"needs {DEVICES} devices (XLA_FLAGS={DEVICE_FLAG}), found {len(devices)}")
+  kind = jax.sharding.AxisType.Explicit
+  mesh = jax.make_mesh((DEVICES,), ("data",), axis_types=(kind,), devices=devices)
+  with jax.set_mesh(mesh):
+    return _fsdp_rows(mesh, width_scale, stage_blocks, rounds)
+
+
+def _fsdp_rows(
+  mesh: jax.sharding.Mesh, width_scale: float, stage_blocks: tuple[int, ...], rounds: int
+) -> dict[str, Any]:
+  # NumPy on the host (quicker than 161 eager draws on 8 devices), so that each optimizer's device
+  # arrays are buffers of their own to donate.
+  host = _host_tree(0, width_scale, stage_blocks)
+  host_grads = _host_tree(1, width_scale, stage_blocks)
+  shardings = {name: NamedSharding(mesh, fsdp_spec(leaf.shape)) for name, leaf in host.items()}
+  grads = jax.device_put(host_grads, shardings)
+  params_bytes = resnet50_tree.tree_bytes(host)
+  replicated = sum(1 for s in shardings.values() if s.spec == P())
+
+  rows: dict[str, Any] = {}
+  runners = {}
+  for name, tx in optimizers().items():
+    params = jax.device_put(host, shardings)
+    state = tx.init(params)  # eager: each slot takes its parameter's sharding, the count P()
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+
+    def step(params, state, grads, tx=tx):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    start = time.perf_counter()
+    compiled = (
+      jax.jit(step, donate_argnums=(0, 1), out_shardings=(shardings, state_shardings))
+      .lower(params, state, grads)
+      .compile()
+    )
+    compile_seconds = time.perf_counter() - start
+    hlo = compiled.as_text()
+    rows[name] = {
+      "collective_bytes": collective_bytes(hlo),
+      "state_bytes_per_device": _per_device_bytes(state),
+      "params_bytes_per_device": _per_device_bytes(params),
+      "temp_bytes_per_device": int(compiled.memory_analysis().temp_size_in_bytes),
+      "compile_seconds": compile_seconds,
+    }
+    carry = [params, state]
+
+    def run(compiled=compiled, carry=carry) -> None:
+      carry[:] = compiled(carry[0], carry[1], grads)
+      jax.block_until_ready(carry)
+
+    runners[name] = run
+  times = timing.interleaved(runners, rounds)
+  for name, row in rows.items():
+    row["step_seconds"] = timing.median(times[name])
+    row["step_ratio"] = timing.median_ratio(times[name], times["sgdm"])
+  return {
+    "devices": DEVICES,
+    "axis_types": str(mesh.axis_types),
+    "leaves": len(host),
+    "replicated_leaves": replicated,
+    "entries": int(sum(leaf.size for leaf in host.values())),
+    "params_bytes": params_bytes,
+    "rounds": rounds,
+    "optimizers": rows,
+  }
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+  mib = 1 << 20
+  lines = [
+    f"FSDP over {result['devices']} CPU devices (each leaf split on its largest dimension that "
+    f"{result['devices']} divides; {result['replicated_leaves']} of {result['leaves']} leaves "
+    f"replicated): {result['params_bytes'] / mib:.1f} MiB of params.",
+    "",
+    "| fsdp step | ms | x sgdm | all-gathered MiB | all-reduced KiB | state MiB / device | "
+    "temp MiB / device |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for name, row in result["optimizers"].items():
+    comm = row["collective_bytes"]
+    lines.append(
+      f"| {name} | {row['step_seconds'] * 1e3:.1f} | {row['step_ratio']:.2f} | "
+      f"{comm['all-gather'] / mib:.3f} | {comm['all-reduce'] / 1024:.1f} | "
+      f"{row['state_bytes_per_device'] / mib:.2f} | {row['temp_bytes_per_device'] / mib:.2f} |"
+    )
+  return lines
+
+
+def run_in_subprocess(width_scale: float, stage_blocks: tuple[int, ...], rounds: int) -> dict:
+  """:func:`fsdp_rows` in a fresh process with 8 host devices (CPU), its result read back."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + DEVICE_FLAG).strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "fsdp.json")
+    command = [sys.executable, "-m", "benchmarks.fsdp", "--out", out, "--rounds", str(rounds)]
+    command += [
+      "--width-scale",
+      str(width_scale),
+      "--stage-blocks",
+      ",".join(map(str, stage_blocks)),
+    ]
+    subprocess.run(command, check=True, cwd=root, env=env)
+    with open(out) as f:
+      return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--width-scale", type=float, default=1.0)
+  parser.add_argument("--stage-blocks", default=",".join(map(str, resnet50_tree.STAGE_BLOCKS)))
+  parser.add_argument("--rounds", type=int, default=9)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  blocks = tuple(int(b) for b in args.stage_blocks.split(","))
+  result = fsdp_rows(args.width_scale, blocks, args.rounds)
+  print("\n".join(markdown(result)))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == "__main__":
+  main()
