@@ -56,16 +56,20 @@ def top_k_count(fraction: float, size: int) -> int:
   return max(1, round(fraction * size))
 
 
-def keep_top(x: Any, k: int) -> np.ndarray:
-  """``x`` with all but its ``k`` largest-magnitude entries zeroed, in float64.
+def kept_mask(x: Any, k: int) -> np.ndarray:
+  """True on the ``k`` largest-magnitude entries of ``x``, in ``x``'s shape.
 
   Ties go to the lower flat index (a stable sort on ``-|x|``), the order the library promises.
   """
   flat = np.asarray(x, np.float64).reshape(-1)
-  order = np.argsort(-np.abs(flat), kind="stable")[:k]
   kept = np.zeros(flat.shape, bool)
-  kept[order] = True
-  return np.where(kept, flat, 0.0).reshape(np.shape(x))
+  kept[np.argsort(-np.abs(flat), kind="stable")[:k]] = True
+  return kept.reshape(np.shape(x))
+
+
+def keep_top(x: Any, k: int) -> np.ndarray:
+  """``x`` with all but its ``k`` largest-magnitude entries zeroed, in float64."""
+  return np.where(kept_mask(x, k), np.asarray(x, np.float64), 0.0)
 
 
 def keep_top_global(leaves: Sequence[Any], k: int) -> Leaves:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -45,11 +46,7 @@ def _host_tree() -> dict[str, np.ndarray]:
   }
 
 
-def reference_kept(flat: np.ndarray, k: int) -> np.ndarray:
-  """True on the first k entries of a stable sort by decreasing magnitude (ties: lower index)."""
-  kept = np.zeros(flat.size, bool)
-  kept[np.argsort(-np.abs(flat.astype(np.float64)), kind="stable")[:k]] = True
-  return kept
+reference_kept = reference.kept_mask
 
 
 def _collectives(hlo: str) -> list[tuple[str, str]]:
