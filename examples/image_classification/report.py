@@ -4,7 +4,11 @@
 
 Every folder under the given ones that holds a ``metrics.jsonl`` is one run; runs are grouped by
 optimizer. The table gives, per optimizer, the best top-1 test accuracy (at ``eval_params``) in each
-third of the epochs, mean ± std over seeds, as the paper's Table 1 does.
+third of the epochs, mean ± std over seeds, as the paper's Table 1 does. Both layouts are read:
+one run per folder (``<optimizer>/seed<s>``) and the views of one training
+(``views-<base>/seed<s>/<name>``). Then, for each residual view whose base was run with the same
+seed, the paired gain (view minus base, per seed, then mean ± std), which is far less noisy than a
+difference of two means over seeds: both share one trajectory.
 """
 
 import os
@@ -53,6 +57,15 @@ def write_report(
   ranges = report.epoch_thirds(num_epochs)
   summary = report.summarize(groups, "test_accuracy", ranges)
   table = report.markdown_table(summary, ranges, order=OPTIMIZER_NAMES)
+  gains = report.gains_markdown(
+    report.paired_gains(runs, "test_accuracy", ranges), ranges, order=OPTIMIZER_NAMES
+  )
+  if gains:
+    table += (
+      "\nPaired gain of each residual view over its base (percentage points of best test "
+      "accuracy in each range; the same seed, so the same trajectory), per seed, then mean ± "
+      "std:\n\n" + gains
+    )
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "table.md"), "w") as f:
     f.write(table)
