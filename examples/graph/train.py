@@ -61,6 +61,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     "diag_lambda": config.diag_lambda >= 0,
     "learning_rate": config.learning_rate > 0,
     "partition_method": config.partition_method in partition.PARTITION_METHODS,
+    "precalc_adjacency": config.get("precalc_adjacency", "normalized")
+    in batching.PRECALC_ADJACENCIES,
   }
   bad = [name for name, ok in checks.items() if not ok]
   if bad:
@@ -75,10 +77,13 @@ def prepare_graph(config: ml_collections.ConfigDict) -> PreparedGraph:
   train_nodes = data.train_nodes
   train_adj = full_adj[train_nodes][:, train_nodes]
   if config.precalc:
+    adjacency = config.get("precalc_adjacency", "normalized")
     train_inputs = batching.precompute_first_layer(
-      train_adj, data.features[train_nodes], config.diag_lambda
+      train_adj, data.features[train_nodes], config.diag_lambda, adjacency=adjacency
     )
-    full_inputs = batching.precompute_first_layer(full_adj, data.features, config.diag_lambda)
+    full_inputs = batching.precompute_first_layer(
+      full_adj, data.features, config.diag_lambda, adjacency=adjacency
+    )
   else:
     train_inputs, full_inputs = data.features[train_nodes], data.features
   train_clusters = partition.partition(
