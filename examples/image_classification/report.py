@@ -49,7 +49,11 @@ def find_runs(roots: Sequence[str]) -> list[str]:
 def write_report(
   roots: Sequence[str], output_dir: str, *, num_epochs: int = 0, title: str = ""
 ) -> str:
-  """Writes ``table.md`` and ``curves.png`` to ``output_dir``; returns the Markdown table."""
+  """Writes ``table.md`` and ``curves.png`` to ``output_dir``; returns the Markdown table.
+
+  With ``*-scale`` runs of two or more alphas (``rsgdm-scale@0.25`` views), also ``alpha.png``:
+  best test accuracy per epoch range against alpha.
+  """
   runs = [report.load_run(d) for d in find_runs(roots)]
   groups = report.group_runs(runs, "optimizer")
   if not num_epochs:
@@ -88,7 +92,49 @@ def write_report(
   report.plot_curves(
     groups, panels, os.path.join(output_dir, "curves.png"), order=OPTIMIZER_NAMES, title=title
   )
+  alphas = scale_alphas(groups)
+  if len(alphas) >= 2:
+    plot_alpha_sweep(summary, alphas, ranges, os.path.join(output_dir, "alpha.png"), title=title)
   return table
+
+
+def scale_alphas(groups: dict[str, list[report.Run]]) -> dict[str, float]:
+  """The alpha of every ``*-scale`` group: its ``@`` setting, else its runs' ``config.alpha``."""
+  alphas = {}
+  for label, runs in groups.items():
+    optimizer, _, setting = label.partition("@")
+    if optimizer.endswith("-scale"):
+      alpha = setting or runs[0].config.get("alpha")
+      if alpha is not None:
+        alphas[label] = float(alpha)
+  return alphas
+
+
+def plot_alpha_sweep(summary, alphas, ranges, path: str, *, title: str = "") -> None:
+  """Best test accuracy per epoch range against the scaling scheme's alpha (log scale), the
+  proximity trade-off of the paper's sections 4.2 and 6, from one training's views."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  ordered = sorted(alphas, key=alphas.get)
+  fig, ax = plt.subplots(figsize=(4.6, 3.6))
+  for index, (lo, hi) in enumerate(ranges):
+    xs = [alphas[label] for label in ordered]
+    means = [100 * summary[label][index].mean for label in ordered]
+    stds = [100 * summary[label][index].std for label in ordered]
+    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=f"epochs {lo}-{hi}")
+  ax.set_xscale("log")
+  ax.set_xlabel("alpha (scaling scheme)")
+  ax.set_ylabel("best test accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def main(argv: list[str]) -> None:

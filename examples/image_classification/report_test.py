@@ -1,11 +1,12 @@
 """The sweep runner and the Table 1 / figure report, on a tiny generated data set."""
 
+import json
 import os
 
 import ml_collections
 import pytest
 
-from examples.common.metrics import read_metrics
+from examples.common.metrics import MetricsWriter, read_metrics
 from examples.image_classification import report, sweep, testdata
 from examples.image_classification.train_test import tiny_config
 
@@ -60,3 +61,29 @@ def test_sweep_then_report(tmp_path):
 def test_report_without_runs_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No metrics\.jsonl"):
     report.find_runs([str(tmp_path)])
+
+
+def test_alpha_sweep_from_scale_views(tmp_path):
+  root = tmp_path / "runs" / "views-sgdm" / "seed0"
+  for name, accuracies in (
+    ("sgdm", [0.5, 0.6, 0.7]),
+    ("rsgdm-scale@0.5", [0.55, 0.6, 0.7]),
+    ("rsgdm-scale@0.0625", [0.6, 0.62, 0.7]),
+    ("rsgdm-scale", [0.58, 0.61, 0.7]),  # alpha from config.alpha
+  ):
+    (root / name).mkdir(parents=True)
+    config = {"optimizer": name, "seed": 0, "alpha": 0.25, "num_epochs": 3}
+    (root / name / "config.json").write_text(json.dumps(config))
+    with MetricsWriter(str(root / name)) as writer:
+      for epoch, acc in enumerate(accuracies):
+        writer.write({"epoch": epoch, "test_accuracy": acc, "train_loss": 1.0})
+  runs = [report.report.load_run(str(root / n)) for n in os.listdir(root)]
+  groups = report.report.group_runs(runs)
+  assert report.scale_alphas(groups) == {
+    "rsgdm-scale@0.5": 0.5,
+    "rsgdm-scale@0.0625": 0.0625,
+    "rsgdm-scale": 0.25,
+  }
+  table = report.write_report([str(tmp_path / "runs")], str(tmp_path / "out"))
+  assert (tmp_path / "out" / "alpha.png").read_bytes()[:4] == b"\x89PNG"
+  assert "| rsgdm-scale@0.0625 - sgdm | 0 | +10.00 | +2.00 | +0.00 |" in table
