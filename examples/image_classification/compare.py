@@ -2,7 +2,7 @@
 
 Optimizers that share a trajectory are one training per seed (see :mod:`sweep`).
 
-The README's main job (about 10 minutes on 2 CPU cores)::
+The README's main job (2 trainings, about 6 minutes on 2 shared CPU cores)::
 
   python -m examples.image_classification.compare \
     --config=examples/image_classification/configs/fashion_mnist_compare.py --workdir=runs/compare
