@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from examples.common.metrics import read_metrics
+from examples.common.optimizers import has_residual
+from examples.common.views import parse_views, trajectory
 
 CONFIG_FILE = "config.json"
 
@@ -213,3 +215,87 @@ def plot_curves(
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedGain:
+  """A residual view's best-in-range metric minus its base's, for one seed of one trajectory."""
+
+  view: str
+  base: str
+  seed: Any
+  gains: list[float]
+
+
+def paired_gains(
+  runs: Iterable[Run], metric: str, ranges: Sequence[tuple[int, int]], *, mode: str = "max"
+) -> list[PairedGain]:
+  """Each residual view's gain over its base view (``rsgdm-*`` over ``sgdm``, ...) per seed.
+
+  A view is paired with the run of its base optimizer that has the same seed: the sibling view of
+  the same training when there is one (``<training>/<base>/``), else a separate run of the base
+  (which follows the same trajectory, Theorem 2). Views without such a base are left out.
+  """
+  runs = list(runs)
+
+  def optimizer_of(run: Run) -> str | None:
+    name = run.config.get("optimizer")
+    try:
+      return parse_views(str(name))[0].optimizer if name is not None else None
+    except ValueError:
+      return None
+
+  out = []
+  for run in runs:
+    optimizer = optimizer_of(run)
+    if optimizer is None or not has_residual(optimizer):
+      continue
+    base = trajectory(optimizer)
+    seed = run.config.get("seed")
+    candidates = [
+      r for r in runs if r.config.get("optimizer") == base and r.config.get("seed") == seed
+    ]
+    parent = os.path.dirname(os.path.normpath(run.workdir))
+    siblings = [r for r in candidates if os.path.dirname(os.path.normpath(r.workdir)) == parent]
+    chosen = (siblings or candidates)[:1]
+    if not chosen:
+      continue
+    mine = best_in_ranges(run.records, metric, ranges, mode=mode)
+    theirs = best_in_ranges(chosen[0].records, metric, ranges, mode=mode)
+    out.append(
+      PairedGain(
+        str(run.config["optimizer"]), base, seed, [a - b for a, b in zip(mine, theirs, strict=True)]
+      )
+    )
+  return out
+
+
+def gains_markdown(
+  gains: Sequence[PairedGain],
+  ranges: Sequence[tuple[int, int]],
+  *,
+  scale: float = 100.0,
+  order: Sequence[str] | None = None,
+) -> str:
+  """Two Markdown tables: the paired gains per seed, then their mean ± std (ddof=1) per view."""
+  if not gains:
+    return ""
+  views = [v for v in (order or []) if any(g.view == v for g in gains)]
+  views += sorted({g.view for g in gains} - set(views))
+  columns = " | ".join(f"epoch {lo}-{hi}" for lo, hi in ranges)
+  per_seed = [f"| view - base | seed | {columns} |", "|" + "---|" * (len(ranges) + 2)]
+  summary = [f"| view - base | seeds | {columns} |", "|" + "---|" * (len(ranges) + 2)]
+  for view in views:
+    rows = sorted((g for g in gains if g.view == view), key=lambda g: str(g.seed))
+    for g in rows:
+      cells = " | ".join(f"{value * scale:+.2f}" for value in g.gains)
+      per_seed.append(f"| {view} - {g.base} | {g.seed} | {cells} |")
+    values = np.array([g.gains for g in rows], dtype=float)
+    cells = []
+    for column in values.T:
+      finite = column[np.isfinite(column)]
+      std = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
+      mean = float(np.mean(finite)) if finite.size else math.nan
+      cells.append(f"{mean * scale:+.2f} ± {std * scale:.2f}")
+    summary.append(f"| {view} - {rows[0].base} | {len(rows)} | " + " | ".join(cells) + " |")
+  return "\n".join(per_seed) + "\n\n" + "\n".join(summary) + "\n"

@@ -77,3 +77,44 @@ def test_summary_table_and_plot(tmp_path):
   ]
   report.plot_curves(groups, panels, str(png))
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _seeded_run(path, optimizer, seed, accuracies):
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps({"optimizer": optimizer, "seed": seed}))
+  with MetricsWriter(str(path)) as writer:
+    for epoch, acc in enumerate(accuracies):
+      writer.write({"epoch": epoch, "test_accuracy": acc})
+  return report.load_run(str(path))
+
+
+def test_paired_gains_read_both_layouts(tmp_path):
+  ranges = [(0, 0), (1, 1)]
+  runs = [
+    # Seed 0: views of one training (and a separate sgdm run of seed 0 that must not be chosen).
+    _seeded_run(tmp_path / "views-sgdm" / "seed0" / "sgdm", "sgdm", 0, [0.50, 0.60]),
+    _seeded_run(
+      tmp_path / "views-sgdm" / "seed0" / "rsgdm-scale@0.25", "rsgdm-scale@0.25", 0, [0.55, 0.61]
+    ),
+    _seeded_run(tmp_path / "old" / "sgdm" / "seed0", "sgdm", 0, [0.10, 0.10]),
+    # Seed 1: one run per folder.
+    _seeded_run(tmp_path / "old" / "sgdm" / "seed1", "sgdm", 1, [0.40, 0.70]),
+    _seeded_run(
+      tmp_path / "old" / "rsgdm-scale@0.25" / "seed1", "rsgdm-scale@0.25", 1, [0.47, 0.69]
+    ),
+    # No base of its trajectory with this seed: left out.
+    _seeded_run(tmp_path / "old" / "adam-sign" / "seed0", "adam-sign", 0, [0.3, 0.3]),
+    _seeded_run(tmp_path / "old" / "signsgdm" / "seed0", "signsgdm", 0, [0.3, 0.3]),
+  ]
+  gains = report.paired_gains(runs, "test_accuracy", ranges)
+  assert [(g.view, g.base, g.seed) for g in gains] == [
+    ("rsgdm-scale@0.25", "sgdm", 0),
+    ("rsgdm-scale@0.25", "sgdm", 1),
+  ]
+  np.testing.assert_allclose(gains[0].gains, [0.05, 0.01], atol=1e-12)
+  np.testing.assert_allclose(gains[1].gains, [0.07, -0.01], atol=1e-12)
+  lines = report.gains_markdown(gains, ranges).splitlines()
+  assert lines[2] == "| rsgdm-scale@0.25 - sgdm | 0 | +5.00 | +1.00 |"
+  assert lines[3] == "| rsgdm-scale@0.25 - sgdm | 1 | +7.00 | -1.00 |"
+  # Mean ± sample std of (5, 7) and (1, -1).
+  assert lines[-1] == "| rsgdm-scale@0.25 - sgdm | 2 | +6.00 ± 1.41 | +0.00 ± 1.41 |"

@@ -62,15 +62,23 @@ def normalized_adjacency(adj: sp.spmatrix, diag_lambda: float) -> sp.csr_matrix:
   return sp.csr_matrix(normalized + diag_lambda * sp.diags(normalized.diagonal()))
 
 
-def precompute_first_layer(
-  adj: sp.spmatrix, features: np.ndarray, diag_lambda: float
-) -> np.ndarray:
-  """``[\\hat A X, X]``: the first layer's aggregation done once on the whole graph.
+PRECALC_ADJACENCIES = ("raw", "normalized")
 
-  The public Cluster-GCN code's ``precalc`` option. It aggregates with the raw adjacency; this uses
-  the normalized one, so the input scale does not grow with the degree.
+
+def precompute_first_layer(
+  adj: sp.spmatrix, features: np.ndarray, diag_lambda: float, *, adjacency: str = "normalized"
+) -> np.ndarray:
+  """``[M X, X]``: the first layer's aggregation done once on the whole graph.
+
+  The public Cluster-GCN code's ``precalc`` option. ``adjacency="raw"`` multiplies by the raw
+  adjacency ``M = A`` (no self-loops, no normalization), as the public code (``utils.preprocess``,
+  run by ``run_ppi.sh``) does; ``"normalized"`` by ``M = \\hat A``, the diagonally enhanced
+  normalized adjacency, so the input scale does not grow with the degree.
   """
-  aggregated = normalized_adjacency(adj, diag_lambda) @ features
+  if adjacency not in PRECALC_ADJACENCIES:
+    raise ValueError(f"adjacency must be one of {PRECALC_ADJACENCIES}, got {adjacency!r}.")
+  matrix = sp.csr_matrix(adj) if adjacency == "raw" else normalized_adjacency(adj, diag_lambda)
+  aggregated = matrix @ features
   return np.concatenate([aggregated, features], axis=1).astype(np.float32)
 
 

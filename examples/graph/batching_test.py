@@ -139,3 +139,12 @@ def test_bad_arguments(graph):
     ClusterBatcher(adj, clusters, features, labels, mask, clusters_per_batch=6)
   with pytest.raises(ValueError, match="diag_lambda"):
     ClusterBatcher(adj, clusters, features, labels, mask, diag_lambda=-1.0)
+
+
+def test_precompute_first_layer_with_the_raw_adjacency_as_run_ppi_sh(graph):
+  adj, features = graph[0], graph[1]
+  out = precompute_first_layer(adj, features, 1.0, adjacency="raw")
+  expected = np.concatenate([adj.toarray() @ features, features], axis=1)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="adjacency must be one of"):
+    precompute_first_layer(adj, features, 1.0, adjacency="sym")

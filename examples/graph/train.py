@@ -5,7 +5,10 @@ subgraph into clusters, trains a :class:`~examples.graph.models.ClusterGCN` on r
 clusters, and after every ``eval_every`` epochs scores the RSGD point ``x = y + r``
 (``rsgd.eval_params``) on the validation and test nodes of the whole graph. It writes
 ``config.json``, ``metrics.jsonl`` (one line per epoch) and TensorBoard scalars into ``workdir``,
-and an Orbax checkpoint per ``checkpoint_every`` epochs, from which a rerun resumes.
+and an Orbax checkpoint per ``checkpoint_every`` epochs, from which a rerun resumes (the run
+skeleton is :func:`examples.common.runloop.run`). ``config.optimizer`` may list views of one
+trajectory (``adam,adam-scale,adam-sign,adam-topk``): one training, each view evaluated at its own
+point, with its own ``<workdir>/<name>/metrics.jsonl``.
 
 The setting is inductive, as in the Cluster-GCN and GraphSAGE PPI experiments: training sees only
 the graph induced by the training nodes; evaluation runs on the whole graph.
@@ -13,12 +16,10 @@ the graph induced by the training nodes; evaluation runs on the whole graph.
 
 import collections
 import dataclasses
-import json
-import os
-import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -26,11 +27,7 @@ from absl import logging
 from flax import nnx
 
 import rsgd_optax as rsgd
-from examples.common.checkpoint import Checkpointer, abstract_like
-from examples.common.metrics import MetricsWriter
-from examples.common.nonfinite import check_losses
-from examples.common.optimizers import has_residual, make_optimizer
-from examples.common.report import CONFIG_FILE
+from examples.common import runloop, views
 from examples.graph import batching, partition, scores
 from examples.graph.graphsage_data import GraphData, load_graphsage
 from examples.graph.models import ClusterGCN
@@ -64,6 +61,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     "diag_lambda": config.diag_lambda >= 0,
     "learning_rate": config.learning_rate > 0,
     "partition_method": config.partition_method in partition.PARTITION_METHODS,
+    "precalc_adjacency": config.get("precalc_adjacency", "normalized")
+    in batching.PRECALC_ADJACENCIES,
   }
   bad = [name for name, ok in checks.items() if not ok]
   if bad:
@@ -78,10 +77,13 @@ def prepare_graph(config: ml_collections.ConfigDict) -> PreparedGraph:
   train_nodes = data.train_nodes
   train_adj = full_adj[train_nodes][:, train_nodes]
   if config.precalc:
+    adjacency = config.get("precalc_adjacency", "normalized")
     train_inputs = batching.precompute_first_layer(
-      train_adj, data.features[train_nodes], config.diag_lambda
+      train_adj, data.features[train_nodes], config.diag_lambda, adjacency=adjacency
     )
-    full_inputs = batching.precompute_first_layer(full_adj, data.features, config.diag_lambda)
+    full_inputs = batching.precompute_first_layer(
+      full_adj, data.features, config.diag_lambda, adjacency=adjacency
+    )
   else:
     train_inputs, full_inputs = data.features[train_nodes], data.features
   train_clusters = partition.partition(
@@ -134,8 +136,9 @@ def build_model(config: ml_collections.ConfigDict, graph: PreparedGraph) -> Clus
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return make_optimizer(
-    config.optimizer,
+  """The one optimizer of ``config.optimizer``'s views (one name: that optimizer)."""
+  return views.make_optimizer(
+    views.parse_views(config.optimizer),
     config.learning_rate,
     momentum=config.momentum,
     weight_decay=config.weight_decay,
@@ -144,57 +147,74 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
   )
 
 
-@nnx.jit(static_argnames="multilabel")
-def train_step(
-  model: ClusterGCN, optimizer: nnx.Optimizer, batch: batching.GraphBatch, multilabel: bool
-) -> jax.Array:
-  """One optimizer step on one cluster batch; returns the batch's training loss."""
-  TRACE_COUNTS["train_step"] += 1
-
-  def loss_fn(model: ClusterGCN) -> jax.Array:
-    return scores.masked_loss(model(batch), batch.labels, batch.label_mask, multilabel=multilabel)
-
-  loss, grads = nnx.value_and_grad(loss_fn)(model)
-  optimizer.update(model, grads)
-  return loss
+TrainState = dict[str, Any]  # params, opt_state, step: plain dicts of arrays
 
 
-@jax.jit
-def _predict(graphdef: nnx.GraphDef, state: nnx.State, batch: batching.GraphBatch) -> jax.Array:
-  TRACE_COUNTS["predict"] += 1
-  return nnx.merge(graphdef, state)(batch)
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The jitted functions of one run.
+
+  The state passes through ``jax.jit`` as plain dicts of arrays (``nnx.State.to_pure_dict()``), as
+  in the image trainer: an ``nnx.Optimizer`` would be flattened and rebuilt in Python on every call,
+  a host cost per array that grows with every residual view (benchmarks/BENCHMARKS.md).
+  """
+
+  train: Any
+  predict: Any
 
 
-def eval_params(model: ClusterGCN, optimizer: nnx.Optimizer, name: str) -> nnx.State:
-  """The parameters to evaluate and ship: the RSGD point ``x = y + r`` (``y`` without residual)."""
-  params = nnx.state(model, nnx.Param)
-  if has_residual(name):
-    params = rsgd.eval_params(optimizer.opt_state, params)
-  return params
+def make_steps(
+  train_graphdef: nnx.GraphDef,
+  eval_graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  multilabel: bool,
+) -> Steps:
+  def train_step(state: TrainState, rest: dict, batch: batching.GraphBatch):
+    """One optimizer step on one cluster batch; returns the new state, the dropout state, loss."""
+    TRACE_COUNTS["train_step"] += 1
+
+    def loss_fn(params):
+      model = nnx.merge(train_graphdef, params, rest, copy=True)
+      loss = scores.masked_loss(model(batch), batch.labels, batch.label_mask, multilabel=multilabel)
+      return loss, nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+
+    (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], updates),
+      "opt_state": opt_state,
+      "step": state["step"] + 1,
+    }
+    return new_state, new_rest, loss
+
+  def predict(params, rest, batch: batching.GraphBatch) -> jax.Array:
+    TRACE_COUNTS["predict"] += 1
+    return nnx.merge(eval_graphdef, params, rest, copy=True)(batch)
+
+  return Steps(train=jax.jit(train_step, donate_argnums=(0, 1)), predict=jax.jit(predict))
 
 
-def eval_state(model: ClusterGCN, optimizer: nnx.Optimizer, name: str) -> nnx.State:
-  """The model's whole state with its parameters replaced by :func:`eval_params`."""
-  rest = nnx.state(model, nnx.Not(nnx.Param))
-  return nnx.merge_state(rest, eval_params(model, optimizer, name))
+def view_params(state: TrainState, view: views.View) -> dict:
+  """The parameters to evaluate and ship: ``params`` for the base, ``eval_params`` for a residual."""
+  if view.has_residual:
+    return rsgd.eval_params(state["opt_state"], state["params"], which=view.which)
+  return state["params"]
 
 
 def evaluate(
-  model: ClusterGCN,
-  state: nnx.State,
+  steps: Steps,
+  params: dict,
+  rest: dict,
   batcher: batching.ClusterBatcher,
   multilabel: bool,
 ) -> dict[str, float]:
-  """Loss, micro-F1 and accuracy of ``state``'s model on ``batcher``'s masked nodes."""
-  eval_model = nnx.clone(model)
-  eval_model.eval()  # no dropout
-  graphdef, _ = nnx.split(eval_model)
+  """Loss, micro-F1 and accuracy of the model at ``params`` on ``batcher``'s masked nodes."""
   logits, labels = [], []
   for batch in batcher.in_order():
     keep = batch.label_mask > 0
     if not keep.any():
       continue
-    out = np.asarray(_predict(graphdef, state, batching.to_device(batch)))
+    out = np.asarray(steps.predict(params, rest, batching.to_device(batch)))
     logits.append(out[keep])
     labels.append(batch.labels[keep])
   logits_all, labels_all = np.concatenate(logits), np.concatenate(labels)
@@ -208,22 +228,21 @@ def evaluate(
   }
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any] | dict[str, dict[str, Any]]:
+  """Trains and evaluates per ``config``; resumes from ``workdir``'s newest readable checkpoint.
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates per ``config``; resumes from ``workdir``'s latest checkpoint.
+  ``config.optimizer`` is one name or a list of views of one trajectory (``adam,adam-scale,
+  adam-sign,adam-topk``: one training, ``<workdir>/<name>/metrics.jsonl`` per view).
 
   Returns:
-    The last epoch's metrics record (what ``metrics.jsonl`` ends with).
+    The last epoch's metrics record (what ``metrics.jsonl`` ends with); with several views, a dict
+    from each name to its last record.
   """
   _validate(config)
-  build_optimizer(config)  # fails fast on an unknown optimizer name or a bad hyperparameter
+  view_list = views.parse_views(config.optimizer)  # fails fast on a bad name or a mixed list
+  tx = build_optimizer(config)  # and on a bad hyperparameter
   graph = prepare_graph(config)  # data errors surface before anything is written to workdir
   logging.info(
     "Graph: %d nodes, %d edges, %d classes (%s); %d train clusters, batch pad %d nodes/%d edges.",
@@ -236,62 +255,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graph.train.max_edges,
   )
   model = build_model(config, graph)
-  optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
   multilabel = graph.data.multilabel
+  model.train()
+  train_graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+  model.eval()  # no dropout
+  eval_graphdef, _, eval_rest = nnx.split(model, nnx.Param, ...)
+  eval_rest = eval_rest.to_pure_dict()
+  params = params.to_pure_dict()
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  steps = make_steps(train_graphdef, eval_graphdef, tx, multilabel)
 
-  os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  start_epoch = 0
-  latest = checkpointer.latest_epoch()
-  if latest is not None:
-    template = _checkpoint_state(model, optimizer, config.optimizer)
-    restored = checkpointer.restore(abstract_like(template))
-    nnx.update(model, restored["params"])
-    nnx.update(optimizer, restored["optimizer"])
-    start_epoch = latest + 1
-    logging.info("Resumed from the checkpoint of epoch %d.", latest)
+  def train_epoch(state: TrainState, epoch: int):
+    # Per-epoch randomness derives from (seed, epoch), so a resumed run repeats it exactly.
+    rng = np.random.default_rng([config.seed, epoch])
+    nnx.reseed(model, dropout=int(rng.integers(2**31)))
+    rest = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+    first_step = epoch * graph.train.num_batches
+    with runloop.StepLosses(
+      epoch, first_step, graph.train.num_batches, progress_bar=config.get("progress_bar", False)
+    ) as tracker:
+      for batch in graph.train.epoch(rng):
+        state, rest, loss = steps.train(state, rest, batching.to_device(batch))
+        tracker.add(loss)
+      losses, _ = tracker.finish()
+    fields = {"step": (epoch + 1) * graph.train.num_batches, "train_loss": float(losses.mean())}
+    return state, fields
 
-  with checkpointer, MetricsWriter(workdir, resume_epoch=latest) as writer:
-    record: dict[str, Any] = writer.records[-1] if writer.records else {}
-    for epoch in range(start_epoch, config.num_epochs):
-      # Per-epoch randomness derives from (seed, epoch), so a resumed run repeats it exactly.
-      rng = np.random.default_rng([config.seed, epoch])
-      nnx.reseed(model, dropout=int(rng.integers(2**31)))
-      model.train()
-      started = time.perf_counter()
-      losses = [
-        train_step(model, optimizer, batching.to_device(batch), multilabel)
-        for batch in graph.train.epoch(rng)
-      ]
-      losses_np = np.asarray(jax.device_get(losses))
-      check_losses(losses_np, epoch=epoch, first_step=epoch * graph.train.num_batches)
-      record = {
-        "epoch": epoch,
-        "step": (epoch + 1) * graph.train.num_batches,
-        "train_loss": float(losses_np.mean()),
-        "epoch_time_s": time.perf_counter() - started,
-      }
-      if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.num_epochs:
-        state = eval_state(model, optimizer, config.optimizer)
-        for split, batcher in graph.evaluation.items():
-          for key, value in evaluate(model, state, batcher, multilabel).items():
-            record[f"{split}_{key}"] = value
-        if has_residual(config.optimizer):
-          record["proximity"] = float(
-            rsgd.proximity(optimizer.opt_state, nnx.state(model, nnx.Param))
-          )
-      writer.write(record)
-      logging.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
-      if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.num_epochs:
-        checkpointer.save(epoch, _checkpoint_state(model, optimizer, config.optimizer))
-  return record
+  def evaluate_epoch(state: TrainState, epoch: int, history):
+    del history
+    if (epoch + 1) % config.eval_every and epoch + 1 != config.num_epochs:
+      return state, {view.name: ({}, None) for view in view_list}
+    results = {}
+    for view in view_list:
+      params = view_params(state, view)
+      metrics = {}
+      for split, batcher in graph.evaluation.items():
+        for key, value in evaluate(steps, params, eval_rest, batcher, multilabel).items():
+          metrics[f"{split}_{key}"] = value
+      if view.has_residual:
+        metrics["proximity"] = float(
+          rsgd.proximity(state["opt_state"], state["params"], which=view.which)
+        )
+      results[view.name] = (metrics, params)
+    return state, results
 
-
-def _checkpoint_state(model: ClusterGCN, optimizer: nnx.Optimizer, name: str) -> dict[str, Any]:
-  """What a checkpoint holds: ``y`` and the optimizer state (to resume) and ``x`` (to ship)."""
-  return {
-    "params": nnx.state(model, nnx.Param),
-    "optimizer": nnx.state(optimizer),
-    "eval_params": eval_params(model, optimizer, name),
-  }
+  result = runloop.run(
+    config,
+    workdir,
+    views=view_list,
+    state=state,
+    train_epoch=train_epoch,
+    evaluate=evaluate_epoch,
+    num_epochs=config.num_epochs,
+    checkpoint_every=config.checkpoint_every,
+    log_fields=("train_loss", "val_micro_f1", "test_micro_f1", "proximity"),
+  )
+  last = {name: (records[-1] if records else {}) for name, records in result.records.items()}
+  return last[view_list[0].name] if len(view_list) == 1 else last

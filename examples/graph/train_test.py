@@ -4,11 +4,14 @@ import importlib
 import json
 import os
 
+import jax
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
+from examples.common import runloop, views
+from examples.common.checkpoint import Checkpointer
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.graph import train
@@ -91,36 +94,46 @@ def test_resume_continues_exactly(first_run, data_dir, tmp_path):
     assert resumed[key] == pytest.approx(fresh[key], rel=1e-4), key
 
 
-def test_evaluates_the_rsgd_point_an_ema_of_the_adam_iterates(data_dir):
+def test_evaluates_the_rsgd_point_an_ema_of_the_adam_iterates(data_dir, tmp_path, monkeypatch):
   """With residual_scale(alpha), x_{t+1} = (1 - alpha) x_t + alpha y_{t+1}, x_0 = y_0 (paper)."""
-  config = tiny_config(data_dir, alpha=0.25, dropout=0.0)
+  config = tiny_config(data_dir, alpha=0.25, dropout=0.0, num_epochs=1)
+  # Record the trajectory y_t by wrapping the jitted step.
+  seen = []
+  original = train.make_steps
+
+  def recording(*args):
+    steps = original(*args)
+
+    def step(state, rest, batch):
+      out = steps.train(state, rest, batch)
+      seen.append([np.asarray(x) for x in jax.tree.leaves(out[0]["params"])])
+      return out
+
+    return train.Steps(train=step, predict=steps.predict)
+
+  monkeypatch.setattr(train, "make_steps", recording)
+  train.train_and_evaluate(config, str(tmp_path))
+  with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+    restored = ckpt.restore({"state": None, "model": None})
   graph = train.prepare_graph(config)
-  model = train.build_model(config, graph)
-  optimizer = nnx.Optimizer(model, train.build_optimizer(config), wrt=nnx.Param)
-
-  def flat(state):
-    return [np.asarray(x) for x in __import__("jax").tree.leaves(state)]
-
-  ema = flat(nnx.state(model, nnx.Param))
-  rng = np.random.default_rng(0)
-  model.train()
-  for batch in list(graph.train.epoch(rng)) * 2:
-    train.train_step(model, optimizer, train.batching.to_device(batch), True)
-    y = flat(nnx.state(model, nnx.Param))
+  y0 = [
+    np.asarray(x) for x in jax.tree.leaves(nnx.state(train.build_model(config, graph), nnx.Param))
+  ]
+  ema = y0
+  for y in seen:
     ema = [0.75 * e + 0.25 * p for e, p in zip(ema, y, strict=True)]
-  x = flat(train.eval_params(model, optimizer, "adam-scale"))
+  x = [np.asarray(v) for v in jax.tree.leaves(restored["model"])]
+  assert len(seen) == graph.train.num_batches
   for got, want in zip(x, ema, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(x[0], flat(nnx.state(model, nnx.Param))[0])
+  assert not np.allclose(x[0], seen[-1][0])
 
 
-def test_plain_adam_evaluates_its_own_parameters(data_dir):
-  config = tiny_config(data_dir, optimizer="adam")
-  graph = train.prepare_graph(config)
-  model = train.build_model(config, graph)
-  optimizer = nnx.Optimizer(model, optax.adam(0.01), wrt=nnx.Param)
-  x = train.eval_params(model, optimizer, "adam")
-  assert x == nnx.state(model, nnx.Param)
+def test_plain_adam_evaluates_its_own_parameters():
+  (view,) = views.parse_views("adam")
+  params = {"w": np.ones(3)}
+  state = {"params": params, "opt_state": optax.adam(0.01).init(params)}
+  assert train.view_params(state, view) is params
 
 
 def test_multiclass_graph_reports_accuracy_equal_to_micro_f1(tmp_path):
@@ -168,3 +181,54 @@ def test_non_finite_loss_stops_without_checkpointing_the_bad_epoch(data_dir, tmp
     train.train_and_evaluate(config, str(workdir))
   assert read_metrics(str(workdir)) == []
   assert not os.listdir(workdir / "checkpoints")
+
+
+# Views: Adam, adam-scale, adam-sign and adam-topk are one training.
+
+GRAPH_VIEWS = ("adam", "adam-scale", "adam-sign", "adam-topk", "adam-topk@0.2")
+
+
+def _without_seconds(records):
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_views_equal_separate_runs_field_for_field(data_dir, tmp_path):
+  config = tiny_config(data_dir, optimizer=",".join(GRAPH_VIEWS), eval_every=2, num_epochs=3)
+  last = train.train_and_evaluate(config, str(tmp_path / "views"))
+  assert set(last) == set(GRAPH_VIEWS)
+  with Checkpointer(str(tmp_path / "views" / "checkpoints")) as ckpt:
+    shared = ckpt.restore({f"model-{n}": None for n in GRAPH_VIEWS}, epoch=2)
+  for name in GRAPH_VIEWS:
+    optimizer, _, setting = name.partition("@")
+    alone_config = tiny_config(data_dir, optimizer=optimizer, eval_every=2, num_epochs=3)
+    if setting:
+      alone_config.topk_fraction = float(setting)
+    train.train_and_evaluate(alone_config, str(tmp_path / name))
+    got = read_metrics(str(tmp_path / "views" / name))
+    want = read_metrics(str(tmp_path / name))
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    assert "val_micro_f1" not in got[0] and "val_micro_f1" in got[1]  # eval_every=2
+    assert _without_seconds(got) == _without_seconds(want), name
+    with Checkpointer(str(tmp_path / name / "checkpoints")) as ckpt:
+      model = ckpt.restore({"model": None}, epoch=2)["model"]
+    jax.tree.map(np.testing.assert_array_equal, shared[f"model-{name}"], model)
+  assert len({last[n]["val_loss"] for n in GRAPH_VIEWS}) == len(GRAPH_VIEWS)
+
+
+def test_a_mixed_list_is_refused(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"adam follows Adam's trajectory; sgdm follows SGD with"):
+    train.train_and_evaluate(tiny_config(data_dir, optimizer="adam,sgdm"), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_trainer_runs_through_the_shared_loop(data_dir, tmp_path, monkeypatch):
+  calls = []
+  original = runloop.run
+
+  def spy(*args, **kwargs):
+    calls.append([v.name for v in kwargs["views"]])
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(runloop, "run", spy)
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(tmp_path))
+  assert calls == [["adam-scale"]]

@@ -14,6 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from examples.common.checkpoint import NoReadableCheckpointError
 from examples.common.nonfinite import NonFiniteLossError
 from examples.image_classification import train
 
@@ -29,9 +30,9 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (NonFiniteLossError, ValueError, FileNotFoundError) as e:
-    # A diverged run, a bad config value or missing/corrupt data: the message says what to do,
-    # a traceback would only bury it.
+  except (NonFiniteLossError, NoReadableCheckpointError, ValueError, FileNotFoundError) as e:
+    # A diverged run, no readable checkpoint, a bad config value or missing/corrupt data: the
+    # message says what to do, a traceback would only bury it.
     sys.exit(f"error: {e}")
 
 

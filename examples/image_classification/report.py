@@ -4,7 +4,11 @@
 
 Every folder under the given ones that holds a ``metrics.jsonl`` is one run; runs are grouped by
 optimizer. The table gives, per optimizer, the best top-1 test accuracy (at ``eval_params``) in each
-third of the epochs, mean ± std over seeds, as the paper's Table 1 does.
+third of the epochs, mean ± std over seeds, as the paper's Table 1 does. Both layouts are read:
+one run per folder (``<optimizer>/seed<s>``) and the views of one training
+(``views-<base>/seed<s>/<name>``). Then, for each residual view whose base was run with the same
+seed, the paired gain (view minus base, per seed, then mean ± std), which is far less noisy than a
+difference of two means over seeds: both share one trajectory.
 """
 
 import os
@@ -45,7 +49,11 @@ def find_runs(roots: Sequence[str]) -> list[str]:
 def write_report(
   roots: Sequence[str], output_dir: str, *, num_epochs: int = 0, title: str = ""
 ) -> str:
-  """Writes ``table.md`` and ``curves.png`` to ``output_dir``; returns the Markdown table."""
+  """Writes ``table.md`` and ``curves.png`` to ``output_dir``; returns the Markdown table.
+
+  With ``*-scale`` runs of two or more alphas (``rsgdm-scale@0.25`` views), also ``alpha.png``:
+  best test accuracy per epoch range against alpha.
+  """
   runs = [report.load_run(d) for d in find_runs(roots)]
   groups = report.group_runs(runs, "optimizer")
   if not num_epochs:
@@ -53,6 +61,15 @@ def write_report(
   ranges = report.epoch_thirds(num_epochs)
   summary = report.summarize(groups, "test_accuracy", ranges)
   table = report.markdown_table(summary, ranges, order=OPTIMIZER_NAMES)
+  gains = report.gains_markdown(
+    report.paired_gains(runs, "test_accuracy", ranges), ranges, order=OPTIMIZER_NAMES
+  )
+  if gains:
+    table += (
+      "\nPaired gain of each residual view over its base (percentage points of best test "
+      "accuracy in each range; the same seed, so the same trajectory), per seed, then mean ± "
+      "std:\n\n" + gains
+    )
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "table.md"), "w") as f:
     f.write(table)
@@ -75,7 +92,49 @@ def write_report(
   report.plot_curves(
     groups, panels, os.path.join(output_dir, "curves.png"), order=OPTIMIZER_NAMES, title=title
   )
+  alphas = scale_alphas(groups)
+  if len(alphas) >= 2:
+    plot_alpha_sweep(summary, alphas, ranges, os.path.join(output_dir, "alpha.png"), title=title)
   return table
+
+
+def scale_alphas(groups: dict[str, list[report.Run]]) -> dict[str, float]:
+  """The alpha of every ``*-scale`` group: its ``@`` setting, else its runs' ``config.alpha``."""
+  alphas = {}
+  for label, runs in groups.items():
+    optimizer, _, setting = label.partition("@")
+    if optimizer.endswith("-scale"):
+      alpha = setting or runs[0].config.get("alpha")
+      if alpha is not None:
+        alphas[label] = float(alpha)
+  return alphas
+
+
+def plot_alpha_sweep(summary, alphas, ranges, path: str, *, title: str = "") -> None:
+  """Best test accuracy per epoch range against the scaling scheme's alpha (log scale), the
+  proximity trade-off of the paper's sections 4.2 and 6, from one training's views."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  ordered = sorted(alphas, key=alphas.get)
+  fig, ax = plt.subplots(figsize=(4.6, 3.6))
+  for index, (lo, hi) in enumerate(ranges):
+    xs = [alphas[label] for label in ordered]
+    means = [100 * summary[label][index].mean for label in ordered]
+    stds = [100 * summary[label][index].std for label in ordered]
+    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=f"epochs {lo}-{hi}")
+  ax.set_xscale("log")
+  ax.set_xlabel("alpha (scaling scheme)")
+  ax.set_ylabel("best test accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def main(argv: list[str]) -> None:

@@ -1,11 +1,12 @@
 """The sweep runner and the Table 1 / figure report, on a tiny generated data set."""
 
+import json
 import os
 
 import ml_collections
 import pytest
 
-from examples.common.metrics import read_metrics
+from examples.common.metrics import MetricsWriter, read_metrics
 from examples.image_classification import report, sweep, testdata
 from examples.image_classification.train_test import tiny_config
 
@@ -15,13 +16,20 @@ def test_sweep_then_report(tmp_path):
   testdata.write_fashion_mnist(data_dir, train=32, test=16, size=8)
   config = tiny_config(data_dir, num_epochs=3)
   config.sweep = ml_collections.ConfigDict()
-  config.sweep.optimizers = ("sgdm", "rsgdm-scale")
+  config.sweep.optimizers = ("sgdm", "rsgdm-scale", "signsgdm")
   config.sweep.seeds = (0,)
-  config.sweep.learning_rates = ml_collections.ConfigDict({"adam": 1e-3})
+  config.sweep.learning_rates = ml_collections.ConfigDict({"adam": 1e-3, "signsgdm": 0.01})
   workdir = str(tmp_path / "sweep")
 
+  # sgdm and rsgdm-scale share a trajectory: one training; signsgdm is its own.
+  assert sweep.trainings(config) == [["sgdm", "rsgdm-scale"], ["signsgdm"]]
   done = sweep.run_sweep(config, workdir)
-  assert done == [sweep.run_workdir(workdir, name, 0) for name in config.sweep.optimizers]
+  assert done == [
+    os.path.join(workdir, "views-sgdm", "seed0", "sgdm"),
+    os.path.join(workdir, "views-sgdm", "seed0", "rsgdm-scale"),
+    os.path.join(workdir, "signsgdm", "seed0"),
+  ]
+  assert sweep.run_config(config, "signsgdm", 0).learning_rate == 0.01
   assert sweep.run_config(config, "adam", 3).learning_rate == 1e-3
   assert sweep.run_config(config, "sgdm", 3).learning_rate == config.learning_rate
 
@@ -34,11 +42,18 @@ def test_sweep_then_report(tmp_path):
   table = report.write_report([workdir], out)
   lines = table.splitlines()
   assert lines[0] == "| optimizer | epoch 0-0 | epoch 1-1 | epoch 2-2 |"
-  assert [line.split(" | ")[0] for line in lines[2:]] == ["| sgdm", "| rsgdm-scale"]
+  assert [line.split(" | ")[0] for line in lines[2:5]] == ["| sgdm", "| rsgdm-scale", "| signsgdm"]
   # Each cell is the best test accuracy in its range, here a single epoch of a single seed.
   sgdm = read_metrics(done[0])
   want = " | ".join(f"{100 * r['test_accuracy']:.2f} ± 0.00" for r in sgdm)
   assert lines[2] == f"| sgdm | {want} |"
+  # The paired gain of rsgdm-scale over sgdm, per epoch (one seed): from the two records.
+  scale = read_metrics(done[1])
+  gains = " | ".join(
+    f"{100 * (a['test_accuracy'] - b['test_accuracy']):+.2f}"
+    for a, b in zip(scale, sgdm, strict=True)
+  )
+  assert f"| rsgdm-scale - sgdm | 0 | {gains} |" in lines
   assert (tmp_path / "report" / "table.md").read_text() == table
   assert (tmp_path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -46,3 +61,29 @@ def test_sweep_then_report(tmp_path):
 def test_report_without_runs_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No metrics\.jsonl"):
     report.find_runs([str(tmp_path)])
+
+
+def test_alpha_sweep_from_scale_views(tmp_path):
+  root = tmp_path / "runs" / "views-sgdm" / "seed0"
+  for name, accuracies in (
+    ("sgdm", [0.5, 0.6, 0.7]),
+    ("rsgdm-scale@0.5", [0.55, 0.6, 0.7]),
+    ("rsgdm-scale@0.0625", [0.6, 0.62, 0.7]),
+    ("rsgdm-scale", [0.58, 0.61, 0.7]),  # alpha from config.alpha
+  ):
+    (root / name).mkdir(parents=True)
+    config = {"optimizer": name, "seed": 0, "alpha": 0.25, "num_epochs": 3}
+    (root / name / "config.json").write_text(json.dumps(config))
+    with MetricsWriter(str(root / name)) as writer:
+      for epoch, acc in enumerate(accuracies):
+        writer.write({"epoch": epoch, "test_accuracy": acc, "train_loss": 1.0})
+  runs = [report.report.load_run(str(root / n)) for n in os.listdir(root)]
+  groups = report.report.group_runs(runs)
+  assert report.scale_alphas(groups) == {
+    "rsgdm-scale@0.5": 0.5,
+    "rsgdm-scale@0.0625": 0.0625,
+    "rsgdm-scale": 0.25,
+  }
+  table = report.write_report([str(tmp_path / "runs")], str(tmp_path / "out"))
+  assert (tmp_path / "out" / "alpha.png").read_bytes()[:4] == b"\x89PNG"
+  assert "| rsgdm-scale@0.0625 - sgdm | 0 | +10.00 | +2.00 | +0.00 |" in table

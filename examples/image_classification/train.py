@@ -5,6 +5,13 @@ residual optimizers is the reference (SGD(m)) trajectory ``y``; each epoch evalu
 ``rsgd.eval_params(opt_state, params)`` (the RSGD point ``x = y + r``, what the paper reports and
 what gets checkpointed for shipping) and, for comparison, ``params`` itself.
 
+Views: ``config.optimizer`` may list several names that share one trajectory
+(``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``, ``rsgdm-scale@0.25``; :mod:`examples.common.views`).
+The run trains the base trajectory once with every residual in one chain and evaluates each name at
+its own point, writing ``<workdir>/<name>/metrics.jsonl`` equal (on the CPU, bit for bit) to a run
+of that name alone. The run skeleton (resume, records, checkpoints, progress, the non-finite stop)
+is :func:`examples.common.runloop.run`; this module keeps the model, data, loss and evaluation.
+
 Batch normalization: the running statistics are gathered along the reference trajectory (the only
 forward passes in train mode are at ``params``). By default ``eval_params`` is evaluated with those
 statistics, as a PyTorch implementation that only swaps the weights does. With
@@ -22,10 +29,7 @@ global batch, so the result does not depend on the device count.
 
 import dataclasses
 import functools
-import json
 import logging
-import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,14 +41,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
 import rsgd_optax as rsgd
-from examples.common import optimizers
-from examples.common.checkpoint import Checkpointer, abstract_like
-from examples.common.metrics import MetricsWriter
-from examples.common.nonfinite import check_losses
-from examples.common.report import CONFIG_FILE
+from examples.common import optimizers, runloop, views
 from examples.image_classification import input_pipeline
 from examples.image_classification.models import create_model
 
@@ -105,8 +104,8 @@ class OptimizerSpec:
     schedule = optimizers.step_decay_schedule(
       self.learning_rate, self.steps_per_epoch, self.decay_epochs, self.decay_factor
     )
-    tx = optimizers.make_optimizer(
-      self.name,
+    tx = views.make_optimizer(
+      views.parse_views(self.name),
       schedule,
       momentum=self.momentum,
       weight_decay=self.weight_decay,
@@ -251,12 +250,6 @@ def _floats(values: np.ndarray) -> tuple[float, ...]:
   return tuple(float(v) for v in np.ravel(values))
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-
-
 def train_epoch(
   steps: Steps,
   state: TrainState,
@@ -268,88 +261,103 @@ def train_epoch(
   progress_bar: bool,
 ) -> tuple[TrainState, dict[str, float]]:
   """One pass over the training batches; stops on a non-finite loss (checked every few steps)."""
-  first_step = int(state["step"])
-  losses, accuracies, checked = [], [], 0
-  bar = tqdm(
-    total=data.steps_per_epoch, desc=f"epoch {epoch}", disable=not progress_bar, leave=False
+  tracker = runloop.StepLosses(
+    epoch,
+    int(state["step"]),
+    data.steps_per_epoch,
+    check_every=check_every,
+    progress_bar=progress_bar,
   )
-  for images, labels in data.train_batches(epoch):
-    state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
-    losses.append(loss)
-    accuracies.append(accuracy)
-    if len(losses) - checked >= check_every or len(losses) == data.steps_per_epoch:
-      new = np.asarray(jax.device_get(losses[checked:]))  # one host sync per check
-      check_losses(new, epoch=epoch, first_step=first_step + checked)
-      bar.set_postfix(loss=f"{new[-1]:.4f}")
-      bar.update(len(new))
-      checked = len(losses)
-  bar.close()
+  with tracker:
+    for images, labels in data.train_batches(epoch):
+      state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
+      tracker.add(loss, accuracy=accuracy)
+    losses, extras = tracker.finish()
   running = {
-    "running_train_loss": float(np.mean(jax.device_get(losses))),
-    "running_train_accuracy": float(np.mean(jax.device_get(accuracies))),
+    "running_train_loss": float(np.mean(losses)),
+    "running_train_accuracy": float(np.mean(extras["accuracy"])),
   }
   return state, running
 
 
-def evaluate_epoch(
+def evaluate_views(
   config: ml_collections.ConfigDict,
   steps: Steps,
   state: TrainState,
   data: input_pipeline.Input,
   sharding: NamedSharding,
-) -> tuple[dict[str, float], dict[str, Any]]:
-  """Metrics at ``eval_params`` and at ``params``; also returns the model to ship."""
+  view_list: list[views.View],
+) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
+  """Each view's metrics at its own point, and the model it ships.
+
+  The base view is evaluated at ``params``; a residual view at ``rsgd.eval_params(...,
+  which=view.which)``, with ``reference_*`` at ``params`` (computed once for all views).
+  """
   params, opt_state = state["params"], state["opt_state"]
-  with_residual = optimizers.has_residual(config.optimizer)
-  eval_params = rsgd.eval_params(opt_state, params) if with_residual else params
-  eval_stats = state["batch_stats"]
-  if config.get("recompute_bn_stats", False):
-    eval_stats = recompute_batch_stats(
-      steps,
-      eval_params,
-      eval_stats,
-      data.eval_batches("train_eval"),
-      sharding,
-      config.bn_recompute_batches,
+  reference: tuple[float, float] | None = None
+  results = {}
+  for view in view_list:
+    if view.has_residual:
+      eval_params = rsgd.eval_params(opt_state, params, which=view.which)
+    else:
+      eval_params = params
+    eval_stats = state["batch_stats"]
+    if config.get("recompute_bn_stats", False):
+      eval_stats = recompute_batch_stats(
+        steps,
+        eval_params,
+        eval_stats,
+        data.eval_batches("train_eval"),
+        sharding,
+        config.bn_recompute_batches,
+      )
+    test_loss, test_accuracy = evaluate(
+      steps, eval_params, eval_stats, data.eval_batches("test"), sharding
     )
-  test_loss, test_accuracy = evaluate(
-    steps, eval_params, eval_stats, data.eval_batches("test"), sharding
-  )
-  train_loss, train_accuracy = evaluate(
-    steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
-  )
-  if with_residual:
-    reference_loss, reference_accuracy = evaluate(
-      steps, params, state["batch_stats"], data.eval_batches("test"), sharding
+    train_loss, train_accuracy = evaluate(
+      steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
     )
-    proximity = float(rsgd.proximity(opt_state, params))
-  else:
-    reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
-  metrics = {
-    "train_loss": train_loss,
-    "train_accuracy": train_accuracy,
-    "test_loss": test_loss,
-    "test_accuracy": test_accuracy,
-    "reference_test_loss": reference_loss,
-    "reference_test_accuracy": reference_accuracy,
-    "generalization_error": test_loss - train_loss,
-    "proximity": proximity,
-  }
-  return metrics, {"params": eval_params, "batch_stats": eval_stats}
+    if view.has_residual:
+      if reference is None:
+        reference = evaluate(
+          steps, params, state["batch_stats"], data.eval_batches("test"), sharding
+        )
+      reference_loss, reference_accuracy = reference
+      proximity = float(rsgd.proximity(opt_state, params, which=view.which))
+    else:
+      reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
+    metrics = {
+      "train_loss": train_loss,
+      "train_accuracy": train_accuracy,
+      "test_loss": test_loss,
+      "test_accuracy": test_accuracy,
+      "reference_test_loss": reference_loss,
+      "reference_test_accuracy": reference_accuracy,
+      "generalization_error": test_loss - train_loss,
+      "proximity": proximity,
+    }
+    results[view.name] = (metrics, {"params": eval_params, "batch_stats": eval_stats})
+  return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> list[dict[str, Any]] | dict[str, list[dict[str, Any]]]:
   """Trains ``config.model`` with ``config.optimizer``, resuming from ``workdir`` if possible.
 
+  ``config.optimizer`` is one name, or a comma-separated list of names that share one trajectory
+  (``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``): one training, one record per view
+  (``<workdir>/<name>/metrics.jsonl``); see :mod:`examples.common.views`.
+
   Returns:
-    The per-epoch metrics records (also in ``<workdir>/metrics.jsonl``).
+    One name: its per-epoch records (also in ``<workdir>/metrics.jsonl``). Several: a dict from
+    each name to its records (also in ``<workdir>/<name>/metrics.jsonl``).
 
   Raises:
     examples.common.nonfinite.NonFiniteLossError: the training loss became NaN or infinite; the
       last good checkpoint is kept.
   """
-  os.makedirs(workdir, exist_ok=True)
-  optimizers.make_optimizer(config.optimizer, 0.1)  # fail fast on a bad name, before loading data
+  view_list = views.parse_views(config.optimizer)  # fails fast, before loading data
   data = input_pipeline.create_input(config)
   mesh = create_mesh(config.get("num_devices", 0), config.get("platform") or None)
   if config.batch_size % mesh.size:
@@ -359,51 +367,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   tx, schedule = spec.build()
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
   steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh)
-  _write_config(config, workdir)
 
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  start_epoch = 0
-  latest = checkpointer.latest_epoch()
-  if latest is not None:
-    state = checkpointer.restore({"state": abstract_like(state)})["state"]
-    start_epoch = latest + 1
-    logger.info("Resumed from the checkpoint of epoch %d in %s.", latest, workdir)
-  writer = MetricsWriter(workdir, resume_epoch=latest, write_files=jax.process_index() == 0)
-  try:
-    for epoch in range(start_epoch, config.num_epochs):
-      started = time.time()
-      # A divergence raises inside train_epoch, before anything of this epoch is saved.
-      state, running = train_epoch(
-        steps,
-        state,
-        data,
-        epoch,
-        batch_sharding,
-        check_every=max(1, config.get("log_every_steps", 50)),
-        progress_bar=config.get("progress_bar", True),
-      )
-      metrics, model = evaluate_epoch(config, steps, state, data, batch_sharding)
-      step = int(state["step"])
-      record = {
-        "epoch": epoch,
-        "step": step,
-        "lr": float(schedule(step - 1)),
-        **running,
-        **metrics,
-        "seconds": time.time() - started,
-      }
-      writer.write(record)
-      checkpointer.save(epoch, {"state": state, "model": model})
-      logger.info(
-        "epoch %d: train_loss %.4f test_accuracy %.4f (reference %.4f) proximity %.2e, %.1fs",
-        epoch,
-        record["train_loss"],
-        record["test_accuracy"],
-        record["reference_test_accuracy"],
-        record["proximity"],
-        record["seconds"],
-      )
-  finally:
-    writer.close()
-    checkpointer.close()
-  return writer.records
+  def one_epoch(state: TrainState, epoch: int):
+    state, running = train_epoch(
+      steps,
+      state,
+      data,
+      epoch,
+      batch_sharding,
+      check_every=max(1, config.get("log_every_steps", 50)),
+      progress_bar=config.get("progress_bar", True),
+    )
+    step = int(state["step"])
+    return state, {"step": step, "lr": float(schedule(step - 1)), **running}
+
+  def evaluate_epoch(state: TrainState, epoch: int, history):
+    del epoch, history
+    return state, evaluate_views(config, steps, state, data, batch_sharding, view_list)
+
+  result = runloop.run(
+    config,
+    workdir,
+    views=view_list,
+    state=state,
+    train_epoch=one_epoch,
+    evaluate=evaluate_epoch,
+    num_epochs=config.num_epochs,
+    log_fields=("train_loss", "test_accuracy", "reference_test_accuracy", "proximity"),
+  )
+  if len(view_list) == 1:
+    return result.records[view_list[0].name]
+  return result.records

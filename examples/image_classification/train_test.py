@@ -1,6 +1,7 @@
 """End-to-end trainer tests on tiny generated data in the real formats."""
 
 import json
+import logging
 import os
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from examples.common import runloop
 from examples.common.checkpoint import Checkpointer
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
@@ -218,3 +220,111 @@ def test_one_epoch_on_imagenet_folders(tmp_path):
 def test_an_unknown_platform_is_named_in_the_error():
   with pytest.raises(ValueError, match=r"config.platform='bogus' has no devices here"):
     train.create_mesh(platform="bogus")
+
+
+# Views: one training, every scheme of the list evaluated from it.
+
+VIEWS = ("sgdm", "rsgdm-scale", "rsgdm-sign", "rsgdm-topk", "rsgdm-scale@0.5")
+
+
+def _truncate_arrays(checkpoint_dir: str) -> None:
+  """Cuts every array file of a checkpoint's ``state`` item to half its length."""
+  for directory, _, files in os.walk(os.path.join(checkpoint_dir, "state")):
+    if os.path.basename(directory) == "d":
+      for name in files:
+        path = os.path.join(directory, name)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_views_equal_separate_runs_field_for_field(fmnist_dir, tmp_path, recompute):
+  config = tiny_config(fmnist_dir, recompute_bn_stats=recompute, bn_recompute_batches=2)
+  config.optimizer = ",".join(VIEWS)
+  workdir = tmp_path / "views"
+  records = train.train_and_evaluate(config, str(workdir))
+  assert not (workdir / "metrics.jsonl").exists()
+  with Checkpointer(str(workdir / "checkpoints")) as ckpt:
+    shared = ckpt.restore({"state": None, **{f"model-{n}": None for n in VIEWS}}, epoch=1)
+  for name in VIEWS:
+    alone_dir = tmp_path / name
+    alone_config = tiny_config(fmnist_dir, recompute_bn_stats=recompute, bn_recompute_batches=2)
+    # The name alone, its @ setting given the ordinary way (config.alpha).
+    alone_config.optimizer, _, setting = name.partition("@")
+    if setting:
+      alone_config.alpha = float(setting)
+    alone = train.train_and_evaluate(alone_config, str(alone_dir))
+    view_records = read_metrics(str(workdir / name))
+    assert view_records == records[name]
+    assert set(view_records[0]) == FIELDS
+    # Bit for bit (JSON floats round-trip exactly), "seconds" aside.
+    assert _without_seconds(view_records) == _without_seconds(alone), name
+    assert json.loads((workdir / name / "config.json").read_text())["optimizer"] == name
+    with Checkpointer(str(alone_dir / "checkpoints")) as ckpt:
+      model = ckpt.restore({"model": None}, epoch=1)["model"]
+    jax.tree.map(np.testing.assert_array_equal, shared[f"model-{name}"], model)
+  # The views are distinct evaluations (so a wrong `which` would show above).
+  losses = {read_metrics(str(workdir / n))[-1]["test_loss"] for n in VIEWS}
+  assert len(losses) == len(VIEWS)
+
+
+def test_a_mixed_list_is_refused_before_anything_is_written(fmnist_dir, tmp_path):
+  config = tiny_config(fmnist_dir, optimizer="sgdm,rsgdm-scale,signsgdm")
+  with pytest.raises(ValueError, match=r"signsgdm moves the model by its compressed step"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_killed_multi_view_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatch):
+  config = tiny_config(fmnist_dir, num_epochs=3, optimizer="sgdm,rsgdm-sign,rsgdm-topk")
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "full"))
+  original = input_pipeline.ArrayInput.train_batches
+
+  def dies_in_epoch_2(self, epoch):
+    for step, batch in enumerate(original(self, epoch)):
+      if epoch == 2 and step == 1:
+        raise KeyboardInterrupt("killed")
+      yield batch
+
+  monkeypatch.setattr(input_pipeline.ArrayInput, "train_batches", dies_in_epoch_2)
+  workdir = tmp_path / "killed"
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(workdir))
+  for name in uninterrupted:
+    assert [r["epoch"] for r in read_metrics(str(workdir / name))] == [0, 1]
+  monkeypatch.setattr(input_pipeline.ArrayInput, "train_batches", original)
+  resumed = train.train_and_evaluate(config, str(workdir))
+  assert set(resumed) == {"sgdm", "rsgdm-sign", "rsgdm-topk"}
+  for name, records in uninterrupted.items():
+    assert _without_seconds(resumed[name]) == _without_seconds(records)
+    assert _without_seconds(read_metrics(str(workdir / name))) == _without_seconds(records)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_one_before(fmnist_dir, tmp_path, caplog):
+  config = tiny_config(fmnist_dir, num_epochs=3, optimizer="sgdm,rsgdm-scale")
+  workdir = tmp_path / "run"
+  uninterrupted = train.train_and_evaluate(config, str(workdir))
+  _truncate_arrays(str(workdir / "checkpoints" / "2"))
+  with caplog.at_level(logging.WARNING, logger="examples"):
+    resumed = train.train_and_evaluate(config, str(workdir))
+  assert "Skipping the checkpoint of epoch 2" in caplog.text
+  assert "Resuming from the checkpoint of epoch 1 instead" in caplog.text
+  for name, records in uninterrupted.items():
+    # Epoch 2 was trained again from the checkpoint of epoch 1, to the same numbers.
+    assert _without_seconds(resumed[name]) == _without_seconds(records)
+  assert os.listdir(tmp_path / "run" / "checkpoints-unreadable")[0].startswith("2-")
+  with Checkpointer(str(workdir / "checkpoints")) as ckpt:
+    assert ckpt.all_epochs() == [1, 2]
+
+
+def test_the_trainer_runs_through_the_shared_loop(fmnist_dir, tmp_path, monkeypatch):
+  calls = []
+  original = runloop.run
+
+  def spy(*args, **kwargs):
+    calls.append([v.name for v in kwargs["views"]])
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(runloop, "run", spy)
+  train.train_and_evaluate(tiny_config(fmnist_dir, num_epochs=1), str(tmp_path))
+  assert calls == [["rsgdm-scale"]]

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import rsgd_optax as rsgd
-from examples.common import metrics
+from examples.common import metrics, runloop
 from examples.language_modeling import input_pipeline, train
 from examples.language_modeling.conftest import tiny_config
 from rsgd_optax import eval_params, start_averaging
@@ -97,3 +97,27 @@ def test_the_switch_follows_the_trigger_or_the_latest_start_epoch(ptb_dir):
   config.nt_asgd = False
   assert not train._switch_now(config, 3, [5.0, 4.0, 3.0, 9.9])
   assert train._switch_now(config, 4, [5.0, 4.0, 3.0, 3.5, 1.0])
+
+
+def test_a_list_of_views_is_refused_for_now(ptb_dir, tmp_path):
+  config = tiny_config(ptb_dir, optimizer="sgd,rsgd-sign")
+  with pytest.raises(
+    ValueError, match=r"one optimizer per run for now .* run each name separately"
+  ):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_trainer_runs_through_the_shared_loop(ptb_dir, tmp_path, monkeypatch):
+  calls = []
+  original = runloop.run
+
+  def spy(*args, **kwargs):
+    calls.append([v.name for v in kwargs["views"]])
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(runloop, "run", spy)
+  config = tiny_config(ptb_dir, optimizer="rsgd-topk", num_epochs=1)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert calls == [["rsgd-topk"]]
+  assert results["epochs"] == 1 and [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [0]

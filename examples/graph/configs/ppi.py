@@ -2,7 +2,8 @@
 
 The other hyperparameters mirror the public Cluster-GCN ``run_ppi.sh`` (50 METIS clusters, one
 cluster per batch, layer normalization, precomputed first layer, dropout 0.2, no weight decay,
-diagonal enhancement lambda = 1, 2 validation and 1 test cluster). The learning rate is the paper's
+diagonal enhancement lambda = 1, 2 validation and 1 test cluster, first layer precomputed with
+the raw adjacency). The learning rate is the paper's
 0.02 (the public script keeps its default of 0.01).
 
 Needs the GraphSAGE PPI files (``ppi-G.json``, ``ppi-feats.npy``, ``ppi-id_map.json``,
@@ -38,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dropout = 0.2
   config.layer_norm = True
   config.precalc = True
+  # The precomputed first layer multiplies X by the raw adjacency, as the public run_ppi.sh does
+  # (utils.preprocess); "normalized" uses the layers' normalized, diagonally enhanced adjacency.
+  config.precalc_adjacency = "raw"
   # Cluster-GCN batching.
   config.diag_lambda = 1.0
   config.num_clusters = 50
