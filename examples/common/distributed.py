@@ -16,7 +16,9 @@ from typing import Any
 
 import jax
 
-_EXPLICIT = ("coordinator_address", "num_processes", "process_id")
+# The three settings that name the coordinator, and the values that leave each unset.
+_UNSET = {"coordinator_address": "", "num_processes": 0, "process_id": -1}
+_EXPLICIT = tuple(_UNSET)
 
 
 def initialize(config: Any) -> None:
@@ -24,13 +26,18 @@ def initialize(config: Any) -> None:
 
   Must run before any other JAX call. ``config.distributed`` switches it on. With
   ``coordinator_address``, ``num_processes`` and ``process_id`` all set, they are used and cluster
-  detection is off; with none of them set, JAX detects the cluster. CPU processes talk over gloo.
+  detection is off; with none of them set (``""``, ``0``, ``-1``, or absent), JAX detects the
+  cluster. CPU processes talk over gloo. ``distributed_timeout_s`` bounds the wait for the peers.
 
   Raises:
     ValueError: some but not all of the three are set, they are set without ``distributed``, or a
       value is out of range.
   """
-  given = {name: config.get(name) for name in _EXPLICIT if config.get(name) not in (None, "")}
+  given = {
+    name: config.get(name)
+    for name, unset in _UNSET.items()
+    if config.get(name) is not None and config.get(name) != unset
+  }
   if not config.get("distributed", False):
     if given:
       raise ValueError(

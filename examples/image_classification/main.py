@@ -9,11 +9,11 @@ Rerunning the same command resumes from the last checkpoint in ``--workdir``.
 import logging
 import sys
 
-import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from examples.common import distributed
 from examples.common.checkpoint import NoReadableCheckpointError
 from examples.common.nonfinite import NonFiniteLossError
 from examples.image_classification import train
@@ -26,9 +26,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save INFO lines
   logging.getLogger("examples").setLevel(logging.INFO)
-  if FLAGS.config.distributed:
-    jax.distributed.initialize()
   try:
+    distributed.initialize(FLAGS.config)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (NonFiniteLossError, NoReadableCheckpointError, ValueError, FileNotFoundError) as e:
     # A diverged run, no readable checkpoint, a bad config value or missing/corrupt data: the

@@ -20,11 +20,14 @@ statistics, as a PyTorch implementation that only swaps the weights does. With
 averaged), which is the more faithful choice when ``x`` and ``y`` differ a lot (large alpha, sign
 schemes early in training).
 
-Data parallelism: a one-axis mesh over the local devices (all of them, or ``config.num_devices``, of
-the default backend or of ``config.platform``);
-batches are split along it with ``NamedSharding(mesh, P("data"))`` and the training state is
-replicated, so XLA inserts the gradient all-reduce. Batch-norm statistics are computed over the
-global batch, so the result does not depend on the device count.
+Data parallelism: a one-axis mesh over the devices (all of them, or ``config.num_devices``, of the
+default backend or of ``config.platform``); batches are split along it with
+``NamedSharding(mesh, P("data"))``. With ``config.sharding="replicated"`` the training state is
+whole on every device and XLA inserts the gradient all-reduce. With ``"fsdp"`` each parameter, its
+batch statistics and its optimizer state (momentum, residual) are split along ``data`` on their
+largest dimension that divides (:mod:`examples.common.sharding`), so each device holds about
+``1/n`` of them and GSPMD reduce-scatters the gradients. Batch-norm statistics are computed over
+the global batch, so the result does not depend on the device count or the layout.
 """
 
 import dataclasses
@@ -43,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from examples.common import optimizers, runloop, views
+from examples.common import optimizers, runloop, sharding, views
 from examples.image_classification import input_pipeline
 from examples.image_classification.models import create_model
 
@@ -137,8 +140,12 @@ def make_steps(
   mean: tuple[float, ...],
   std: tuple[float, ...],
   mesh: Mesh,
+  layout: str = "replicated",
 ) -> Steps:
-  """Builds the train, evaluation and batch-statistics steps for ``graphdef`` and ``spec``."""
+  """Builds the train, evaluation and batch-statistics steps for ``graphdef`` and ``spec``.
+
+  ``layout`` is ``config.sharding``: the training state keeps that layout from step to step.
+  """
   tx, _ = spec.build()
   replicated = NamedSharding(mesh, P())
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
@@ -165,6 +172,10 @@ def make_steps(
       "step": state["step"] + 1,
     }
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    if layout == "fsdp":  # keep each leaf split as it came in (GSPMD might gather it otherwise)
+      new_state = jax.lax.with_sharding_constraint(
+        new_state, sharding.shardings(new_state, mesh, layout)
+      )
     return new_state, loss, accuracy
 
   def eval_step(params, batch_stats, images, labels, mask):
@@ -184,7 +195,10 @@ def make_steps(
     return nnx.state(model, nnx.BatchStat).to_pure_dict()
 
   return Steps(
-    train=jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
+    # The state's layout comes from the constraint inside the step; the two scalars replicate.
+    train=jax.jit(train_step, donate_argnums=0)
+    if layout == "fsdp"
+    else jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
     evaluate=jax.jit(eval_step, out_shardings=replicated),
     batch_moments=jax.jit(batch_moments, out_shardings=replicated),
   )
@@ -224,7 +238,7 @@ def recompute_batch_stats(
 
 
 def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds the model and the replicated training state."""
+  """Builds the model and the training state, laid out on ``mesh`` as ``config.sharding`` says."""
   kwargs = dict(config.get("model_kwargs", {}))
   kwargs.setdefault("in_channels", image_shape[-1])
   if config.model == "small_cnn":
@@ -243,7 +257,8 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
   }
-  return graphdef, jax.device_put(state, NamedSharding(mesh, P()))
+  layout = config.get("sharding", "replicated")
+  return graphdef, jax.device_put(state, sharding.shardings(state, mesh, layout))
 
 
 def _floats(values: np.ndarray) -> tuple[float, ...]:
@@ -358,6 +373,11 @@ def train_and_evaluate(
       last good checkpoint is kept.
   """
   view_list = views.parse_views(config.optimizer)  # fails fast, before loading data
+  if config.get("sharding", "replicated") not in sharding.SHARDINGS:
+    raise ValueError(
+      f"config.sharding={config.sharding!r} is not a layout: choose one of "
+      f"{', '.join(sharding.SHARDINGS)}."
+    )
   data = input_pipeline.create_input(config)
   mesh = create_mesh(config.get("num_devices", 0), config.get("platform") or None)
   if config.batch_size % mesh.size:
@@ -366,7 +386,14 @@ def train_and_evaluate(
   spec = OptimizerSpec.from_config(config, data.steps_per_epoch)
   tx, schedule = spec.build()
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
-  steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh)
+  steps = make_steps(
+    graphdef,
+    spec,
+    _floats(data.mean),
+    _floats(data.std),
+    mesh,
+    config.get("sharding", "replicated"),
+  )
 
   def one_epoch(state: TrainState, epoch: int):
     state, running = train_epoch(

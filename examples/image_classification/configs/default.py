@@ -37,7 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_devices = 0  # 0: every device
   config.platform = ""  # "": the default backend; or "cpu", "gpu", "tpu"
-  config.distributed = False  # call jax.distributed.initialize() (multi-host)
+  config.sharding = "replicated"  # or "fsdp": params and optimizer state split along "data"
+  # Several processes (examples/common/distributed.py): with the three below left empty, JAX detects
+  # the cluster (SLURM, Open MPI, TPU); set all three on plain machines.
+  config.distributed = False
+  config.coordinator_address = ""  # host:port of process 0
+  config.num_processes = 0
+  config.process_id = -1
+  config.distributed_timeout_s = 300
   config.recompute_bn_stats = False  # re-estimate BN statistics at eval_params (see train.py)
   config.bn_recompute_batches = 50
   config.log_every_steps = 50
