@@ -3,31 +3,39 @@
 >>> import optax
 >>> import rsgd_optax as rsgd
 >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual_scale(1 / 16))
+
+Where things are (imports go one way: each module imports only modules above it in this list):
+
+- ``_dtypes``: float dtype choices that hold under strict dtype promotion.
+- ``_tree``: pytree helpers: which leaves carry state, zeros like them, finding states by type,
+  choosing one with ``which``, the key Flax NNX adds to a leaf's path.
+- ``_topk``: the exact radix top-k selection.
+- ``_schemes``: the residual schemes ``R``: scaling, scaled sign, top-k.
+- ``_states``: the NamedTuple states, read both by the transformations and by the lookup.
+- ``_residual``: Algorithm 1, top to bottom: ``residual`` and its shorthands, and the baselines
+  ``error_feedback`` and ``compress``.
+- ``_lookup``: finding the residual and averaging states in any nesting, ``eval_params`` (one
+  function, for every state) and ``proximity``.
+- ``_averaging``: ASGD / RASGD iterate averaging, switched on by the NT-ASGD trigger.
 """
 
 from rsgd_optax._averaging import (
-  AveragingState,
   averaging_started,
-  find_averaging_state,
   iterate_averaging,
   nonmonotone_trigger,
   start_averaging,
 )
+from rsgd_optax._lookup import eval_params, find_averaging_state, find_residual_state, proximity
 from rsgd_optax._residual import (
-  CompressState,
-  ErrorFeedbackState,
-  ResidualState,
   compress,
   error_feedback,
-  eval_params,
-  find_residual_state,
-  proximity,
   residual,
   residual_scale,
   residual_sign,
   residual_topk,
 )
 from rsgd_optax._schemes import Scheme, StepAwareScheme, scaled_sign, scaling, top_k
+from rsgd_optax._states import AveragingState, CompressState, ErrorFeedbackState, ResidualState
 
 __version__ = "0.1.0"
 

@@ -10,6 +10,12 @@ following it in a chain, because the point it averages, ``x_{t+1} = y_{t+1} + r_
 residual *after* the step, which only the wrapped state holds. Averaging is off until
 :func:`start_averaging` sets a step number in the state: the training loop switches it on without
 rebuilding or re-jitting anything, and a checkpoint carries the switch with it.
+
+Because a residual transformation passes the base updates through, an averaging may also wrap just
+the residual, after the base optimizer in a chain. So one training can carry several views, each with
+its own average started by its own trigger: ``optax.chain(optax.sgd(lr),
+iterate_averaging(optax.identity()), iterate_averaging(residual_sign()))`` is ASGD and RASGD-sign on
+one SGD trajectory.
 """
 
 from __future__ import annotations
@@ -17,74 +23,32 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.tree_util import keystr, tree_flatten_with_path
 
-from rsgd_optax import _dtypes, _residual
+from rsgd_optax import _dtypes, _lookup, _tree
+from rsgd_optax._states import AveragingState, ResidualState
 
 PyTree = Any
 
 
-class AveragingState(NamedTuple):
-  """State of :func:`iterate_averaging`.
-
-  Attributes:
-    count: number of updates applied so far (``int32``).
-    start_step: the value of ``count`` when :func:`start_averaging` switched averaging on, ``-1``
-      while it is off (``int32``). The average holds the ``count - start_step`` iterates produced
-      since then.
-    average: the uniform average of those iterates for each floating-point parameter, in
-      ``average_dtype`` (the parameter's dtype by default); zeros while averaging is off;
-      :class:`optax.MaskedNode` for the other leaves.
-    inner_state: the state of the wrapped transformation.
-  """
-
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
-  start_step: jax.Array
-  average: PyTree
-  inner_state: PyTree
-
-
-def _unboxed(x: Any) -> jax.Array:
-  """The array in a scalar state leaf, also when ``flax.nnx.Optimizer`` wrapped it in a Variable."""
-  (leaf,) = jax.tree.leaves(x)
-  return jnp.asarray(leaf)
-
-
-def _averaging_states(opt_state: PyTree) -> list[tuple[Any, AveragingState]]:
-  flat = tree_flatten_with_path(opt_state, is_leaf=lambda x: isinstance(x, AveragingState))[0]
-  return [(path, leaf) for path, leaf in flat if isinstance(leaf, AveragingState)]
-
-
-def _residual_leaves(inner_state: PyTree, which: int | str | None) -> PyTree | None:
-  """The residual ``r`` of the wrapped optimizer, or None when it holds no residual transformation."""
-  if not _residual._residual_states(inner_state):
-    return None
-  return _residual.find_residual_state(inner_state, which).residual
-
-
-def _rsgd_point(params: PyTree, updates: PyTree, residual: PyTree | None) -> PyTree:
-  """``x_{t+1} = y_{t+1} + r_{t+1}``; with no residual, ``y_{t+1}``."""
+def _rsgd_point(params: PyTree, updates: PyTree, inner_state: PyTree, which: Any) -> PyTree:
+  """``x_{t+1} = y_{t+1} + r_{t+1}``; ``y_{t+1}`` when the wrapped optimizer holds no residual."""
   new_params = optax.apply_updates(params, updates)
-  if residual is None:
+  if not _tree.states_of_type(inner_state, ResidualState):
     return new_params
+  residual = _lookup.find_residual_state(inner_state, which).residual
 
   def add(y: Any, r: Any) -> Any:
-    if isinstance(r, optax.MaskedNode) or not _residual._is_float(y):
+    if isinstance(r, optax.MaskedNode) or not _tree.is_float(y):
       return y
     dtype = _dtypes.wider_float(y.dtype, r.dtype)
     return y.astype(dtype) + r.astype(dtype)
 
   return jax.tree.map(add, new_params, residual)
-
-
-def _validated_which(which: Any) -> None:
-  if which is not None and (isinstance(which, bool) or not isinstance(which, int | str)):
-    raise ValueError(f"`which` must be None, an int or a str, got {which!r}.")
 
 
 def iterate_averaging(
@@ -110,9 +74,13 @@ def iterate_averaging(
   code switches to, takes the same SGD steps; its average differs from this one only by leaving out
   the first averaged iterate (an artefact of when it updates its ``mu``).
 
-  This must be the outermost transformation that changes the updates (it computes ``y_{t+1}`` as
+  No transformation after it may change the updates (it computes ``y_{t+1}`` as
   ``params + updates``); wrappers that leave the updates alone (``optax.inject_hyperparams``,
-  ``optax.apply_if_finite``, ``optax.MultiSteps``) may go around it.
+  ``optax.apply_if_finite``, ``optax.MultiSteps``) may go around it. It may wrap the whole optimizer
+  or, in a chain after the base optimizer, only a residual transformation (which passes the base
+  updates through) or ``optax.identity()`` (the base iterate ``y``). Several such averagings in one
+  chain are several views of one trajectory, each switched on by
+  ``start_averaging(state, which=...)``.
 
   Args:
     inner: the optimizer whose iterates are averaged, for example ``optax.sgd(30.0)`` (ASGD) or
@@ -151,17 +119,17 @@ def iterate_averaging(
       "`inner` must be an optax.GradientTransformation (the optimizer whose iterates are averaged, "
       f"e.g. optax.sgd(30.0)), got {inner!r}."
     )
-  _validated_which(which)
-  dtype = _residual._validated_dtype(average_dtype, "average_dtype")
+  _tree.validated_which(which)
+  dtype = _tree.validated_dtype(average_dtype, "average_dtype")
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: PyTree) -> AveragingState:
     inner_state = inner.init(params)
-    if _averaging_states(inner_state):
+    if _tree.states_of_type(inner_state, AveragingState):
       raise ValueError("iterate_averaging cannot wrap another iterate_averaging.")
 
     def zeros(p: Any) -> Any:
-      if not _residual._is_float(p):
+      if not _tree.is_float(p):
         return optax.MaskedNode()
       return jnp.zeros_like(p, dtype=dtype or p.dtype)
 
@@ -183,7 +151,7 @@ def iterate_averaging(
     count = optax.safe_increment(state.count)
 
     def averaged() -> PyTree:
-      point = _rsgd_point(params, updates, _residual_leaves(inner_state, which))
+      point = _rsgd_point(params, updates, inner_state, which)
       num_averaged = count - state.start_step
 
       def running_mean(x: Any, mean: Any) -> Any:
@@ -203,32 +171,7 @@ def iterate_averaging(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def find_averaging_state(opt_state: PyTree) -> AveragingState:
-  """Returns the :class:`AveragingState` inside a (nested) optimizer state.
-
-  Args:
-    opt_state: any optimizer state holding one :func:`iterate_averaging` (inside ``optax.chain``,
-      ``inject_hyperparams``, ``apply_if_finite``, ``MultiSteps``, or ``flax.nnx.Optimizer``).
-
-  Returns:
-    The :class:`AveragingState`.
-
-  Raises:
-    ValueError: if there is none, or more than one.
-  """
-  found = _averaging_states(opt_state)
-  if len(found) != 1:
-    where = ", ".join(keystr(path) or "<root>" for path, _ in found)
-    raise ValueError(
-      f"Expected one AveragingState in the optimizer state, found {len(found)}"
-      f"{' (' + where + ')' if where else ''}. Wrap the optimizer once in "
-      "iterate_averaging(...), e.g. iterate_averaging(optax.chain(optax.sgd(30.0), "
-      "rsgd.residual_sign()))."
-    )
-  return found[0][1]
-
-
-def start_averaging(opt_state: PyTree) -> PyTree:
+def start_averaging(opt_state: PyTree, which: int | str | None = None) -> PyTree:
   """Switches iterate averaging on: every later update adds its iterate to the average.
 
   Returns a new state in the same structure, dtypes and (for ``flax.nnx.Optimizer``) Variable types,
@@ -237,9 +180,12 @@ def start_averaging(opt_state: PyTree) -> PyTree:
   Args:
     opt_state: an optimizer state holding an :class:`AveragingState` anywhere (for
       ``flax.nnx.Optimizer``: ``optimizer.opt_state = start_averaging(optimizer.opt_state)``).
+    which: needed only when the state holds several averaging transformations (one per view, each
+      switched on by its own trigger): see :func:`rsgd_optax.find_averaging_state`. The others are
+      left as they are.
 
   Returns:
-    The state with ``start_step`` set to the current step count.
+    The state with the chosen ``start_step`` set to the current step count.
 
   Example:
     >>> import jax.numpy as jnp
@@ -249,10 +195,10 @@ def start_averaging(opt_state: PyTree) -> PyTree:
     >>> bool(rsgd.averaging_started(state)), bool(rsgd.averaging_started(rsgd.start_averaging(state)))
     (False, True)
   """
-  find_averaging_state(opt_state)  # exactly one, or a clear error
+  chosen = _lookup.find_averaging_state(opt_state, which)
 
   def switch_on(node: Any) -> Any:
-    if not isinstance(node, AveragingState):
+    if node is not chosen:
       return node
     start_step = jax.tree.map(
       lambda start, count: jnp.where(start < 0, count, start).astype(jnp.int32),
@@ -264,65 +210,29 @@ def start_averaging(opt_state: PyTree) -> PyTree:
   return jax.tree.map(switch_on, opt_state, is_leaf=lambda x: isinstance(x, AveragingState))
 
 
-def averaging_started(opt_state: PyTree) -> jax.Array:
+def averaging_started(opt_state: PyTree, which: int | str | None = None) -> jax.Array:
   """Whether :func:`start_averaging` has switched averaging on (a boolean scalar array).
 
   Args:
     opt_state: an optimizer state holding an :class:`AveragingState`.
+    which: see :func:`start_averaging`.
 
   Returns:
     A ``bool`` scalar; ``bool(...)`` of it outside ``jit``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.named_chain(
+    ...     ("sgd", optax.sgd(1.0)),
+    ...     ("asgd", rsgd.iterate_averaging(optax.identity())),
+    ...     ("rasgd-sign", rsgd.iterate_averaging(rsgd.residual_sign())))
+    >>> state = rsgd.start_averaging(tx.init({"w": jnp.zeros(2)}), which="rasgd-sign")
+    >>> bool(rsgd.averaging_started(state, "asgd")), bool(rsgd.averaging_started(state, "rasgd-sign"))
+    (False, True)
   """
-  return _unboxed(find_averaging_state(opt_state).start_step) >= 0
-
-
-def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> PyTree:
-  r"""The point to evaluate, checkpoint and ship, with or without iterate averaging.
-
-  With an :class:`AveragingState` in ``opt_state``: the average :math:`\bar{x}_t` once at least one
-  step has been averaged, and before that the current iterate ``x = params + r``
-  (:func:`rsgd_optax.eval_params` of the wrapped state), or ``params`` when the wrapped optimizer has
-  no residual. Without one: :func:`rsgd_optax.eval_params`. Works under ``jit`` (the choice is a
-  ``jnp.where``) and with ``flax.nnx.Optimizer``'s state and ``nnx.State`` params.
-
-  Args:
-    opt_state: the optimizer state.
-    params: the parameters the optimizer updates (``y``).
-    which: which residual state defines ``x`` when there are several; see
-      :func:`rsgd_optax.find_residual_state`.
-
-  Returns:
-    A pytree in the structure and dtypes of ``params``.
-
-  Raises:
-    ValueError: if ``opt_state`` holds neither an averaging nor a residual state, several averaging
-      states, or a residual transformation outside :func:`iterate_averaging` next to one inside it.
-  """
-  found = _averaging_states(opt_state)
-  if not found:
-    return _residual.eval_params(opt_state, params, which)
-  state = find_averaging_state(opt_state)
-  outside = len(_residual._residual_states(opt_state)) - len(
-    _residual._residual_states(state.inner_state)
-  )
-  if outside:
-    raise ValueError(
-      "The optimizer state holds a residual transformation outside iterate_averaging: put it inside, "
-      "iterate_averaging(optax.chain(base_optimizer, rsgd.residual(...))), so that the average is "
-      "taken of the RSGD point x = y + r."
-    )
-  if _residual._residual_states(state.inner_state):
-    point = _residual.eval_params(state.inner_state, params, which)
-  else:
-    point = params
-  use_average = (_unboxed(state.start_step) >= 0) & (
-    _unboxed(state.count) > _unboxed(state.start_step)
-  )
-
-  def choose(x: jax.Array, mean: jax.Array) -> jax.Array:
-    return jnp.where(use_average, mean.astype(x.dtype), x)
-
-  return _residual._paired(state.average, point, choose)
+  return _tree.unboxed(_lookup.find_averaging_state(opt_state, which).start_step) >= 0
 
 
 def nonmonotone_trigger(losses: Sequence[float], nonmono: int = 5) -> bool:

@@ -8,85 +8,31 @@ base update ``u_t = y_{t+1} - y_t``, one step of Algorithm 1 is
     x_{t+1} = x_t - p_t,                    r_{t+1} = delta_t - p_t.
 
 :func:`residual` passes ``u_t`` through unchanged, so ``params`` stay on the base trajectory ``y``,
-and keeps ``r`` in its state; :func:`eval_params` returns ``x = params + r``.
+and keeps ``r`` in its state; :func:`rsgd_optax.eval_params` returns ``x = params + r``. The
+baselines :func:`error_feedback` and :func:`compress` move ``params`` by the compressed step instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.tree_util import GetAttrKey, keystr, tree_flatten_with_path, tree_map_with_path
+from jax.tree_util import keystr, tree_flatten_with_path
 
-from rsgd_optax import _dtypes, _schemes
+from rsgd_optax import _dtypes, _schemes, _tree
+from rsgd_optax._states import CompressState, ErrorFeedbackState, ResidualState
 
 PyTree = Any
-KeyPath = tuple[Any, ...]
-
-
-class ResidualState(NamedTuple):
-  """State of :func:`residual`.
-
-  Attributes:
-    count: number of updates applied so far (``int32``); the step given to scheduled schemes.
-    residual: ``r = x - y`` for each floating-point parameter, in ``residual_dtype`` (the parameter's
-      dtype by default); :class:`optax.MaskedNode` for leaves that carry no residual (integer leaves).
-  """
-
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
-  residual: PyTree
-
-
-class ErrorFeedbackState(NamedTuple):
-  """State of :func:`error_feedback`.
-
-  Attributes:
-    count: number of updates applied so far (``int32``).
-    error: the accumulated compression error ``e`` per floating-point parameter.
-  """
-
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
-  error: PyTree
-
-
-class CompressState(NamedTuple):
-  """State of :func:`compress`.
-
-  Attributes:
-    count: number of updates applied so far (``int32``).
-  """
-
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax's states
-
-
-def _is_float(x: Any) -> bool:
-  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def _skips(x: Any) -> bool:
-  """Leaves with no residual slot: masked-out (None or MaskedNode) and non-float leaves."""
-  return x is None or isinstance(x, optax.MaskedNode) or not _is_float(x)
-
-
-def _float_zeros(params: PyTree, dtype: Any) -> PyTree:
-  """Zeros shaped (and sharded) like each float leaf of ``params``; MaskedNode for the others."""
-
-  def zeros(p: Any) -> Any:
-    if _skips(p):
-      return optax.MaskedNode()
-    return jnp.zeros_like(p, dtype=dtype or p.dtype)
-
-  return jax.tree.map(zeros, params, is_leaf=lambda x: x is None)
 
 
 def _difference(memory: PyTree, updates: PyTree) -> PyTree:
   """``memory - updates`` per slot, in the wider of the two dtypes; MaskedNode where no slot."""
 
   def diff(u: Any, m: Any) -> Any:
-    if isinstance(m, optax.MaskedNode) or _skips(u):
+    if isinstance(m, optax.MaskedNode) or _tree.skips(u):
       return optax.MaskedNode()
     dtype = _dtypes.wider_float(u.dtype, m.dtype)
     return m.astype(dtype) - u.astype(dtype)
@@ -140,19 +86,6 @@ def _negated_into(updates: PyTree, moved: PyTree) -> PyTree:
   return jax.tree.map(negate, updates, moved, is_leaf=lambda x: x is None)
 
 
-def _validated_dtype(dtype_arg: Any, name: str = "residual_dtype") -> Any:
-  """``dtype_arg`` as a floating dtype (None stays None); a ValueError naming ``name`` otherwise."""
-  if dtype_arg is None:
-    return None
-  try:
-    dtype = jnp.dtype(dtype_arg)
-  except TypeError as e:
-    raise ValueError(f"`{name}` must be a floating dtype, got {dtype_arg!r}.") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"`{name}` must be a floating dtype, got {dtype}.")
-  return dtype
-
-
 def _with_memory(
   scheme: _schemes.Scheme,
   memory_dtype: Any,
@@ -166,10 +99,10 @@ def _with_memory(
   trajectory) or ``-p`` (params move by the compressed step).
   """
   _schemes.validate_scheme(scheme)
-  dtype = _validated_dtype(memory_dtype)
+  dtype = _tree.validated_dtype(memory_dtype, "residual_dtype")
 
   def init_fn(params: PyTree) -> Any:
-    return make_state(jnp.zeros([], jnp.int32), _float_zeros(params, dtype))
+    return make_state(jnp.zeros([], jnp.int32), _tree.float_zeros(params, dtype))
 
   def update_fn(updates: PyTree, state: Any, params: PyTree = None) -> tuple[PyTree, Any]:
     del params
@@ -368,7 +301,7 @@ def compress(scheme: _schemes.Scheme) -> optax.GradientTransformation:
   ) -> tuple[PyTree, CompressState]:
     del params
     no_memory = jax.tree.map(
-      lambda u: optax.MaskedNode() if _skips(u) else jnp.zeros((), u.dtype),
+      lambda u: optax.MaskedNode() if _tree.skips(u) else jnp.zeros((), u.dtype),
       updates,
       is_leaf=lambda x: x is None,
     )
@@ -377,207 +310,3 @@ def compress(scheme: _schemes.Scheme) -> optax.GradientTransformation:
     return _negated_into(updates, moved), CompressState(optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _residual_states(opt_state: PyTree) -> list[tuple[KeyPath, ResidualState]]:
-  flat = tree_flatten_with_path(opt_state, is_leaf=lambda x: isinstance(x, ResidualState))[0]
-  return [(path, leaf) for path, leaf in flat if isinstance(leaf, ResidualState)]
-
-
-def _path_names(path: KeyPath) -> set[Any]:
-  names = set()
-  for key in path:
-    for attr in ("key", "name"):
-      if hasattr(key, attr):
-        names.add(getattr(key, attr))
-  return names
-
-
-def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> ResidualState:
-  """Returns the :class:`ResidualState` inside a (nested) optimizer state.
-
-  Args:
-    opt_state: any optimizer state: ``optax.chain``, nested chains, ``optax.named_chain``,
-      ``inject_hyperparams``, ``masked``, ``MultiSteps``, ``apply_if_finite``, or the state held by
-      ``flax.nnx.Optimizer``.
-    which: needed only when the state holds several residual transformations: their index in
-      depth-first order, or a name on their path (an ``optax.named_chain`` name).
-
-  Returns:
-    The selected :class:`ResidualState`.
-
-  Raises:
-    ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> tx = optax.named_chain(
-    ...     ("sgd", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.1)), ("sign", rsgd.residual_sign()))
-    >>> state = tx.init({"w": jnp.zeros(3)})
-    >>> rsgd.find_residual_state(state, which="sign").count
-    Array(0, dtype=int32)
-  """
-  found = _residual_states(opt_state)
-  if not found:
-    raise ValueError(
-      "The optimizer state holds no ResidualState, so there is no residual to add. Chain a residual "
-      "transformation after the base optimizer, e.g. optax.chain(optax.sgd(0.1, momentum=0.9), "
-      "rsgd.residual_scale(1 / 16)), and pass that optimizer's state."
-    )
-  where = ", ".join(f"[{i}] {keystr(path) or '<root>'}" for i, (path, _) in enumerate(found))
-  if which is None:
-    if len(found) > 1:
-      raise ValueError(
-        f"The optimizer state holds {len(found)} residual states ({where}); pass `which=` with an "
-        "index or a named_chain name to choose one."
-      )
-    return found[0][1]
-  if isinstance(which, int) and not isinstance(which, bool):
-    if not -len(found) <= which < len(found):
-      raise ValueError(f"`which={which}` is out of range: the residual states are {where}.")
-    return found[which][1]
-  if isinstance(which, str):
-    named = [state for path, state in found if which in _path_names(path)]
-    if len(named) != 1:
-      raise ValueError(f"`which={which!r}` matches {len(named)} residual states; they are {where}.")
-    return named[0]
-  raise ValueError(f"`which` must be None, an int or a str, got {which!r}.")
-
-
-def _strip_variable_key(path: KeyPath) -> KeyPath:
-  """Drops the trailing ``.value`` that a Flax NNX Variable adds to its leaf's key path.
-
-  ``nnx.Optimizer`` wraps state leaves in ``OptVariable`` while ``nnx.state(model)`` holds ``Param``
-  nodes: the two trees differ node for node but agree once this key is removed.
-  """
-  if path and isinstance(path[-1], GetAttrKey) and path[-1].name == "value":
-    return path[:-1]
-  return path
-
-
-def _paired(residual_tree: PyTree, params: PyTree, combine: Any) -> PyTree:
-  """Maps ``combine(param, r)`` over the params that carry a residual, in params' structure."""
-  by_path = {_strip_variable_key(p): r for p, r in tree_flatten_with_path(residual_tree)[0]}
-  used = 0
-
-  def pair(path: KeyPath, p: Any) -> Any:
-    nonlocal used
-    r = by_path.get(_strip_variable_key(path))
-    if r is None or not _is_float(p):
-      return p
-    if r.shape != p.shape:
-      raise ValueError(
-        f"The residual of {keystr(path)} has shape {r.shape} but the parameter has {p.shape}: "
-        "pass the params that this optimizer state was built for."
-      )
-    used += 1
-    return combine(p, r)
-
-  out = tree_map_with_path(pair, params)
-  if used != len(by_path):
-    missing = sorted(keystr(p) for p in by_path)[:5]
-    raise ValueError(
-      f"Only {used} of the {len(by_path)} residual leaves match a parameter (residual leaves "
-      f"include {missing}): pass the params that this optimizer state was built for."
-    )
-  return out
-
-
-def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> PyTree:
-  r"""The point to evaluate, checkpoint and ship: ``x = params + r``.
-
-  ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
-  read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
-  of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
-  without a residual (integer or masked-out) are returned unchanged. When the state holds
-  :func:`rsgd_optax.iterate_averaging` (ASGD / RASGD), the result is the average of ``x`` once
-  averaging has been switched on and has seen a step, and ``x`` before.
-
-  .. math::
-    x_t = y_t + r_t.
-
-  Args:
-    opt_state: the optimizer state (see :func:`find_residual_state` for the nestings understood;
-      ``flax.nnx.Optimizer.opt_state`` works too).
-    params: the parameters the optimizer updates (a pytree, or ``nnx.state(model, nnx.Param)``).
-    which: which residual state to use when there are several (see :func:`find_residual_state`).
-
-  Returns:
-    ``params + r`` in the structure and dtypes of ``params``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> params = {"w": jnp.array([1.0])}
-    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.25))
-    >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
-    >>> params = optax.apply_updates(params, updates)
-    >>> rsgd.eval_params(state, params)["w"]  # EMA of y: 0.75 * 1.0 + 0.25 * 0.0
-    Array([0.75], dtype=float32)
-
-  References:
-    Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``.
-  """
-  # Imported here because _averaging builds on this module; with iterate averaging in the state,
-  # the point to ship is the average of x once averaging is on (the paper's RASGD).
-  from rsgd_optax import _averaging
-
-  if _averaging._averaging_states(opt_state):
-    return _averaging.eval_params(opt_state, params, which)
-  state = find_residual_state(opt_state, which)
-
-  def add(p: jax.Array, r: jax.Array) -> jax.Array:
-    dtype = _dtypes.wider_float(p.dtype, r.dtype)
-    return (p.astype(dtype) + r.astype(dtype)).astype(p.dtype)
-
-  return _paired(state.residual, params, add)
-
-
-def proximity(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> jax.Array:
-  r"""The paper's normalized distance between the shipped point and the base trajectory.
-
-  .. math::
-    \frac{\lVert x_t - y_t \rVert_2}{\lVert y_t \rVert_2} = \frac{\lVert r_t \rVert_2}{\lVert y_t
-    \rVert_2},
-
-  over all floating-point parameters, accumulated in float32 (or wider).
-
-  Args:
-    opt_state: the optimizer state holding the residual.
-    params: the parameters ``y``.
-    which: see :func:`find_residual_state`.
-
-  Returns:
-    A scalar: 0 at the start, about 1e-2 to 1e-4 in the paper's CIFAR-100 runs (section 7.3).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> params = {"w": jnp.array([3.0, 4.0])}
-    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
-    >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.array([0.6, 0.8])}, state, params)
-    >>> params = optax.apply_updates(params, updates)
-    >>> round(float(rsgd.proximity(state, params)), 4)  # |r| = 0.5, |y| = 4
-    0.125
-
-  References:
-    Section 7.3 of the RSGD(m) paper.
-  """
-  state = find_residual_state(opt_state, which)
-  param_leaves = [p for p in jax.tree.leaves(params) if _is_float(p)]
-  return _l2_norm(jax.tree.leaves(state.residual)) / _l2_norm(param_leaves)
-
-
-def _l2_norm(leaves: list[jax.Array]) -> jax.Array:
-  """The L2 norm over all entries of ``leaves``, accumulated in at least float32."""
-  dtype = _dtypes.accumulation_dtype(*(leaf.dtype for leaf in leaves))
-  total = jnp.zeros((), dtype)
-  for leaf in leaves:
-    total = total + jnp.sum(jnp.square(leaf.astype(dtype)))
-  return jnp.sqrt(total)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from flax import nnx, serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,38 +15,15 @@ from jax_compat import enable_x64
 import rsgd_optax as rsgd
 from rsgd_optax import (
   averaging_started,
+  eval_params,
   find_averaging_state,
   iterate_averaging,
   nonmonotone_trigger,
   start_averaging,
 )
 
-eval_params = rsgd.eval_params
-
 # ---------------------------------------------------------------------------------------------
-# NumPy references, from the definitions: RSGD (Algorithm 1 with plain SGD) and the uniform average
-# of the RSGD points x_k produced after averaging was switched on.
-
-
-def np_scaling(alpha):
-  return lambda v: alpha * v
-
-
-def np_scaled_sign(v):
-  return np.abs(v).sum() / v.size * np.sign(v)
-
-
-def np_top_k(fraction):
-  def keep(v):
-    k = max(1, round(fraction * v.size))
-    flat = v.ravel()
-    order = np.argsort(-np.abs(flat), kind="stable")[:k]
-    out = np.zeros_like(flat)
-    out[order] = flat[order]
-    return out.reshape(v.shape)
-
-  return keep
-
+# The least-squares problem the runs are compared on; the references are in tests/reference.py.
 
 RNG = np.random.default_rng(1)
 A = RNG.normal(size=(10, 8))
@@ -56,7 +34,7 @@ B0 = RNG.normal(size=(3,))
 
 def np_grads(w, b):
   resid = A @ w + b.sum() - TARGET
-  return A.T @ resid, np.full(3, resid.sum())
+  return [A.T @ resid, np.full(3, resid.sum())]
 
 
 def jax_loss(params):
@@ -65,31 +43,16 @@ def jax_loss(params):
 
 
 def np_rasgd(np_scheme, lr, steps, start):
-  """Returns per step the point eval_params must give: x before any averaged step, then the mean."""
-  y = [W0.copy(), B0.copy()]
-  x = [v.copy() for v in y]
-  averaged_xs, expected = [], []
-  for t in range(steps):
-    g = np_grads(*y)  # RSGD takes the gradient at the reference point y
-    y = [yi - lr * gi for yi, gi in zip(y, g, strict=True)]
-    if np_scheme is None:  # plain SGD: the iterate is y itself
-      x = [yi.copy() for yi in y]
-    else:
-      x = [xi - np_scheme(xi - yi) for xi, yi in zip(x, y, strict=True)]
-    if start is not None and t >= start:
-      averaged_xs.append(x)
-    if averaged_xs:
-      expected.append([np.mean([xs[i] for xs in averaged_xs], axis=0) for i in range(2)])
-    else:
-      expected.append([v.copy() for v in x])
-  return expected
+  """Per step, the point eval_params must give: x before any averaged step, then the mean."""
+  xs, _ = reference.rsgd([W0, B0], np_grads, reference.sgd(lr), np_scheme, steps)
+  return reference.iterate_average(xs, start)
 
 
 SCHEMES = {
   "none": (None, None),
-  "scale": (lambda: rsgd.scaling(0.25), np_scaling(0.25)),
-  "sign": (rsgd.scaled_sign, np_scaled_sign),
-  "topk": (lambda: rsgd.top_k(0.25), np_top_k(0.25)),
+  "scale": (lambda: rsgd.scaling(0.25), reference.scaling(0.25)),
+  "sign": (rsgd.scaled_sign, reference.scaled_sign()),
+  "topk": (lambda: rsgd.top_k(0.25), reference.top_k(0.25)),
 }
 
 
@@ -105,19 +68,17 @@ def as_tree(leaves):
   return {"b": jnp.asarray(leaves[1]), "w": jnp.asarray(leaves[0])}
 
 
+def grad_fn(params):
+  return jax.grad(jax_loss)(params)
+
+
 @pytest.fixture(scope="module")
 def step_fns():
   """One jitted step per scheme, shared by the tests (compiling is the slow part)."""
 
   def build(name):
     tx = make_tx(name, 0.01)
-
-    @jax.jit
-    def step(params, state):
-      updates, state = tx.update(jax.grad(jax_loss)(params), state, params)
-      return optax.apply_updates(params, updates), state
-
-    return tx, step
+    return tx, reference.jitted_step(tx, grad_fn)
 
   return {name: build(name) for name in SCHEMES}
 
@@ -125,13 +86,15 @@ def step_fns():
 def run(tx, step, steps, start, params=None, state=None, first=0):
   params = as_tree([W0, B0]) if params is None else params
   state = tx.init(params) if state is None else state
-  points = []
-  for t in range(first, first + steps):
-    if t == start:
-      state = start_averaging(state)
-    params, state = step(params, state)
-    points.append(eval_params(state, params))
-  return params, state, points
+  return reference.run_jitted(
+    step,
+    params,
+    state,
+    steps,
+    before_step=lambda t, state: start_averaging(state) if t == start else state,
+    record=lambda params, state: eval_params(state, params),
+    first=first,
+  )
 
 
 @pytest.mark.parametrize("start", [0, 3, None], ids=["from_step_0", "switch_at_3", "never"])
@@ -141,11 +104,7 @@ def test_matches_the_numpy_reference_in_float64(name, start):
   steps = 7
   with enable_x64(True):
     tx = make_tx(name, 0.01)
-    step = jax.jit(
-      lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
-        tx.update(jax.grad(jax_loss)(p), s, p)
-      )
-    )
+    step = reference.jitted_step(tx, grad_fn)
     params = as_tree([W0, B0])
     _, _, points = run(tx, step, steps, start, params=params)
   expected = np_rasgd(np_scheme, 0.01, steps, start)
@@ -381,13 +340,90 @@ def test_user_errors_are_clear():
     eval_params(optax.sgd(0.1).init(params), params)
 
 
-def test_without_averaging_eval_params_is_the_residual_one():
-  params = {"w": jnp.ones(3)}
-  tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
-  state = tx.init(params)
-  updates, state = tx.update({"w": jnp.ones(3)}, state, params)
-  params = optax.apply_updates(params, updates)
-  chex.assert_trees_all_equal(eval_params(state, params), rsgd.eval_params(state, params))
+def test_without_averaging_eval_params_is_the_rsgd_point():
+  steps = 3
+  tx = optax.chain(optax.sgd(0.01), rsgd.residual_scale(0.5))
+  _, _, points = run(tx, reference.jitted_step(tx, grad_fn), steps, start=None)
+  xs, ys = reference.rsgd([W0, B0], np_grads, reference.sgd(0.01), reference.scaling(0.5), steps)
+  for t in range(steps):
+    np.testing.assert_allclose(points[t]["w"], xs[t][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(points[t]["b"], xs[t][1], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(xs[-1][0], ys[-1][0], atol=1e-4)  # x really differs from y
+
+
+# ---------------------------------------------------------------------------------------------
+# Several views of one trajectory, each with its own average switched on at its own step.
+
+VIEW_STARTS = {"asgd": 2, "rasgd-sign": 4, "rasgd-topk": None}
+
+
+def views_tx(lr):
+  return optax.named_chain(
+    ("sgd", optax.sgd(lr)),
+    ("asgd", iterate_averaging(optax.identity())),
+    ("rasgd-sign", iterate_averaging(rsgd.residual_sign())),
+    ("rasgd-topk", iterate_averaging(rsgd.residual_topk(0.25))),
+  )
+
+
+def test_views_in_one_chain_each_average_their_own_point_from_their_own_switch():
+  steps = 6
+  with enable_x64(True):
+    tx = views_tx(0.01)
+
+    def switch(t, state):
+      for name, start in VIEW_STARTS.items():
+        if t == start:
+          state = start_averaging(state, which=name)
+      return state
+
+    # Fresh copies of the problem's constants: JAX may keep a float32 conversion of the module's
+    # arrays from an earlier test, which would meet float64 params here.
+    a, target = A.copy(), TARGET.copy()
+    fresh_grad_fn = jax.grad(
+      lambda params: 0.5 * jnp.sum((a @ params["w"] + params["b"].sum() - target) ** 2)
+    )
+    _, state, points = reference.run_jitted(
+      reference.jitted_step(tx, fresh_grad_fn),
+      as_tree([W0, B0]),
+      tx.init(as_tree([W0, B0])),
+      steps,
+      before_step=switch,
+      record=lambda params, state: {n: eval_params(state, params, which=n) for n in VIEW_STARTS},
+    )
+  schemes = {
+    "asgd": None,
+    "rasgd-sign": reference.scaled_sign(),
+    "rasgd-topk": reference.top_k(0.25),
+  }
+  for name, start in VIEW_STARTS.items():
+    assert bool(averaging_started(state, which=name)) == (start is not None)
+    expected = np_rasgd(schemes[name], 0.01, steps, start)
+    for t in range(steps):
+      for key, i in (("w", 0), ("b", 1)):
+        np.testing.assert_allclose(
+          points[t][name][key], expected[t][i], rtol=0, atol=1e-12, err_msg=f"{name} {t}"
+        )
+
+
+def test_views_need_which_and_residuals_inside_their_averaging():
+  params = as_tree([W0, B0])
+  state = views_tx(0.01).init(params)
+  with pytest.raises(ValueError, match="3 averaging states"):
+    eval_params(state, params)
+  with pytest.raises(ValueError, match="3 averaging states"):
+    start_averaging(state)
+  with pytest.raises(ValueError, match="matches 0 averaging states"):
+    averaging_started(state, which="sign")
+  switched = start_averaging(state, which=1)
+  assert [bool(averaging_started(switched, which=i)) for i in range(3)] == [False, True, False]
+  two_inside = optax.chain(
+    optax.sgd(0.1),
+    iterate_averaging(optax.identity()),
+    iterate_averaging(optax.chain(rsgd.residual_sign(), rsgd.residual_scale(0.5))),
+  )
+  with pytest.raises(ValueError, match="at most one"):
+    eval_params(two_inside.init(params), params, which=1)
 
 
 # ---------------------------------------------------------------------------------------------

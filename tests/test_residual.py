@@ -6,49 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from jax_compat import enable_x64
 
 import rsgd_optax as rsgd
-
-# ---------------------------------------------------------------------------------------------
-# An independent NumPy reference, in the paper's notation: x is the RSGD point, r the residual, and
-# the gradient is taken at the reference point x - r.
-
-
-def np_scaling(alpha):
-  return lambda leaves: [alpha * v for v in leaves]
-
-
-def np_scaled_sign(per_leaf):
-  def scheme(leaves):
-    if per_leaf:
-      return [np.abs(v).sum() / v.size * np.sign(v) for v in leaves]
-    scale = sum(np.abs(v).sum() for v in leaves) / sum(v.size for v in leaves)
-    return [scale * np.sign(v) for v in leaves]
-
-  return scheme
-
-
-def np_keep_top(flat, k):
-  order = np.argsort(-np.abs(flat), kind="stable")[:k]
-  out = np.zeros_like(flat)
-  out[order] = flat[order]
-  return out
-
-
-def np_top_k(fraction, per_leaf):
-  def scheme(leaves):
-    if per_leaf:
-      return [
-        np_keep_top(v.ravel(), max(1, round(fraction * v.size))).reshape(v.shape) for v in leaves
-      ]
-    flat = np.concatenate([v.ravel() for v in leaves])
-    kept = np_keep_top(flat, max(1, round(fraction * flat.size)))
-    parts = np.split(kept, np.cumsum([v.size for v in leaves])[:-1])
-    return [part.reshape(v.shape) for part, v in zip(parts, leaves, strict=True)]
-
-  return scheme
-
 
 # A least-squares problem with two parameter leaves of different sizes.
 RNG = np.random.default_rng(0)
@@ -69,51 +30,30 @@ def jax_loss(params):
   return 0.5 * jnp.sum(resid**2)
 
 
-def np_rsgd(scheme, lr, momentum, steps, nesterov=False):
-  """Algorithm 1 with SGD(m) (optax's momentum convention: m = g + mu m). Returns x and y per step."""
-  x = [v.copy() for v in X0]
-  r = [np.zeros_like(v) for v in X0]
-  m = [np.zeros_like(v) for v in X0]
-  xs, ys = [], []
-  for _ in range(steps):
-    g = np_grad(*[xi - ri for xi, ri in zip(x, r, strict=True)])  # gradient at the reference point
-    m = [gi + momentum * mi for gi, mi in zip(g, m, strict=True)]
-    step = [gi + momentum * mi for gi, mi in zip(g, m, strict=True)] if nesterov else m
-    x_half = [xi - ri - lr * si for xi, ri, si in zip(x, r, step, strict=True)]
-    p = scheme([xi - xh for xi, xh in zip(x, x_half, strict=True)])
-    r = [xi - xh - pi for xi, xh, pi in zip(x, x_half, p, strict=True)]
-    x = [xi - pi for xi, pi in zip(x, p, strict=True)]
-    xs.append(x)
-    ys.append([xi - ri for xi, ri in zip(x, r, strict=True)])
-  return xs, ys
+def grad_fn(params):
+  return jax.grad(jax_loss)(params)
 
 
 def run_optax(tx, steps, params=None):
   """Runs tx on the least-squares problem; returns params (y), eval_params (x) and the state."""
   params = params or {"w": jnp.asarray(X0[0]), "b": jnp.asarray(X0[1])}
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.grad(jax_loss)(params)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  ys, xs = [], []
-  for _ in range(steps):
-    params, state = step(params, state)
-    ys.append(params)
-    xs.append(rsgd.eval_params(state, params))
-  return ys, xs, state
+  _, state, history = reference.run_jitted(
+    reference.jitted_step(tx, grad_fn),
+    params,
+    tx.init(params),
+    steps,
+    record=lambda params, state: (params, rsgd.eval_params(state, params)),
+  )
+  return [y for y, _ in history], [x for _, x in history], state
 
 
 SCHEMES = {
-  "scale": (lambda: rsgd.scaling(1 / 16), np_scaling(1 / 16)),
-  "scale_quarter": (lambda: rsgd.scaling(0.25), np_scaling(0.25)),
-  "sign": (lambda: rsgd.scaled_sign(), np_scaled_sign(True)),
-  "sign_global": (lambda: rsgd.scaled_sign(per_leaf=False), np_scaled_sign(False)),
-  "topk": (lambda: rsgd.top_k(0.1), np_top_k(0.1, True)),
-  "topk_global": (lambda: rsgd.top_k(0.2, per_leaf=False), np_top_k(0.2, False)),
+  "scale": (lambda: rsgd.scaling(1 / 16), reference.scaling(1 / 16)),
+  "scale_quarter": (lambda: rsgd.scaling(0.25), reference.scaling(0.25)),
+  "sign": (lambda: rsgd.scaled_sign(), reference.scaled_sign(True)),
+  "sign_global": (lambda: rsgd.scaled_sign(per_leaf=False), reference.scaled_sign(False)),
+  "topk": (lambda: rsgd.top_k(0.1), reference.top_k(0.1, True)),
+  "topk_global": (lambda: rsgd.top_k(0.2, per_leaf=False), reference.top_k(0.2, False)),
 }
 
 
@@ -125,7 +65,7 @@ def test_matches_algorithm_1_in_float64(name, momentum):
   with enable_x64(True):
     tx = optax.chain(optax.sgd(lr, momentum=momentum or None), rsgd.residual(make_scheme()))
     ys, xs, _ = run_optax(tx, steps)
-    ref_xs, ref_ys = np_rsgd(np_scheme, lr, momentum, steps)
+    ref_xs, ref_ys = reference.rsgd(X0, np_grad, reference.sgd(lr, momentum), np_scheme, steps)
     for t in range(steps):
       for key, i in (("w", 0), ("b", 1)):
         assert ys[t][key].dtype == jnp.float64
@@ -150,35 +90,10 @@ def test_scaling_is_an_ema_of_the_base_iterates_and_params_are_plain_sgd():
 
 def run_optax_plain(tx, steps):
   params = {"w": jnp.asarray(X0[0]), "b": jnp.asarray(X0[1])}
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(jax.grad(jax_loss)(params), state, params)
-    return optax.apply_updates(params, updates), state
-
-  ys = []
-  for _ in range(steps):
-    params, state = step(params, state)
-    ys.append(params)
+  _, state, ys = reference.run_jitted(
+    reference.jitted_step(tx, grad_fn), params, tx.init(params), steps
+  )
   return ys, None, state
-
-
-def np_error_feedback(scheme, lr, steps, memory=True):
-  x = [v.copy() for v in X0]
-  e = [np.zeros_like(v) for v in X0]
-  xs = []
-  for _ in range(steps):
-    g = np_grad(*x)  # the gradient is taken at the moving point itself
-    corrected = (
-      [ei + lr * gi for ei, gi in zip(e, g, strict=True)] if memory else [lr * gi for gi in g]
-    )
-    p = scheme(corrected)
-    if memory:
-      e = [ci - pi for ci, pi in zip(corrected, p, strict=True)]
-    x = [xi - pi for xi, pi in zip(x, p, strict=True)]
-    xs.append(x)
-  return xs
 
 
 @pytest.mark.parametrize("memory", [True, False], ids=["error_feedback", "compress"])
@@ -188,7 +103,9 @@ def test_error_feedback_and_compress_match_their_references(memory):
     wrap = rsgd.error_feedback if memory else rsgd.compress
     tx = optax.chain(optax.sgd(lr), wrap(rsgd.scaled_sign()))
     ys, _, _ = run_optax_plain(tx, steps)
-    ref = np_error_feedback(np_scaled_sign(True), lr, steps, memory=memory)
+    ref = reference.error_feedback(
+      X0, np_grad, reference.sgd(lr), reference.scaled_sign(True), steps, memory=memory
+    )
     for t in range(steps):
       np.testing.assert_allclose(ys[t]["w"], ref[t][0], rtol=0, atol=1e-9)
       np.testing.assert_allclose(ys[t]["b"], ref[t][1], rtol=0, atol=1e-9)
@@ -232,7 +149,7 @@ def test_after_any_base_optimizer_params_are_the_base_run_and_x_follows_the_sche
       chex.assert_trees_all_close(ys[t], plain_ys[t], rtol=1e-5, atol=0)
     # x_{t+1} = x_t - R(x_t - y_{t+1}), recomputed in NumPy from the recorded base iterates
     y = [np.asarray(ys[t]["w"]), np.asarray(ys[t]["b"])]
-    p = np_scaled_sign(True)([xi - yi for xi, yi in zip(x, y, strict=True)])
+    p = reference.scaled_sign(True)([xi - yi for xi, yi in zip(x, y, strict=True)])
     x = [xi - pi for xi, pi in zip(x, p, strict=True)]
     np.testing.assert_allclose(xs[t]["w"], x[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(xs[t]["b"], x[1], rtol=1e-5, atol=1e-6)

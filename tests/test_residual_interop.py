@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from flax import nnx, serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -120,13 +121,7 @@ def test_state_takes_the_params_sharding_on_an_eight_device_mesh(name):
 
 def _loop(tx, params, grads_fn, steps, state=None):
   state = tx.init(params) if state is None else state
-  step = jax.jit(
-    lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
-      tx.update(grads_fn(p), s, p)
-    )
-  )
-  for _ in range(steps):
-    params, state = step(params, state)
+  params, state, _ = reference.run_jitted(reference.jitted_step(tx, grads_fn), params, state, steps)
   return params, state
 
 

@@ -7,29 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax_compat import enable_x64
 
 from rsgd_optax import _topk
 
-
-def reference_keep(x: np.ndarray, k: int) -> np.ndarray:
-  """Zero all but the k largest |x|: a stable sort on -|x|, so ties go to the lower flat index."""
-  flat = np.asarray(x, np.float64).reshape(-1)
-  order = np.argsort(-np.abs(flat), kind="stable")[:k]
-  kept = np.zeros(flat.shape, bool)
-  kept[order] = True
-  return np.where(kept, flat, 0.0).reshape(np.shape(x))
-
-
-def reference_global(leaves: list[np.ndarray], k: int) -> list[np.ndarray]:
-  flat = reference_keep(np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in leaves]), k)
-  out, start = [], 0
-  for x in leaves:
-    out.append(flat[start : start + x.size].reshape(x.shape))
-    start += x.size
-  return out
+reference_keep = reference.keep_top
+reference_global = reference.keep_top_global
 
 
 # One compiled function per (shape, dtype, k): jit caches them across tests.

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import rsgd_optax as rsgd
 from examples.common import optimizers
@@ -15,84 +16,50 @@ START = {"a": np.array([1.0, -2.0, 0.5, 0.25]), "b": np.array([[-1.0, 0.7], [0.2
 STEPS = 4
 
 
-def _grad(w):
+KEYS = sorted(START)
+
+
+def _leaves(tree):
+  return [tree[k] for k in KEYS]
+
+
+def _grad(*w):
   """Gradient of 0.5 * sum(c * w**2) plus the L2 term PyTorch's SGD adds."""
-  return {k: CURVATURE[k] * w[k] + WD * w[k] for k in w}
+  return [c * wi + WD * wi for c, wi in zip(_leaves(CURVATURE), w, strict=True)]
 
 
-def _scaled_sign(v):
-  return {k: np.mean(np.abs(x)) * np.sign(x) for k, x in v.items()}
-
-
-def _top_k(v):
-  out = {}
-  for k, x in v.items():
-    keep = max(1, round(FRACTION * x.size))
-    flat = x.reshape(-1)
-    order = np.argsort(-np.abs(flat), kind="stable")[:keep]
-    kept = np.zeros_like(flat)
-    kept[order] = flat[order]
-    out[k] = kept.reshape(x.shape)
-  return out
-
-
-_SCHEME = {
-  "scale": lambda v: {k: ALPHA * x for k, x in v.items()},
-  "sign": _scaled_sign,
-  "topk": _top_k,
+_BASE = {
+  "sgd": lambda: reference.sgd(LR),
+  "sgdm": lambda: reference.sgd(LR, MOMENTUM),
+  "adagrad": lambda: reference.adagrad(LR),
+  "adam": lambda: reference.adam(LR),
 }
-
-
-def _base_update(family, g, slots, t):
-  """Returns the base optimizer's update u (y_{t+1} - y_t)."""
-  if family in ("sgd", "rsgd", "signsgd"):
-    return {k: -LR * g[k] for k in g}
-  if family in ("sgdm", "rsgdm", "signsgdm"):
-    slots["m"] = {k: MOMENTUM * slots.get("m", {}).get(k, 0.0) + g[k] for k in g}
-    return {k: -LR * slots["m"][k] for k in g}
-  if family == "adagrad":
-    slots["s"] = {k: slots.get("s", {}).get(k, 0.1) + g[k] ** 2 for k in g}
-    return {k: -LR * g[k] / np.sqrt(slots["s"][k] + 1e-7) for k in g}
-  b1, b2, eps = 0.9, 0.999, 1e-8
-  slots["m"] = {k: b1 * slots.get("m", {}).get(k, 0.0) + (1 - b1) * g[k] for k in g}
-  slots["v"] = {k: b2 * slots.get("v", {}).get(k, 0.0) + (1 - b2) * g[k] ** 2 for k in g}
-  return {
-    k: -LR * (slots["m"][k] / (1 - b1**t)) / (np.sqrt(slots["v"][k] / (1 - b2**t)) + eps) for k in g
-  }
+_BASE.update(rsgd=_BASE["sgd"], rsgdm=_BASE["sgdm"], signsgd=_BASE["sgd"], signsgdm=_BASE["sgdm"])
+_SCHEME = {
+  "scale": lambda: reference.scaling(ALPHA),
+  "sign": lambda: reference.scaled_sign(),
+  "topk": lambda: reference.top_k(FRACTION),
+}
 
 
 def _reference(name):
   """NumPy run of ``name``: returns (params after STEPS, point the model is evaluated at)."""
+  start = _leaves(START)
   if name.startswith("ef-"):
-    family, kind = name[3:], "ef"
+    base = _BASE[name[3:]]()
+    w = reference.error_feedback(start, _grad, base, reference.scaled_sign(), STEPS)[-1]
+    evaluated = w
   elif name.startswith("signsgd"):
-    family, kind = name, "compress"
-  elif "-" in name:
-    family, kind = name.split("-")[0], name.split("-")[1]
+    base = _BASE[name]()
+    w = reference.error_feedback(start, _grad, base, reference.scaled_sign(), STEPS, memory=False)
+    w = evaluated = w[-1]
+  elif "-" in name:  # a residual: params follow y, the model is evaluated at x = y + r
+    family, kind = name.split("-")[:2]
+    xs, ys = reference.rsgd(start, _grad, _BASE[family](), _SCHEME[kind](), STEPS)
+    w, evaluated = ys[-1], xs[-1]
   else:
-    family, kind = name, None
-  w = {k: v.copy() for k, v in START.items()}
-  memory = {k: np.zeros_like(v) for k, v in START.items()}  # residual r or error e
-  slots = {}
-  for t in range(1, STEPS + 1):
-    u = _base_update(family, _grad(w), slots, t)
-    if kind is None:
-      w = {k: w[k] + u[k] for k in w}
-    elif kind == "compress":
-      p = _scaled_sign({k: -u[k] for k in u})
-      w = {k: w[k] - p[k] for k in w}
-    elif kind == "ef":
-      v = {k: memory[k] - u[k] for k in u}
-      p = _scaled_sign(v)
-      w = {k: w[k] - p[k] for k in w}
-      memory = {k: v[k] - p[k] for k in v}
-    else:  # residual: params follow y; x = y + r
-      delta = {k: memory[k] - u[k] for k in u}
-      p = _SCHEME[kind](delta)
-      memory = {k: delta[k] - p[k] for k in u}
-      w = {k: w[k] + u[k] for k in w}
-  evaluated = {k: w[k] + memory[k] for k in w} if kind in _SCHEME else w
-  return w, evaluated
+    w = evaluated = reference.base_run(start, _grad, _BASE[name](), STEPS)[-1]
+  return dict(zip(KEYS, w, strict=True)), dict(zip(KEYS, evaluated, strict=True))
 
 
 # Adam's first steps have equal-magnitude entries (about lr * sign), so top-k's choice among ties

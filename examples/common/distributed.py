@@ -1,0 +1,75 @@
+"""Starting JAX on several processes: with a cluster manager, or with the coordinator given.
+
+``jax.distributed.initialize()`` without arguments finds the coordinator only where JAX detects a
+cluster (SLURM, Open MPI, Cloud TPU, ...). On plain machines, and in tests, the coordinator's
+address, the number of processes and this process's index are given in the config instead:
+
+  # on host 0 (and the same with --config.process_id=1 on host 1)
+  python -m examples.image_classification.main --config=... --workdir=/shared/run \\
+    --config.distributed=True --config.coordinator_address=host0:12355 \\
+    --config.num_processes=2 --config.process_id=0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+_EXPLICIT = ("coordinator_address", "num_processes", "process_id")
+
+
+def initialize(config: Any) -> None:
+  """Calls ``jax.distributed.initialize`` as ``config`` asks; nothing when it is not distributed.
+
+  Must run before any other JAX call. ``config.distributed`` switches it on. With
+  ``coordinator_address``, ``num_processes`` and ``process_id`` all set, they are used and cluster
+  detection is off; with none of them set, JAX detects the cluster. CPU processes talk over gloo.
+
+  Raises:
+    ValueError: some but not all of the three are set, they are set without ``distributed``, or a
+      value is out of range.
+  """
+  given = {name: config.get(name) for name in _EXPLICIT if config.get(name) not in (None, "")}
+  if not config.get("distributed", False):
+    if given:
+      raise ValueError(
+        f"config.{', config.'.join(given)} set without config.distributed=True: set it too, or "
+        "leave these empty for a single-process run."
+      )
+    return
+  timeout = int(config.get("distributed_timeout_s", 300))
+  if not given:
+    _use_gloo_on_cpu()
+    jax.distributed.initialize(initialization_timeout=timeout)
+    return
+  missing = [name for name in _EXPLICIT if name not in given]
+  if missing:
+    raise ValueError(
+      f"config.{', config.'.join(missing)} missing: give coordinator_address, num_processes and "
+      "process_id together, or none of them to let JAX detect the cluster."
+    )
+  address, num_processes, process_id = (given[name] for name in _EXPLICIT)
+  host, _, port = str(address).rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(
+      f"config.coordinator_address must be host:port (for example 10.0.0.1:12355), got {address!r}."
+    )
+  if int(num_processes) < 1 or not 0 <= int(process_id) < int(num_processes):
+    raise ValueError(
+      f"config.process_id must be in [0, num_processes), got process_id={process_id} with "
+      f"num_processes={num_processes}."
+    )
+  _use_gloo_on_cpu()
+  jax.distributed.initialize(
+    str(address),
+    int(num_processes),
+    int(process_id),
+    cluster_detection_method="deactivate",
+    initialization_timeout=timeout,
+  )
+
+
+def _use_gloo_on_cpu() -> None:
+  # CPU processes need a collectives implementation to talk to each other; accelerators ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")

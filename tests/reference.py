@@ -1,0 +1,261 @@
+"""The paper's equations in NumPy: the one reference every test of the library compares against.
+
+Written from the paper (Algorithm 1, sections 2 and 7.1), not from the library, and it must never
+import ``rsgd_optax``. Notation: ``y`` is the base optimizer's iterate (where RSGD takes gradients),
+``r`` the residual, ``x = y + r`` the RSGD point (evaluated and shipped), ``u_t = y_{t+1} - y_t`` the
+base update. A parameter tree is a list of NumPy arrays (the leaves, in a fixed order); arithmetic is
+float64.
+
+Schemes ``R`` map a list of arrays to a list of arrays of the same shapes. A base optimizer is a
+factory of ``update(g, t) -> u`` with its own state, ``t`` counting from 1.
+
+The last helper, :func:`run_jitted`, runs an Optax transformation in a jitted loop: it is the harness
+that produces what is compared against this reference, so it needs JAX and Optax, not the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+Leaves = list[np.ndarray]
+Scheme = Callable[[Leaves], Leaves]
+Update = Callable[[Leaves, int], Leaves]
+
+
+def _f64(leaves: Sequence[Any]) -> Leaves:
+  return [np.asarray(v, np.float64) for v in leaves]
+
+
+# ---------------------------------------------------------------------------------------------
+# The three schemes R.
+
+
+def scaling(alpha: float) -> Scheme:
+  """``R(v) = alpha v``."""
+  return lambda leaves: [alpha * v for v in _f64(leaves)]
+
+
+def scaled_sign(per_leaf: bool = True) -> Scheme:
+  """``R(v) = (||v||_1 / d) sign(v)``, ``d`` the size of the leaf (or of the whole tree)."""
+
+  def scheme(leaves: Leaves) -> Leaves:
+    leaves = _f64(leaves)
+    if per_leaf:
+      return [np.abs(v).sum() / v.size * np.sign(v) for v in leaves]
+    scale = sum(np.abs(v).sum() for v in leaves) / sum(v.size for v in leaves)
+    return [scale * np.sign(v) for v in leaves]
+
+  return scheme
+
+
+def top_k_count(fraction: float, size: int) -> int:
+  """``k = max(1, round(fraction * d))``."""
+  return max(1, round(fraction * size))
+
+
+def keep_top(x: Any, k: int) -> np.ndarray:
+  """``x`` with all but its ``k`` largest-magnitude entries zeroed, in float64.
+
+  Ties go to the lower flat index (a stable sort on ``-|x|``), the order the library promises.
+  """
+  flat = np.asarray(x, np.float64).reshape(-1)
+  order = np.argsort(-np.abs(flat), kind="stable")[:k]
+  kept = np.zeros(flat.shape, bool)
+  kept[order] = True
+  return np.where(kept, flat, 0.0).reshape(np.shape(x))
+
+
+def keep_top_global(leaves: Sequence[Any], k: int) -> Leaves:
+  """The ``k`` largest magnitudes over all leaves together, each leaf back in its own shape."""
+  leaves = _f64(leaves)
+  kept = keep_top(np.concatenate([v.reshape(-1) for v in leaves]), k)
+  parts = np.split(kept, np.cumsum([v.size for v in leaves])[:-1])
+  return [part.reshape(v.shape) for part, v in zip(parts, leaves, strict=True)]
+
+
+def top_k(fraction: float, per_leaf: bool = True) -> Scheme:
+  """Keeps the ``k`` largest-magnitude entries of each leaf (or of the whole tree)."""
+
+  def scheme(leaves: Leaves) -> Leaves:
+    if per_leaf:
+      return [keep_top(v, top_k_count(fraction, np.size(v))) for v in leaves]
+    return keep_top_global(leaves, top_k_count(fraction, sum(np.size(v) for v in leaves)))
+
+  return scheme
+
+
+# ---------------------------------------------------------------------------------------------
+# Base optimizers, in optax's conventions.
+
+
+def sgd(lr: float, momentum: float = 0.0, nesterov: bool = False) -> Update:
+  """``m = g + mu m``; ``u = -lr m`` (Nesterov: ``u = -lr (g + mu m)``)."""
+  m: Leaves | None = None
+
+  def update(g: Leaves, t: int) -> Leaves:
+    nonlocal m
+    del t
+    m = [gi + momentum * mi for gi, mi in zip(g, m or [0.0] * len(g), strict=True)]
+    step = [gi + momentum * mi for gi, mi in zip(g, m, strict=True)] if nesterov else m
+    return [-lr * s for s in step]
+
+  return update
+
+
+def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Update:
+  """Bias-corrected Adam: ``u = -lr m_hat / (sqrt(v_hat) + eps)``."""
+  m: Leaves | None = None
+  v: Leaves | None = None
+
+  def update(g: Leaves, t: int) -> Leaves:
+    nonlocal m, v
+    m = [b1 * mi + (1 - b1) * gi for gi, mi in zip(g, m or [0.0] * len(g), strict=True)]
+    v = [b2 * vi + (1 - b2) * gi**2 for gi, vi in zip(g, v or [0.0] * len(g), strict=True)]
+    return [
+      -lr * (mi / (1 - b1**t)) / (np.sqrt(vi / (1 - b2**t)) + eps)
+      for mi, vi in zip(m, v, strict=True)
+    ]
+
+  return update
+
+
+def adagrad(lr: float, initial_accumulator: float = 0.1, eps: float = 1e-7) -> Update:
+  """``s = s + g^2`` (from ``initial_accumulator``); ``u = -lr g / sqrt(s + eps)``."""
+  s: Leaves | None = None
+
+  def update(g: Leaves, t: int) -> Leaves:
+    nonlocal s
+    del t
+    s = [si + gi**2 for gi, si in zip(g, s or [initial_accumulator] * len(g), strict=True)]
+    return [-lr * gi / np.sqrt(si + eps) for gi, si in zip(g, s, strict=True)]
+
+  return update
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm 1, and the baselines it is compared with.
+
+
+def base_run(y0: Sequence[Any], grad: Callable[..., Leaves], update: Update, steps: int) -> list:
+  """The base optimizer alone: ``y_{t+1} = y_t + u_t`` with the gradient at ``y_t``."""
+  y, ys = _f64(y0), []
+  for t in range(1, steps + 1):
+    y = [yi + ui for yi, ui in zip(y, update(grad(*y), t), strict=True)]
+    ys.append(y)
+  return ys
+
+
+def rsgd(
+  x0: Sequence[Any],
+  grad: Callable[..., Leaves],
+  update: Update,
+  scheme: Scheme | None,
+  steps: int,
+) -> tuple[list, list]:
+  """Algorithm 1. Returns the points ``x_t`` and ``y_t`` after each step, ``r_0 = 0``.
+
+  The gradient is taken at the reference point ``y_t = x_t - r_t``; the half step
+  ``x_{t+1/2} = y_t + u_t`` is the base optimizer's new iterate; ``p_t = R(x_t - x_{t+1/2})``,
+  ``x_{t+1} = x_t - p_t`` and ``r_{t+1} = x_t - x_{t+1/2} - p_t``. With ``scheme=None`` there is no
+  residual and ``x = y``.
+  """
+  x = _f64(x0)
+  r = [np.zeros_like(v) for v in x]
+  xs, ys = [], []
+  for t in range(1, steps + 1):
+    y = [xi - ri for xi, ri in zip(x, r, strict=True)]
+    x_half = [yi + ui for yi, ui in zip(y, update(grad(*y), t), strict=True)]
+    delta = [xi - xh for xi, xh in zip(x, x_half, strict=True)]
+    p = scheme(delta) if scheme is not None else delta
+    r = [di - pi for di, pi in zip(delta, p, strict=True)]
+    x = [xi - pi for xi, pi in zip(x, p, strict=True)]
+    xs.append(x)
+    ys.append([xi - ri for xi, ri in zip(x, r, strict=True)])
+  return xs, ys
+
+
+def error_feedback(
+  x0: Sequence[Any],
+  grad: Callable[..., Leaves],
+  update: Update,
+  scheme: Scheme,
+  steps: int,
+  memory: bool = True,
+) -> list:
+  """EF-SignSGD's memory (``memory=True``) or plain compression: the points ``x_t`` per step.
+
+  The gradient is taken at ``x_t`` itself: ``p_t = R(e_t - u_t)``, ``x_{t+1} = x_t - p_t``,
+  ``e_{t+1} = e_t - u_t - p_t``; without memory ``e = 0`` always (SignSGD: ``p_t = R(-u_t)``).
+  """
+  x = _f64(x0)
+  e = [np.zeros_like(v) for v in x]
+  xs = []
+  for t in range(1, steps + 1):
+    corrected = [ei - ui for ei, ui in zip(e, update(grad(*x), t), strict=True)]
+    p = scheme(corrected)
+    if memory:
+      e = [ci - pi for ci, pi in zip(corrected, p, strict=True)]
+    x = [xi - pi for xi, pi in zip(x, p, strict=True)]
+    xs.append(x)
+  return xs
+
+
+def iterate_average(points: Sequence[Leaves], start: int | None) -> list:
+  """What ASGD (RASGD with RSGD points) evaluates after each step ``t = 0, 1, ...``.
+
+  Averaging switched on before step ``start``: the uniform mean of ``points[start..t]``; before any
+  averaged step (or with ``start=None``), the current point itself.
+  """
+  expected, averaged = [], []
+  for t, point in enumerate(points):
+    if start is not None and t >= start:
+      averaged.append(point)
+    if averaged:
+      expected.append([np.mean([p[i] for p in averaged], axis=0) for i in range(len(point))])
+    else:
+      expected.append(list(point))
+  return expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The harness: an Optax transformation in a jitted step loop.
+
+
+def jitted_step(tx: Any, grad_fn: Callable[[Any], Any]) -> Callable[[Any, Any], tuple[Any, Any]]:
+  """``(params, state) -> (params + updates, new state)`` with the gradient at ``params``, jitted."""
+  import jax
+  import optax
+
+  @jax.jit
+  def step(params: Any, state: Any) -> tuple[Any, Any]:
+    updates, state = tx.update(grad_fn(params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def run_jitted(
+  step: Callable[[Any, Any], tuple[Any, Any]],
+  params: Any,
+  state: Any,
+  steps: int,
+  *,
+  before_step: Callable[[int, Any], Any] | None = None,
+  record: Callable[[Any, Any], Any] | None = None,
+  first: int = 0,
+) -> tuple[Any, Any, list]:
+  """Runs ``steps`` steps numbered from ``first``; returns the final params and state and a history.
+
+  ``before_step(t, state)`` may replace the state before step ``t`` (for example to switch averaging
+  on); ``record(params, state)`` is kept after each step (the params by default).
+  """
+  history = []
+  for t in range(first, first + steps):
+    if before_step is not None:
+      state = before_step(t, state)
+    params, state = step(params, state)
+    history.append(params if record is None else record(params, state))
+  return params, state, history
