@@ -136,7 +136,8 @@ def group_by_trajectory(names: Sequence[str]) -> list[list[str]]:
   return list(groups.values())
 
 
-def _scheme(view: View, *, alpha: float, topk_fraction: float):
+def scheme(view: View, *, alpha: float, topk_fraction: float) -> rsgd.Scheme:
+  """The residual scheme of a residual view, with its ``@`` setting if it has one."""
   if view.optimizer.endswith("-scale"):
     return rsgd.scaling(alpha if view.setting is None else view.setting)
   if view.optimizer.endswith("-sign"):
@@ -180,7 +181,7 @@ def make_optimizer(
     weight_decay=weight_decay,
   )
   residuals = [
-    rsgd.residual(_scheme(v, alpha=alpha, topk_fraction=topk_fraction))
+    rsgd.residual(scheme(v, alpha=alpha, topk_fraction=topk_fraction))
     for v in views
     if v.has_residual
   ]

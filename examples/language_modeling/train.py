@@ -9,9 +9,16 @@ the validation loss is checked with the non-monotone trigger, and when it fires 
 on in the optimizer state (no new optimizer, no recompilation). The model with the best validation
 loss is kept and evaluated on the test set at the end.
 
+Views: SGD + ASGD and (RSGD + RASGD)-{sign, topk, scale} take the same plain SGD steps, so
+``config.optimizer=sgd,rsgd-sign,rsgd-topk,rsgd-scale`` trains them as one run. The chain is
+``clip -> weight decay -> SGD`` followed by one ``iterate_averaging`` per view (around
+``optax.identity()`` for SGD, around the view's residual otherwise): each view keeps its own
+NT-ASGD trigger on its own validation loss, its own switch epoch, its own average of its own point
+and its own best model, and writes ``<workdir>/<name>/`` as a run of that name alone would.
+
 Everything a resumed run needs is in the Orbax checkpoint of the last finished epoch (model,
-optimizer state with the averaging switch, best model so far) and in ``metrics.jsonl`` (the
-validation losses the trigger looks at).
+optimizer state with the averaging switches, best models so far) and in ``metrics.jsonl`` (the
+validation losses the triggers look at).
 """
 
 from __future__ import annotations
@@ -70,23 +77,36 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.AW
   )
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """``clip -> weight decay -> SGD [-> residual]``, wrapped in iterate averaging (off until the
-  trigger fires), with the learning rate injected so each batch can scale it by ``seq_len / bptt``.
+def build_optimizer(
+  config: ml_collections.ConfigDict, view_list: list[views.View] | None = None
+) -> optax.GradientTransformation:
+  """The optimizer of the views in ``config.optimizer``, learning rate injected so that each batch
+  can scale it by ``seq_len / bptt``; averaging is off until a trigger fires.
+
+  One view: ``clip -> weight decay -> SGD [-> residual]`` wrapped in iterate averaging. Several:
+  ``clip -> weight decay -> SGD``, then one iterate averaging per view in list order, around the
+  view's residual (or ``optax.identity()`` for the base), so ``which=i`` names view ``i``.
   """
+  view_list = views.parse_views(config.optimizer) if view_list is None else view_list
+  settings = {"alpha": config.rsgd_alpha, "topk_fraction": config.topk_fraction}
 
   def make(learning_rate: float) -> optax.GradientTransformation:
-    inner = optax.chain(
-      optax.clip_by_global_norm(config.clip),
-      optimizers.make_optimizer(
-        config.optimizer,
-        learning_rate,
-        weight_decay=config.weight_decay,
-        alpha=config.rsgd_alpha,
-        topk_fraction=config.topk_fraction,
-      ),
+    clip = optax.clip_by_global_norm(config.clip)
+    if len(view_list) == 1:
+      base = views.make_optimizer(
+        view_list, learning_rate, weight_decay=config.weight_decay, **settings
+      )
+      return iterate_averaging(optax.chain(clip, base))
+    base = optimizers.make_optimizer(
+      views.trajectory(view_list[0].optimizer), learning_rate, weight_decay=config.weight_decay
     )
-    return iterate_averaging(inner)
+    averaged = [
+      iterate_averaging(
+        rsgd.residual(views.scheme(view, **settings)) if view.has_residual else optax.identity()
+      )
+      for view in view_list
+    ]
+    return optax.chain(clip, base, *averaged)
 
   return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
 
@@ -202,38 +222,36 @@ def _switched_by(
   return "start_epoch"
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
-  if "," in str(config.optimizer):
-    raise ValueError(
-      f"config.optimizer={config.optimizer!r}: the language model trains one optimizer per run for "
-      "now (views need each view's own NT-ASGD average, not yet in rsgd_optax); run each name "
-      "separately."
-    )
-  if config.optimizer not in optimizers.OPTIMIZER_NAMES:
-    raise ValueError(
-      f"Unknown optimizer {config.optimizer!r}; this example runs {', '.join(TABLE_NAMES)} "
-      f"(any of {', '.join(optimizers.OPTIMIZER_NAMES)} works)."
-    )
+def _check_config(config: ml_collections.ConfigDict) -> list[views.View]:
+  names = [name.strip().partition("@")[0] for name in str(config.optimizer).split(",")]
+  for name in names:
+    if name and name not in optimizers.OPTIMIZER_NAMES:
+      raise ValueError(
+        f"Unknown optimizer {name!r}; this example runs {', '.join(TABLE_NAMES)} "
+        f"(any of {', '.join(optimizers.OPTIMIZER_NAMES)} works)."
+      )
+  view_list = views.parse_views(config.optimizer)
   for name in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "num_epochs"):
     if int(config[name]) < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
   if config.learning_rate <= 0 or config.clip <= 0:
     raise ValueError("config.learning_rate and config.clip must be positive.")
+  return view_list
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, evaluates and checkpoints one run in ``workdir``; resumes from its last checkpoint.
 
-  Returns the run's results (also written to ``<workdir>/results.json``): best validation and test
-  perplexity, the epoch of the best model and the epoch at which averaging started.
+  Returns the run's results (also written to ``results.json`` in the view's folder): best
+  validation and test perplexity, the epoch of the best model and the epoch at which averaging
+  started. With several views (``sgd,rsgd-sign,...``), a dict from each name to its results.
 
-  The run skeleton is :func:`examples.common.runloop.run`, with a single view (``config.optimizer``
-  names one optimizer). Views plug in at ``evaluate_epoch``: each would keep its own trigger
-  history (its records), switch epoch and best model; what is missing is per-view averaging in the
-  library (``rsgd_optax._averaging``), which is being added separately.
+  The run skeleton is :func:`examples.common.runloop.run`; each view keeps its own trigger history
+  (its records), switch epoch, average and best model.
   """
-  _check_config(config)
-  (view,) = views.parse_views(config.optimizer)
+  view_list = _check_config(config)
+  # With several views, ``which=i`` names view i's averaging; with one there is one to find.
+  which = {view.name: (None if len(view_list) == 1 else i) for i, view in enumerate(view_list)}
   corpus = input_pipeline.load_corpus(config.data_source, max_train_tokens=config.max_train_tokens)
   train_data = input_pipeline.batchify(corpus.train, config.batch_size)
   valid_data = input_pipeline.batchify(corpus.valid, config.eval_batch_size)
@@ -248,11 +266,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # per-array host cost measured in benchmarks/BENCHMARKS.md is small next to the step. The loop
   # sees the objects' state as a pytree, synced in and out once per epoch.
   model = build_model(config, corpus.vocab_size)
-  optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, build_optimizer(config, view_list), wrt=nnx.Param)
 
-  def as_state(best_params: Any) -> dict[str, Any]:
-    """What a checkpoint's ``state`` holds: model and optimizer (with the averaging switch) and the
-    best evaluation point so far."""
+  def as_state(best_params: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's ``state`` holds: model and optimizer (with the averaging switches) and
+    each view's best evaluation point so far."""
     return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best_params}
 
   def load(state: dict[str, Any]) -> None:
@@ -299,49 +317,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     return as_state(state["best"]), fields
 
-  def evaluate_epoch(state: dict[str, Any], epoch: int, history):
-    load(state)
-    records = history[view.name]
+  def evaluate_view(view: views.View, epoch: int, records: list, best: Any) -> tuple[dict, Any]:
+    """One view's record and best point; switches its averaging on when its trigger fires."""
     val_history, best_val, _ = _history(records)
     params = nnx.state(model, nnx.Param)
-    shipped = eval_params(optimizer.opt_state, params)
-    averaging = bool(averaging_started(optimizer.opt_state))
+    shipped = eval_params(optimizer.opt_state, params, which=which[view.name])
+    averaging = bool(averaging_started(optimizer.opt_state, which=which[view.name]))
     val_loss = evaluate(_with_params(model, shipped), valid_data, config)
     record = {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "averaging": averaging}
     if view.has_residual:
-      inner = find_averaging_state(optimizer.opt_state).inner_state
+      inner = find_averaging_state(optimizer.opt_state, which=which[view.name]).inner_state
       record["proximity"] = float(rsgd.proximity(inner, params))
-    best = state["best"]
     if val_loss < best_val:
       best = _snapshot(shipped)
     if not averaging:
       val_history.append(val_loss)
       if _switch_now(config, epoch, val_history):
-        optimizer.opt_state = start_averaging(optimizer.opt_state)
+        optimizer.opt_state = start_averaging(optimizer.opt_state, which=which[view.name])
         record["switched"] = True
-        logging.info("Epoch %d: switching to averaging.", epoch)
-    return as_state(best), {view.name: (record, best)}
+        logging.info("Epoch %d: %s switches to averaging.", epoch, view.name)
+    return record, best
+
+  def evaluate_epoch(state: dict[str, Any], epoch: int, history):
+    load(state)
+    best, results = dict(state["best"]), {}
+    for view in view_list:
+      record, best[view.name] = evaluate_view(view, epoch, history[view.name], best[view.name])
+      results[view.name] = (record, best[view.name])
+    return as_state(best), results
 
   result = runloop.run(
     config,
     workdir,
-    views=[view],
-    state=as_state(_snapshot(nnx.state(model, nnx.Param))),
+    views=view_list,
+    state=as_state({v.name: _snapshot(nnx.state(model, nnx.Param)) for v in view_list}),
     train_epoch=train_epoch,
     evaluate=evaluate_epoch,
     num_epochs=config.num_epochs,
     log_fields=("train_ppl", "val_ppl", "proximity"),
   )
   load(result.state)
-  best_params = result.state["best"]
-  records = result.records[view.name]
+  results = {
+    view.name: _final_results(
+      config,
+      view,
+      result.records[view.name],
+      result.state["best"][view.name],
+      lambda params, data: evaluate(_with_params(model, params), data, config),
+      valid_data,
+      test_data,
+      runloop.view_workdir(workdir, view_list, view),
+    )
+    for view in view_list
+  }
+  return results[view_list[0].name] if len(view_list) == 1 else results
+
+
+def _final_results(config, view, records, best_params, evaluate_at, valid_data, test_data, folder):
+  """A view's results (also written to ``<folder>/results.json``), its best model on test."""
   _, _, best_epoch = _history(records)
   switch_epoch = next((r["epoch"] for r in records if r.get("switched")), None)
-  test_loss = evaluate(_with_params(model, best_params), test_data, config)
-  best_val = evaluate(_with_params(model, best_params), valid_data, config)
+  test_loss = evaluate_at(best_params, test_data)
+  best_val = evaluate_at(best_params, valid_data)
   results = {
-    "optimizer": config.optimizer,
-    "name": TABLE_NAMES.get(config.optimizer, config.optimizer),
+    "optimizer": view.name,
+    "name": TABLE_NAMES.get(view.name, view.name),
     "best_epoch": best_epoch,
     "switch_epoch": switch_epoch,
     "switched_by": _switched_by(config, switch_epoch, records),
@@ -351,6 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "test_ppl": math.exp(test_loss),
     "epochs": config.num_epochs,
   }
-  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-    json.dump(results, f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(folder, RESULTS_FILE), "w") as f:
+      json.dump(results, f, indent=2)
   return results

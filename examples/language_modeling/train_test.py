@@ -99,15 +99,6 @@ def test_the_switch_follows_the_trigger_or_the_latest_start_epoch(ptb_dir):
   assert train._switch_now(config, 4, [5.0, 4.0, 3.0, 3.5, 1.0])
 
 
-def test_a_list_of_views_is_refused_for_now(ptb_dir, tmp_path):
-  config = tiny_config(ptb_dir, optimizer="sgd,rsgd-sign")
-  with pytest.raises(
-    ValueError, match=r"one optimizer per run for now .* run each name separately"
-  ):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert not (tmp_path / "run").exists()
-
-
 def test_the_trainer_runs_through_the_shared_loop(ptb_dir, tmp_path, monkeypatch):
   calls = []
   original = runloop.run
@@ -121,3 +112,33 @@ def test_the_trainer_runs_through_the_shared_loop(ptb_dir, tmp_path, monkeypatch
   results = train.train_and_evaluate(config, str(tmp_path))
   assert calls == [["rsgd-topk"]]
   assert results["epochs"] == 1 and [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [0]
+
+
+def test_views_equal_their_runs_alone_each_across_its_own_switch(ptb_dir, tmp_path):
+  names = ("sgd", "rsgd-sign", "rsgd-topk")
+  settings = {"nonmono": 1, "learning_rate": 5.0, "num_epochs": 4}
+  alone = {
+    name: train.train_and_evaluate(
+      tiny_config(ptb_dir, optimizer=name, **settings), str(tmp_path / name)
+    )
+    for name in names
+  }
+  # The triggers fire at different epochs, so each view must switch on its own.
+  assert len({alone[name]["switch_epoch"] for name in names}) > 1
+  together = train.train_and_evaluate(
+    tiny_config(ptb_dir, optimizer=",".join(names), **settings), str(tmp_path / "views")
+  )
+  assert sorted(together) == sorted(names)
+  for name in names:
+    assert _records(tmp_path / "views" / name) == _records(tmp_path / name), name
+    assert together[name] == alone[name], name
+    on_disk = json.loads((tmp_path / "views" / name / train.RESULTS_FILE).read_text())
+    assert on_disk == alone[name]
+
+
+def test_views_that_do_not_share_plain_sgd_steps_are_refused(ptb_dir, tmp_path):
+  with pytest.raises(ValueError, match="do not share one trajectory"):
+    train.train_and_evaluate(
+      tiny_config(ptb_dir, optimizer="sgd,rsgdm-sign"), str(tmp_path / "mixed")
+    )
+  assert not (tmp_path / "mixed").exists()

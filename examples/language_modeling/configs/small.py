@@ -7,11 +7,12 @@ each), 20 epochs, and a non-monotone interval of 2. Averaging starts when the NT
 and after epoch 12 at the latest so that every run has an averaged phase to compare
 (``results.json`` says which of the two switched it).
 
-Run (one optimizer; ``sgd`` | ``rsgd-sign`` | ``rsgd-topk`` | ``rsgd-scale``):
+Run (one optimizer, ``sgd`` | ``rsgd-sign`` | ``rsgd-topk`` | ``rsgd-scale``, or several as views of
+one training, each in ``<workdir>/<name>/``):
 
   python -m examples.language_modeling.main \\
-    --config=examples/language_modeling/configs/small.py --config.optimizer=rsgd-sign \\
-    --workdir=/tmp/awd_lstm_small/rsgd-sign
+    --config=examples/language_modeling/configs/small.py \\
+    --config.optimizer=sgd,rsgd-sign,rsgd-topk,rsgd-scale --workdir=/tmp/awd_lstm_small
 
 Expected: validation / test perplexity about 396 / 358 after 20 epochs for each of the four
 optimizers (measured here: the README); alone on two CPU cores a run should take 10-15 minutes (an
