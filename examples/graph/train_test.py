@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from examples.common import runloop, views
+from examples.common import views
 from examples.common.checkpoint import Checkpointer
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
@@ -221,14 +221,7 @@ def test_a_mixed_list_is_refused(data_dir, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_the_trainer_runs_through_the_shared_loop(data_dir, tmp_path, monkeypatch):
-  calls = []
-  original = runloop.run
-
-  def spy(*args, **kwargs):
-    calls.append([v.name for v in kwargs["views"]])
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(runloop, "run", spy)
+def test_the_trainer_runs_through_the_shared_loop(data_dir, tmp_path, run_loop_calls):
+  calls = run_loop_calls
   train.train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(tmp_path))
   assert calls == [["adam-scale"]]

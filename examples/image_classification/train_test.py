@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.common import runloop
 from examples.common.checkpoint import Checkpointer
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
@@ -317,14 +316,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_one_before(fmnist_dir, tm
     assert ckpt.all_epochs() == [1, 2]
 
 
-def test_the_trainer_runs_through_the_shared_loop(fmnist_dir, tmp_path, monkeypatch):
-  calls = []
-  original = runloop.run
-
-  def spy(*args, **kwargs):
-    calls.append([v.name for v in kwargs["views"]])
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(runloop, "run", spy)
+def test_the_trainer_runs_through_the_shared_loop(fmnist_dir, tmp_path, run_loop_calls):
+  calls = run_loop_calls
   train.train_and_evaluate(tiny_config(fmnist_dir, num_epochs=1), str(tmp_path))
   assert calls == [["rsgdm-scale"]]

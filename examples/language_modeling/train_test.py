@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import rsgd_optax as rsgd
-from examples.common import metrics, runloop
+from examples.common import metrics
 from examples.language_modeling import input_pipeline, train
 from examples.language_modeling.conftest import tiny_config
 from rsgd_optax import eval_params, start_averaging
@@ -99,15 +99,8 @@ def test_the_switch_follows_the_trigger_or_the_latest_start_epoch(ptb_dir):
   assert train._switch_now(config, 4, [5.0, 4.0, 3.0, 3.5, 1.0])
 
 
-def test_the_trainer_runs_through_the_shared_loop(ptb_dir, tmp_path, monkeypatch):
-  calls = []
-  original = runloop.run
-
-  def spy(*args, **kwargs):
-    calls.append([v.name for v in kwargs["views"]])
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(runloop, "run", spy)
+def test_the_trainer_runs_through_the_shared_loop(ptb_dir, tmp_path, run_loop_calls):
+  calls = run_loop_calls
   config = tiny_config(ptb_dir, optimizer="rsgd-topk", num_epochs=1)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert calls == [["rsgd-topk"]]
