@@ -41,15 +41,20 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from examples.common.checkpoint import Checkpointer, abstract_like
+from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError, abstract_like
 from examples.common.metrics import MetricsWriter
-from examples.common.nonfinite import check_losses
+from examples.common.nonfinite import NonFiniteLossError, check_losses
 from examples.common.report import CONFIG_FILE
 from examples.common.views import View
 
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
+
+
+# What a user can cause (a diverged run, no readable checkpoint, a bad config value, missing or
+# corrupt data): each family's main.py prints the message, which says what to do, not a traceback.
+USER_ERRORS = (NonFiniteLossError, NoReadableCheckpointError, ValueError, FileNotFoundError)
 
 
 class _DropOrbaxInfo(logging.Filter):

@@ -3,9 +3,12 @@
 python -m examples.graph.main --config=examples/graph/configs/wordnet.py --workdir=/tmp/run
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from examples.common import runloop
 from examples.graph import train
 
 _WORKDIR = flags.DEFINE_string(
@@ -22,7 +25,10 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(
     lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING
   )
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except runloop.USER_ERRORS as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

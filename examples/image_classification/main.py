@@ -13,9 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from examples.common import distributed
-from examples.common.checkpoint import NoReadableCheckpointError
-from examples.common.nonfinite import NonFiniteLossError
+from examples.common import distributed, runloop
 from examples.image_classification import train
 
 FLAGS = flags.FLAGS
@@ -29,9 +27,7 @@ def main(argv: list[str]) -> None:
   try:
     distributed.initialize(FLAGS.config)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (NonFiniteLossError, NoReadableCheckpointError, ValueError, FileNotFoundError) as e:
-    # A diverged run, no readable checkpoint, a bad config value or missing/corrupt data: the
-    # message says what to do, a traceback would only bury it.
+  except runloop.USER_ERRORS as e:
     sys.exit(f"error: {e}")
 
 

@@ -1,9 +1,12 @@
 """Trains AWD-LSTM on Penn Treebank: ``python -m examples.language_modeling.main
 --config=examples/language_modeling/configs/small.py --workdir=/tmp/lm``."""
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from examples.common import runloop
 from examples.language_modeling import train
 
 FLAGS = flags.FLAGS
@@ -13,8 +16,15 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  logging.info("validation ppl %.2f | test ppl %.2f", results["val_ppl"], results["test_ppl"])
+  try:
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except runloop.USER_ERRORS as e:
+    sys.exit(f"error: {e}")
+  by_view = results if "val_ppl" not in results else {results["optimizer"]: results}
+  for name, result in by_view.items():
+    logging.info(
+      "%s: validation ppl %.2f | test ppl %.2f", name, result["val_ppl"], result["test_ppl"]
+    )
 
 
 if __name__ == "__main__":
