@@ -104,10 +104,8 @@ def test_base_optimizer_reports_params_as_reference(fmnist_dir, tmp_path):
   assert records[0]["reference_test_accuracy"] == records[0]["test_accuracy"]
 
 
-def test_killed_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatch):
-  config = tiny_config(fmnist_dir, num_epochs=3)
-  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "full"))
-
+def _kill_in_epoch_2(monkeypatch):
+  """Makes training raise KeyboardInterrupt at epoch 2's second batch; returns the original."""
   original = input_pipeline.ArrayInput.train_batches
 
   def dies_in_epoch_2(self, epoch):
@@ -117,6 +115,14 @@ def test_killed_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatc
       yield batch
 
   monkeypatch.setattr(input_pipeline.ArrayInput, "train_batches", dies_in_epoch_2)
+  return original
+
+
+def test_killed_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatch):
+  config = tiny_config(fmnist_dir, num_epochs=3)
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "full"))
+
+  original = _kill_in_epoch_2(monkeypatch)
   workdir = str(tmp_path / "killed")
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, workdir)
@@ -277,15 +283,7 @@ def test_a_mixed_list_is_refused_before_anything_is_written(fmnist_dir, tmp_path
 def test_killed_multi_view_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path, monkeypatch):
   config = tiny_config(fmnist_dir, num_epochs=3, optimizer="sgdm,rsgdm-sign,rsgdm-topk")
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "full"))
-  original = input_pipeline.ArrayInput.train_batches
-
-  def dies_in_epoch_2(self, epoch):
-    for step, batch in enumerate(original(self, epoch)):
-      if epoch == 2 and step == 1:
-        raise KeyboardInterrupt("killed")
-      yield batch
-
-  monkeypatch.setattr(input_pipeline.ArrayInput, "train_batches", dies_in_epoch_2)
+  original = _kill_in_epoch_2(monkeypatch)
   workdir = tmp_path / "killed"
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, str(workdir))
