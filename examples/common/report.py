@@ -119,6 +119,11 @@ def summarize(
   return summary
 
 
+def range_label(lo: int, hi: int) -> str:
+  """``epoch 0-99`` for a range of epochs, ``epoch 3`` for a range of one."""
+  return f"epoch {lo}" if lo == hi else f"epoch {lo}-{hi}"
+
+
 def markdown_table(
   summary: Mapping[str, Sequence[Cell]],
   ranges: Sequence[tuple[int, int]],
@@ -135,7 +140,7 @@ def markdown_table(
   labels = [label for label in (order or []) if label in summary]
   labels += [label for label in summary if label not in labels]
   most = max((c.n for cells in summary.values() for c in cells), default=0)
-  header = f"| {name} | " + " | ".join(f"epoch {lo}-{hi}" for lo, hi in ranges) + " |"
+  header = f"| {name} | " + " | ".join(range_label(lo, hi) for lo, hi in ranges) + " |"
   lines = [header, "|" + "---|" * (len(ranges) + 1)]
   for label in labels:
     cells = []
@@ -184,6 +189,7 @@ def plot_curves(
 
   matplotlib.use("Agg")  # files only, no display needed
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   ordered = [label for label in (order or []) if label in groups]
   ordered += [label for label in groups if label not in ordered]
@@ -201,6 +207,7 @@ def plot_curves(
       ax.plot(epochs, mean, style, label=label, linewidth=1.3, color=color)
       ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(panel.ylabel)
     if panel.title:
       ax.set_title(panel.title, fontsize=9)
@@ -282,7 +289,7 @@ def gains_markdown(
     return ""
   views = [v for v in (order or []) if any(g.view == v for g in gains)]
   views += sorted({g.view for g in gains} - set(views))
-  columns = " | ".join(f"epoch {lo}-{hi}" for lo, hi in ranges)
+  columns = " | ".join(range_label(lo, hi) for lo, hi in ranges)
   per_seed = [f"| view - base | seed | {columns} |", "|" + "---|" * (len(ranges) + 2)]
   summary = [f"| view - base | seeds | {columns} |", "|" + "---|" * (len(ranges) + 2)]
   for view in views:

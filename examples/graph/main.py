@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from examples.common import runloop
+from examples.common import cpu_runtime, runloop
 from examples.graph import train
 
 _WORKDIR = flags.DEFINE_string(
@@ -20,6 +20,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cpu_runtime.prefer_small_temporaries()
   logging.set_verbosity(logging.INFO)
   # Orbax logs every save step at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(

@@ -18,6 +18,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from examples.common import cpu_runtime
 from examples.image_classification import report, sweep
 
 FLAGS = flags.FLAGS
@@ -26,6 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cpu_runtime.prefer_small_temporaries()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save INFO lines
   logging.getLogger("examples").setLevel(logging.INFO)
   started = time.time()

@@ -124,7 +124,7 @@ def plot_alpha_sweep(summary, alphas, ranges, path: str, *, title: str = "") -> 
     xs = [alphas[label] for label in ordered]
     means = [100 * summary[label][index].mean for label in ordered]
     stds = [100 * summary[label][index].std for label in ordered]
-    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=f"epochs {lo}-{hi}")
+    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=report.range_label(lo, hi))
   ax.set_xscale("log")
   ax.set_xlabel("alpha (scaling scheme)")
   ax.set_ylabel("best test accuracy (%)")

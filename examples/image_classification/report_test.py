@@ -41,7 +41,7 @@ def test_sweep_then_report(tmp_path):
   out = str(tmp_path / "report")
   table = report.write_report([workdir], out)
   lines = table.splitlines()
-  assert lines[0] == "| optimizer | epoch 0-0 | epoch 1-1 | epoch 2-2 |"
+  assert lines[0] == "| optimizer | epoch 0 | epoch 1 | epoch 2 |"
   assert [line.split(" | ")[0] for line in lines[2:5]] == ["| sgdm", "| rsgdm-scale", "| signsgdm"]
   # Each cell is the best test accuracy in its range, here a single epoch of a single seed.
   sgdm = read_metrics(done[0])

@@ -306,10 +306,17 @@ def evaluate_views(
   """Each view's metrics at its own point, and the model it ships.
 
   The base view is evaluated at ``params``; a residual view at ``rsgd.eval_params(...,
-  which=view.which)``, with ``reference_*`` at ``params`` (computed once for all views).
+  which=view.which)``, with ``reference_*`` at ``params``. The test set is evaluated at ``params``
+  once for all views (the base view's test metrics are that evaluation, unless it re-estimates its
+  batch statistics).
   """
   params, opt_state = state["params"], state["opt_state"]
-  reference: tuple[float, float] | None = None
+
+  @functools.cache
+  def reference() -> tuple[float, float]:
+    return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding)
+
+  recompute = config.get("recompute_bn_stats", False)
   results = {}
   for view in view_list:
     if view.has_residual:
@@ -317,7 +324,7 @@ def evaluate_views(
     else:
       eval_params = params
     eval_stats = state["batch_stats"]
-    if config.get("recompute_bn_stats", False):
+    if recompute:
       eval_stats = recompute_batch_stats(
         steps,
         eval_params,
@@ -326,18 +333,17 @@ def evaluate_views(
         sharding,
         config.bn_recompute_batches,
       )
-    test_loss, test_accuracy = evaluate(
-      steps, eval_params, eval_stats, data.eval_batches("test"), sharding
-    )
+    if view.has_residual or recompute:
+      test_loss, test_accuracy = evaluate(
+        steps, eval_params, eval_stats, data.eval_batches("test"), sharding
+      )
+    else:
+      test_loss, test_accuracy = reference()
     train_loss, train_accuracy = evaluate(
       steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
     )
     if view.has_residual:
-      if reference is None:
-        reference = evaluate(
-          steps, params, state["batch_stats"], data.eval_batches("test"), sharding
-        )
-      reference_loss, reference_accuracy = reference
+      reference_loss, reference_accuracy = reference()
       proximity = float(rsgd.proximity(opt_state, params, which=view.which))
     else:
       reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0

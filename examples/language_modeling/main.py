@@ -6,7 +6,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from examples.common import runloop
+from examples.common import cpu_runtime, runloop
 from examples.language_modeling import train
 
 FLAGS = flags.FLAGS
@@ -15,6 +15,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cpu_runtime.prefer_small_temporaries()
   logging.set_verbosity(logging.INFO)
   try:
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

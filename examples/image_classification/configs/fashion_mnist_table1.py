@@ -24,6 +24,9 @@ def get_config():
   config.train_subset = 5_000
   config.test_subset = 2_000
   config.train_eval_examples = 1_000
+  config.batch_size = 64
+  config.num_epochs = 6
+  config.lr_decay_epochs = (2, 4)
   config.sweep.optimizers = tuple(n for n in OPTIMIZER_NAMES if not n.startswith("adam-"))
   config.sweep.seeds = (0, 1, 2, 3, 4)
   config.sweep.learning_rates.adam = 1e-3
