@@ -46,11 +46,12 @@ class Size:
   copy_entries: int  # float32 entries of the bandwidth reference copy
   cnn: str  # model of the whole-training-step row
   cnn_batch: int
+  fsdp_leaves: str  # which leaves the FSDP rows shard: "all", or "ends" (stem and last stage)
 
 
 SIZES = {
-  "tiny": Size(1 / 16, (1, 1, 1, 1), 23_593, 3, 1, 1 << 20, "small_cnn", 4),
-  "full": Size(1.0, resnet50_tree.STAGE_BLOCKS, 2_359_296, 9, 2, 1 << 26, "densenet121", 8),
+  "tiny": Size(1 / 16, (1, 1, 1, 1), 23_593, 3, 1, 1 << 20, "small_cnn", 4, "ends"),
+  "full": Size(1.0, resnet50_tree.STAGE_BLOCKS, 2_359_296, 9, 2, 1 << 26, "densenet121", 8, "all"),
 }
 
 TOPK_FRACTION = 0.01
@@ -468,7 +469,9 @@ def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
   results["resnet50_tree"] = step_rows(size, results["bandwidth"]["bytes_per_second"])
   results["cnn_step"] = cnn_step.cnn_rows(size.cnn, size.cnn_batch, size.rounds)
   # In a process of its own: 8 host devices must be set before JAX starts.
-  results["fsdp"] = fsdp.run_in_subprocess(size.width_scale, size.stage_blocks, size.rounds)
+  results["fsdp"] = fsdp.run_in_subprocess(
+    size.width_scale, size.stage_blocks, size.rounds, size.fsdp_leaves
+  )
   results["goals"] = goal_rows(results)
   return results
 

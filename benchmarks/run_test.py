@@ -69,9 +69,11 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   # The FSDP rows (8 CPU devices, in a subprocess): nothing all-gathered, top-k all-reduces only
   # its counters, and each residual adds its parameter's shard (plus the replicated step count).
   sharded = results["fsdp"]
-  assert sharded["devices"] == 8 and sharded["leaves"] == len(
-    run.resnet50_tree.resnet50_shapes(run.SIZES["tiny"].width_scale, run.SIZES["tiny"].stage_blocks)
-  )
+  tiny = run.SIZES["tiny"]
+  shapes = run.fsdp.tree_shapes(tiny.width_scale, tiny.stage_blocks, tiny.fsdp_leaves)
+  assert sharded["devices"] == 8 and sharded["leaves"] == len(shapes)
+  # The smoke tree still has both kinds of leaf: replicated (the stem) and split (the last stage).
+  assert 0 < sharded["replicated_leaves"] < sharded["leaves"]
   rows = sharded["optimizers"]
   assert set(rows) == set(schemes)
   for name, row in rows.items():

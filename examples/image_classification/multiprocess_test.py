@@ -4,6 +4,7 @@ the change of process count in both directions."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from examples.image_classification import testdata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VIEWS = ("sgdm", "rsgdm-topk")
+RESUMED = "Resumed from the checkpoint of epoch 0"
 TIMEOUT_S = 300  # per launch; a hung peer fails the test instead of hanging CI
 
 
@@ -45,8 +47,9 @@ def _command(data_dir, workdir, num_epochs, *extra):
   ]
 
 
-def _launch(data_dir, workdir, num_epochs, num_processes):
-  """Runs the trainer as ``num_processes`` processes of ``4 / num_processes`` devices each."""
+def _launch(data_dir, workdir, num_epochs, num_processes) -> list[str]:
+  """Runs the trainer as ``num_processes`` processes of ``4 / num_processes`` devices each; their
+  outputs."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // num_processes}"
   port = _free_port()
@@ -80,6 +83,7 @@ def _launch(data_dir, workdir, num_epochs, num_processes):
     pytest.fail(f"a trainer process did not finish within {TIMEOUT_S} s")
   for proc, output in zip(procs, outputs, strict=True):
     assert proc.returncode == 0, output[-3000:]
+  return outputs
 
 
 def _records(workdir):
@@ -110,10 +114,16 @@ def test_two_processes_match_one_and_checkpoints_cross_the_process_count(tmp_pat
   assert all(len(written[name]) == 1 for name in VIEWS)
   config = json.loads((tmp_path / "two_then_one" / "config.json").read_text())
   assert config["num_processes"] == 2 and config["sharding"] == "fsdp"
-  _launch(data_dir, two_then_one, 2, num_processes=1)  # a 2-process checkpoint, restored in 1
+  # A 2-process checkpoint, restored in 1 (and not trained again from scratch).
+  (output,) = _launch(data_dir, two_then_one, 2, num_processes=1)
+  assert RESUMED in output, output[-3000:]
   _assert_same_metrics(_records(two_then_one), want)
 
-  one_then_two = str(tmp_path / "one_then_two")
-  _launch(data_dir, one_then_two, 1, num_processes=1)
-  _launch(data_dir, one_then_two, 2, num_processes=2)  # and the reverse
-  _assert_same_metrics(_records(one_then_two), want)
+  # And the reverse: the 1-process run as if killed after its first epoch (its epoch-1 checkpoint
+  # gone, so it resumes from epoch 0 and cuts its records back), restored in 2 processes.
+  one_then_two = tmp_path / "one_then_two"
+  shutil.copytree(one, one_then_two)
+  shutil.rmtree(one_then_two / "checkpoints" / "1")
+  outputs = _launch(data_dir, str(one_then_two), 2, num_processes=2)
+  assert all(RESUMED in output for output in outputs), outputs[0][-3000:]
+  _assert_same_metrics(_records(str(one_then_two)), want)
