@@ -76,17 +76,19 @@ def table2(results: Sequence[dict[str, Any]], runs: Sequence[report.Run] | None 
     "|---|---|---|" + ("---|" if runs is not None else "") + "---|",
   ]
   for name in names:
-    runs = groups[name]
-    measured = f"{_cell([r['val_ppl'] for r in runs])} / {_cell([r['test_ppl'] for r in runs])}"
+    entries = groups[name]
+    measured = (
+      f"{_cell([r['val_ppl'] for r in entries])} / {_cell([r['test_ppl'] for r in entries])}"
+    )
     switches = ", ".join(
       "none" if r["switch_epoch"] is None else f"{r['switch_epoch']} ({r.get('switched_by')})"
-      for r in runs
+      for r in entries
     )
     paper = PAPER_TABLE2.get(name)
     paper_cell = f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else "-"
     label = train.TABLE_NAMES.get(name, name)
-    if len(runs) > 1:
-      label += f" (n={len(runs)})"
+    if len(entries) > 1:
+      label += f" (n={len(entries)})"
     middle = f" {_cell(before[name])} |" if runs is not None else ""
     lines.append(f"| {label} | {measured} | {switches} |{middle} {paper_cell} |")
   return "\n".join(lines) + "\n"

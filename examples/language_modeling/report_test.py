@@ -53,6 +53,16 @@ def test_table_and_curves(tmp_path):
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+def test_table_without_records_has_no_before_switch_column(tmp_path):
+  results = [report.load_results(_fake_run(tmp_path, "rsgd-sign", 0, 120.0, 110.0, 2))]
+  lines = report.table2(results).splitlines()
+  assert (
+    lines[0]
+    == "| PTB | PPL val / test (measured) | switch epoch | PPL val / test (paper, Table 2) |"
+  )
+  assert lines[2] == "| (RSGD + RASGD)-sign | 120.00 / 110.00 | 2 (nt-asgd) | 60.21 / 57.85 |"
+
+
 def test_unfinished_runs_are_named(tmp_path):
   workdir = tmp_path / "running"
   workdir.mkdir()
