@@ -1,6 +1,7 @@
 """Table 2 and the curves from run directories written as train.py writes them."""
 
 import json
+import os
 
 import pytest
 
@@ -70,3 +71,13 @@ def test_unfinished_runs_are_named(tmp_path):
     report.write_report([str(workdir)], str(tmp_path / "out"))
   with pytest.raises(ValueError, match="No run directories"):
     report.write_report([], str(tmp_path / "out"))
+
+
+def test_committed_table_is_the_committed_runs(tmp_path):
+  results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+  runs = [os.path.join(results, "runs", name) for name in report.ORDER]
+  table = report.write_report(runs, str(tmp_path / "out"))
+  with open(os.path.join(results, "table2.md")) as f:
+    assert f.read() == table
+  with open(os.path.join(os.path.dirname(results), "README.md")) as f:
+    assert table.strip() in f.read()

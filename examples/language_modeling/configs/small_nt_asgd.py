@@ -7,7 +7,9 @@ loss, its own switch epoch and its own average. Run::
     --config=examples/language_modeling/configs/small_nt_asgd.py \\
     --config.optimizer=sgd,rsgd-sign,rsgd-topk,rsgd-scale --workdir=/tmp/lm_nt_asgd
 
-Measured here: see the README's Table 2 (switch epochs per view, all ``nt-asgd``).
+Measured here (the README's Table 2): the triggers fired at epochs 24 (top-k), 33 (SGD, scale) and
+42 (sign); after 100 epochs validation / test perplexity 322.86 / 286.11 for SGD + ASGD, 318.58 /
+282.14 for (RSGD + RASGD)-sign. About 20 s an epoch alone on two CPU cores.
 """
 
 import ml_collections
@@ -18,5 +20,5 @@ from examples.language_modeling.configs import small
 def get_config() -> ml_collections.ConfigDict:
   config = small.get_config()
   config.averaging_start_epoch = -1  # only the trigger switches
-  config.num_epochs = 150
+  config.num_epochs = 100
   return config
