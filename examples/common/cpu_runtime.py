@@ -4,7 +4,7 @@ On the CPU, XLA's default "concurrency optimized" scheduler lets more buffers li
 README's Fashion-MNIST job a training step then needs one 41 MiB block of temporaries, above the
 32 MiB up to which glibc keeps freed blocks for reuse, so every step mapped and zero-filled it
 afresh and the kernel's share of the run was a third of its wall time (an epoch of 60k images took
-29.5 s, 21.2 s with the memory-saving scheduler; the metrics were equal to the last digit).
+29.5 s, 19.8 s with the memory-saving scheduler; the records were bitwise equal).
 
 The example entry points call :func:`prefer_small_temporaries` before JAX starts. It only adds the
 flag to ``XLA_FLAGS`` when the user has not set that flag; it changes nothing on other backends.
