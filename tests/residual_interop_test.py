@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import reference
+import step_loop
 from flax import nnx, serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -121,7 +121,7 @@ def test_state_takes_the_params_sharding_on_an_eight_device_mesh(name):
 
 def _loop(tx, params, grads_fn, steps, state=None):
   state = tx.init(params) if state is None else state
-  params, state, _ = reference.run_jitted(reference.jitted_step(tx, grads_fn), params, state, steps)
+  params, state, _ = step_loop.run_jitted(step_loop.jitted_step(tx, grads_fn), params, state, steps)
   return params, state
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 import reference
+import step_loop
 from jax_compat import enable_x64
 
 import rsgd_optax as rsgd
@@ -37,8 +38,8 @@ def grad_fn(params):
 def run_optax(tx, steps, params=None):
   """Runs tx on the least-squares problem; returns params (y), eval_params (x) and the state."""
   params = params or {"w": jnp.asarray(X0[0]), "b": jnp.asarray(X0[1])}
-  _, state, history = reference.run_jitted(
-    reference.jitted_step(tx, grad_fn),
+  _, state, history = step_loop.run_jitted(
+    step_loop.jitted_step(tx, grad_fn),
     params,
     tx.init(params),
     steps,
@@ -90,8 +91,8 @@ def test_scaling_is_an_ema_of_the_base_iterates_and_params_are_plain_sgd():
 
 def run_optax_plain(tx, steps):
   params = {"w": jnp.asarray(X0[0]), "b": jnp.asarray(X0[1])}
-  _, state, ys = reference.run_jitted(
-    reference.jitted_step(tx, grad_fn), params, tx.init(params), steps
+  _, state, ys = step_loop.run_jitted(
+    step_loop.jitted_step(tx, grad_fn), params, tx.init(params), steps
   )
   return ys, None, state
 
