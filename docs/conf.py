@@ -47,6 +47,8 @@ autodoc_type_aliases = {
   "PyTree": "PyTree",
   "Scheme": "rsgd_optax.Scheme",
   "_schemes.Scheme": "rsgd_optax.Scheme",
+  # Public array types by their public name, not jaxlib's private class (jax.jaxlib._jax.Array).
+  "jax.Array": "jax.Array",
 }
 autosummary_generate = False
 napoleon_google_docstring = True

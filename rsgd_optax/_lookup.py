@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.tree_util import keystr, tree_flatten_with_path, tree_map_with_path
 
 from rsgd_optax import _dtypes, _tree
@@ -24,28 +25,29 @@ KeyPath = tuple[Any, ...]
 def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> ResidualState:
   """Returns the :class:`ResidualState` inside a (nested) optimizer state.
 
-  Args:
-    opt_state: any optimizer state: ``optax.chain``, nested chains, ``optax.named_chain``,
-      ``inject_hyperparams``, ``masked``, ``MultiSteps``, ``apply_if_finite``, or the state held by
-      ``flax.nnx.Optimizer``.
-    which: needed only when the state holds several residual transformations: their index in
-      depth-first order, or a name on their path (an ``optax.named_chain`` name).
+    Args:
+      opt_state: any optimizer state: ``optax.chain``, nested chains, ``optax.named_chain``,
+        ``inject_hyperparams``, ``masked``, ``MultiSteps``, ``apply_if_finite``, or the state held by
+        ``flax.nnx.Optimizer``.
+      which: needed only when the state holds several residual transformations: their index in
+        depth-first order, or a name on their path (an ``optax.named_chain`` name).
 
-  Returns:
-    The selected :class:`ResidualState`.
+    Returns:
+      The selected :class:`ResidualState`.
 
-  Raises:
-    ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
+    Raises:
+      ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> tx = optax.named_chain(
-    ...     ("sgd", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.1)), ("sign", rsgd.residual_sign()))
-    >>> state = tx.init({"w": jnp.zeros(3)})
-    >>> rsgd.find_residual_state(state, which="sign").count
-    Array(0, dtype=int32)
+    Example:
+      >>> import jax.numpy as jnp
+  import optax
+      >>> import optax
+      >>> import rsgd_optax as rsgd
+      >>> tx = optax.named_chain(
+      ...     ("sgd", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.1)), ("sign", rsgd.residual_sign()))
+      >>> state = tx.init({"w": jnp.zeros(3)})
+      >>> rsgd.find_residual_state(state, which="sign").count
+      Array(0, dtype=int32)
   """
   found = _tree.states_of_type(opt_state, ResidualState)
   if not found:
@@ -60,26 +62,27 @@ def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> Re
 def find_averaging_state(opt_state: PyTree, which: int | str | None = None) -> AveragingState:
   """Returns the :class:`AveragingState` inside a (nested) optimizer state.
 
-  Args:
-    opt_state: any optimizer state holding :func:`rsgd_optax.iterate_averaging` (inside
-      ``optax.chain``, ``named_chain``, ``inject_hyperparams``, ``apply_if_finite``, ``MultiSteps``,
-      or ``flax.nnx.Optimizer``).
-    which: needed only when the state holds several: their index in depth-first order, or a name
-      on their path (an ``optax.named_chain`` name).
+    Args:
+      opt_state: any optimizer state holding :func:`rsgd_optax.iterate_averaging` (inside
+        ``optax.chain``, ``named_chain``, ``inject_hyperparams``, ``apply_if_finite``, ``MultiSteps``,
+        or ``flax.nnx.Optimizer``).
+      which: needed only when the state holds several: their index in depth-first order, or a name
+        on their path (an ``optax.named_chain`` name).
 
-  Returns:
-    The selected :class:`AveragingState`.
+    Returns:
+      The selected :class:`AveragingState`.
 
-  Raises:
-    ValueError: if there is none, or several and ``which`` does not pick exactly one.
+    Raises:
+      ValueError: if there is none, or several and ``which`` does not pick exactly one.
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> tx = rsgd.iterate_averaging(optax.sgd(0.1))
-    >>> rsgd.find_averaging_state(tx.init({"w": jnp.zeros(3)})).start_step  # -1: averaging is off
-    Array(-1, dtype=int32)
+    Example:
+      >>> import jax.numpy as jnp
+  import optax
+      >>> import optax
+      >>> import rsgd_optax as rsgd
+      >>> tx = rsgd.iterate_averaging(optax.sgd(0.1))
+      >>> rsgd.find_averaging_state(tx.init({"w": jnp.zeros(3)})).start_step  # -1: averaging is off
+      Array(-1, dtype=int32)
   """
   found = _tree.states_of_type(opt_state, AveragingState)
   if not found:
@@ -91,42 +94,69 @@ def find_averaging_state(opt_state: PyTree, which: int | str | None = None) -> A
   return _tree.select(found, which, "averaging state")
 
 
-def _paired(state_tree: PyTree, params: PyTree, combine: Any) -> PyTree:
-  """Maps ``combine(param, s)`` over the params that have a slot in ``state_tree``, in params' shape."""
-  by_path = {_tree.strip_variable_key(p): s for p, s in tree_flatten_with_path(state_tree)[0]}
-  used = 0
+def paired(state_tree: PyTree, params: PyTree, combine: Any) -> PyTree:
+  """``combine(param, slot)`` for each float parameter, paired with its slot of ``state_tree``.
+
+  The one way leaves are paired: by key path (with Flax NNX's trailing ``.value`` dropped), which
+  also pairs ``nnx.Optimizer``'s ``OptVariable`` leaves with ``nnx.Param`` ones. The result has the
+  structure of ``params``; leaves without a slot (masked out, or not floating point) pass through.
+  ``params`` must match the state exactly: a float leaf the state does not have, a slot no parameter
+  fills, or a shape that differs is a ValueError naming the leaf.
+  """
+  is_slot = lambda x: isinstance(x, optax.MaskedNode)
+  by_path = {
+    _tree.strip_variable_key(path): slot
+    for path, slot in tree_flatten_with_path(state_tree, is_leaf=is_slot)[0]
+  }
+  used: set[KeyPath] = set()
 
   def pair(path: KeyPath, p: Any) -> Any:
-    nonlocal used
-    s = by_path.get(_tree.strip_variable_key(path))
-    if s is None or not _tree.is_float(p):
-      return p
-    if s.shape != p.shape:
+    key = _tree.strip_variable_key(path)
+    if key not in by_path:
+      if not _tree.is_float(p):
+        return p
       raise ValueError(
-        f"The optimizer state's leaf for {keystr(path)} has shape {s.shape} but the parameter has "
-        f"{p.shape}: pass the params that this optimizer state was built for."
+        f"The parameter {keystr(path)} has no leaf in the optimizer state: pass the params that "
+        "this optimizer state was built for (and no other leaves)."
       )
-    used += 1
-    return combine(p, s)
+    used.add(key)
+    slot = by_path[key]
+    if is_slot(slot) or not _tree.is_float(p):
+      return p
+    if slot.shape != p.shape:
+      raise ValueError(
+        f"The optimizer state's leaf for {keystr(path)} has shape {slot.shape} but the parameter "
+        f"has {p.shape}: pass the params that this optimizer state was built for."
+      )
+    return combine(p, slot)
 
   out = tree_map_with_path(pair, params)
-  if used != len(by_path):
-    missing = sorted(keystr(p) for p in by_path)[:5]
+  # A masked-out slot may have no parameter (optax.masked hands its inner state MaskedNodes).
+  unused = sorted(
+    keystr(path) for path, slot in by_path.items() if path not in used and not is_slot(slot)
+  )
+  if unused:
     raise ValueError(
-      f"Only {used} of the {len(by_path)} optimizer state leaves match a parameter (they include "
-      f"{missing}): pass the params that this optimizer state was built for."
+      f"The optimizer state has {len(unused)} leaves that no parameter matches (they include "
+      f"{unused[:5]}): pass the params that this optimizer state was built for."
     )
   return out
 
 
-def _plus_residual(state: ResidualState, params: PyTree) -> PyTree:
-  """``x = y + r``, summed in the wider dtype and returned in each parameter's."""
+def plus_residual(residual: PyTree, params: PyTree, *, keep_wider: bool = False) -> PyTree:
+  """``x = y + r``: each parameter plus its residual, summed in the wider of the two dtypes.
+
+  The one place the RSGD point is formed (:func:`eval_params`, the averaging, :func:`proximity`'s
+  check of the params). The sums are returned in each parameter's dtype, or in the wider dtype with
+  ``keep_wider`` (the averaging accumulates them so).
+  """
 
   def add(p: jax.Array, r: jax.Array) -> jax.Array:
     dtype = _dtypes.wider_float(p.dtype, r.dtype)
-    return (p.astype(dtype) + r.astype(dtype)).astype(p.dtype)
+    x = p.astype(dtype) + r.astype(dtype)
+    return x if keep_wider else x.astype(p.dtype)
 
-  return _paired(state.residual, params, add)
+  return paired(residual, params, add)
 
 
 def _averaged_view(opt_state: PyTree, which: int | str | None) -> tuple[AveragingState, Any]:
@@ -159,55 +189,56 @@ def _averaged_view(opt_state: PyTree, which: int | str | None) -> tuple[Averagin
 def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> PyTree:
   r"""The point to evaluate, checkpoint and ship: ``x = params + r``, or its running average.
 
-  ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
-  read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
-  of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
-  without a residual (integer or masked-out) are returned unchanged.
+    ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
+    read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
+    of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
+    without a residual (integer or masked-out) are returned unchanged.
 
-  When the state holds :func:`rsgd_optax.iterate_averaging` (ASGD, and with a residual inside it the
-  paper's RASGD), the result is the average of ``x`` (of ``y`` when the averaging wraps no residual)
-  once averaging has been switched on and has seen a step, and ``x`` before. The choice is a
-  ``jnp.where``, so this works under ``jit``.
+    When the state holds :func:`rsgd_optax.iterate_averaging` (ASGD, and with a residual inside it the
+    paper's RASGD), the result is the average of ``x`` (of ``y`` when the averaging wraps no residual)
+    once averaging has been switched on and has seen a step, and ``x`` before. The choice is a
+    ``jnp.where``, so this works under ``jit``.
 
-  .. math::
-    x_t = y_t + r_t, \qquad \text{or} \qquad \bar{x}_t = \frac{1}{t - s} \sum_{k = s + 1}^{t} x_k.
+    .. math::
+      x_t = y_t + r_t, \qquad \text{or} \qquad \bar{x}_t = \frac{1}{t - s} \sum_{k = s + 1}^{t} x_k.
 
-  Args:
-    opt_state: the optimizer state (see :func:`find_residual_state` for the nestings understood;
-      ``flax.nnx.Optimizer.opt_state`` works too).
-    params: the parameters the optimizer updates (a pytree, or ``nnx.state(model, nnx.Param)``).
-    which: which view to evaluate when the state holds several residual transformations (see
-      :func:`find_residual_state`), or several :func:`rsgd_optax.iterate_averaging` ones (then
-      ``which`` picks the averaging, by index among them or by name).
+    Args:
+      opt_state: the optimizer state (see :func:`find_residual_state` for the nestings understood;
+        ``flax.nnx.Optimizer.opt_state`` works too).
+      params: the parameters the optimizer updates (a pytree, or ``nnx.state(model, nnx.Param)``).
+      which: which view to evaluate when the state holds several residual transformations (see
+        :func:`find_residual_state`), or several :func:`rsgd_optax.iterate_averaging` ones (then
+        ``which`` picks the averaging, by index among them or by name).
 
-  Returns:
-    ``params + r`` (or the average) in the structure and dtypes of ``params``.
+    Returns:
+      ``params + r`` (or the average) in the structure and dtypes of ``params``.
 
-  Raises:
-    ValueError: if the state holds neither a residual nor an averaging state, ``which`` does not pick
-      exactly one, a residual transformation sits outside the averaging next to one inside it, or
-      ``params`` do not match the state.
+    Raises:
+      ValueError: if the state holds neither a residual nor an averaging state, ``which`` does not pick
+        exactly one, a residual transformation sits outside the averaging next to one inside it, or
+        ``params`` do not match the state.
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> params = {"w": jnp.array([1.0])}
-    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.25))
-    >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
-    >>> params = optax.apply_updates(params, updates)
-    >>> rsgd.eval_params(state, params)["w"]  # EMA of y: 0.75 * 1.0 + 0.25 * 0.0
-    Array([0.75], dtype=float32)
+    Example:
+      >>> import jax.numpy as jnp
+  import optax
+      >>> import optax
+      >>> import rsgd_optax as rsgd
+      >>> params = {"w": jnp.array([1.0])}
+      >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.25))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+      >>> params = optax.apply_updates(params, updates)
+      >>> rsgd.eval_params(state, params)["w"]  # EMA of y: 0.75 * 1.0 + 0.25 * 0.0
+      Array([0.75], dtype=float32)
 
-  References:
-    Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``; section 7.1 (RASGD).
+    References:
+      Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``; section 7.1 (RASGD).
   """
   if not _tree.states_of_type(opt_state, AveragingState):
-    return _plus_residual(find_residual_state(opt_state, which), params)
+    return plus_residual(find_residual_state(opt_state, which).residual, params)
   averaging, inner_which = _averaged_view(opt_state, which)
   if _tree.states_of_type(averaging.inner_state, ResidualState):
-    point = _plus_residual(find_residual_state(averaging.inner_state, inner_which), params)
+    point = plus_residual(find_residual_state(averaging.inner_state, inner_which).residual, params)
   else:
     point = params
   start_step = _tree.unboxed(averaging.start_step)
@@ -216,44 +247,51 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
   def choose(x: jax.Array, mean: jax.Array) -> jax.Array:
     return jnp.where(use_average, mean.astype(x.dtype), x)
 
-  return _paired(averaging.average, point, choose)
+  return paired(averaging.average, point, choose)
 
 
 def proximity(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> jax.Array:
   r"""The paper's normalized distance between the shipped point and the base trajectory.
 
-  .. math::
-    \frac{\lVert x_t - y_t \rVert_2}{\lVert y_t \rVert_2} = \frac{\lVert r_t \rVert_2}{\lVert y_t
-    \rVert_2},
+    .. math::
+      \frac{\lVert x_t - y_t \rVert_2}{\lVert y_t \rVert_2} = \frac{\lVert r_t \rVert_2}{\lVert y_t
+      \rVert_2},
 
-  over all floating-point parameters, accumulated in float32 (or wider).
+    over all floating-point parameters, accumulated in float32 (or wider).
 
-  Args:
-    opt_state: the optimizer state holding the residual.
-    params: the parameters ``y``.
-    which: see :func:`find_residual_state`.
+    Args:
+      opt_state: the optimizer state holding the residual.
+      params: the parameters ``y``.
+      which: see :func:`find_residual_state`.
 
-  Returns:
-    A scalar: 0 at the start, about 1e-2 to 1e-4 in the paper's CIFAR-100 runs (section 7.3).
+    Returns:
+      A scalar: 0 at the start, about 1e-2 to 1e-4 in the paper's CIFAR-100 runs (section 7.3).
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import rsgd_optax as rsgd
-    >>> params = {"w": jnp.array([3.0, 4.0])}
-    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
-    >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.array([0.6, 0.8])}, state, params)
-    >>> params = optax.apply_updates(params, updates)
-    >>> round(float(rsgd.proximity(state, params)), 4)  # |r| = 0.5, |y| = 4
-    0.125
+    Example:
+      >>> import jax.numpy as jnp
+  import optax
+      >>> import optax
+      >>> import rsgd_optax as rsgd
+      >>> params = {"w": jnp.array([3.0, 4.0])}
+      >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([0.6, 0.8])}, state, params)
+      >>> params = optax.apply_updates(params, updates)
+      >>> round(float(rsgd.proximity(state, params)), 4)  # |r| = 0.5, |y| = 4
+      0.125
 
-  References:
-    Section 7.3 of the RSGD(m) paper.
+    References:
+      Section 7.3 of the RSGD(m) paper.
   """
-  state = find_residual_state(opt_state, which)
-  param_leaves = [p for p in jax.tree.leaves(params) if _tree.is_float(p)]
-  return _l2_norm(jax.tree.leaves(state.residual)) / _l2_norm(param_leaves)
+  residual = find_residual_state(opt_state, which).residual
+  # Paired as eval_params pairs them: params that do not match the state are refused the same way.
+  pairs = jax.tree.leaves(paired(residual, params, lambda p, r: (p, r)), is_leaf=_is_pair)
+  pairs = [pair for pair in pairs if _is_pair(pair)]
+  return _l2_norm([r for _, r in pairs]) / _l2_norm([p for p, _ in pairs])
+
+
+def _is_pair(x: Any) -> bool:
+  return isinstance(x, tuple) and len(x) == 2 and all(_tree.is_float(v) for v in x)
 
 
 def _l2_norm(leaves: list[jax.Array]) -> jax.Array:

@@ -263,10 +263,36 @@ def test_eval_params_without_a_residual_state_says_so():
 
 def test_eval_params_rejects_params_of_another_model():
   _, state = one_step(optax.chain(optax.sgd(0.1), rsgd.residual_scale(0.5)))
-  with pytest.raises(ValueError, match="match a parameter"):
+  with pytest.raises(ValueError, match=r"\['other'\] has no leaf in the optimizer state"):
     rsgd.eval_params(state, {"other": jnp.ones(3)})
+  with pytest.raises(ValueError, match="no parameter matches"):
+    rsgd.eval_params(state, {"w": jnp.ones((2, 3))})
   with pytest.raises(ValueError, match="shape"):
     rsgd.eval_params(state, {"w": jnp.ones((3, 2)), "b": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("read", [rsgd.eval_params, rsgd.proximity])
+def test_params_with_a_leaf_the_state_lacks_are_refused_by_name(read):
+  params, state = one_step(optax.chain(optax.sgd(0.1), rsgd.residual_scale(0.5)))
+  read(state, params)  # the params the state was built for
+  read(state, {**params, "n": jnp.arange(3)})  # an integer leaf carries no residual anywhere
+  with pytest.raises(ValueError, match=r"\['c'\] has no leaf in the optimizer state"):
+    read(state, {**params, "c": jnp.ones(2)})
+
+
+def test_which_messages_name_each_state_by_index_and_place_or_name():
+  params, state = one_step(optax.chain(optax.sgd(0.1), rsgd.residual_scale(0.5)))
+  with pytest.raises(ValueError, match=r"holds 1 residual state: index 0 \(at chain\[1\]\)\.$"):
+    rsgd.eval_params(state, params, which=3)
+  named = optax.named_chain(
+    ("base", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.5)), ("sign", rsgd.residual_sign())
+  )
+  params, state = one_step(named)
+  with pytest.raises(ValueError, match=r"2 residual states: 'ema' \(index 0\), 'sign' \(index 1\)"):
+    rsgd.eval_params(state, params)
+  for which in (True, 1.0):
+    with pytest.raises(ValueError, match="must be None, an int or a str"):
+      rsgd.eval_params(state, params, which=which)
 
 
 def test_proximity_is_the_normalized_distance():
