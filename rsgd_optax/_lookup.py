@@ -25,29 +25,28 @@ KeyPath = tuple[Any, ...]
 def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> ResidualState:
   """Returns the :class:`ResidualState` inside a (nested) optimizer state.
 
-    Args:
-      opt_state: any optimizer state: ``optax.chain``, nested chains, ``optax.named_chain``,
-        ``inject_hyperparams``, ``masked``, ``MultiSteps``, ``apply_if_finite``, or the state held by
-        ``flax.nnx.Optimizer``.
-      which: needed only when the state holds several residual transformations: their index in
-        depth-first order, or a name on their path (an ``optax.named_chain`` name).
+  Args:
+    opt_state: any optimizer state: ``optax.chain``, nested chains, ``optax.named_chain``,
+      ``inject_hyperparams``, ``masked``, ``MultiSteps``, ``apply_if_finite``, or the state held by
+      ``flax.nnx.Optimizer``.
+    which: needed only when the state holds several residual transformations: their index in
+      depth-first order, or a name on their path (an ``optax.named_chain`` name).
 
-    Returns:
-      The selected :class:`ResidualState`.
+  Returns:
+    The selected :class:`ResidualState`.
 
-    Raises:
-      ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
+  Raises:
+    ValueError: if there is no residual state, or several and ``which`` does not pick exactly one.
 
-    Example:
-      >>> import jax.numpy as jnp
-  import optax
-      >>> import optax
-      >>> import rsgd_optax as rsgd
-      >>> tx = optax.named_chain(
-      ...     ("sgd", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.1)), ("sign", rsgd.residual_sign()))
-      >>> state = tx.init({"w": jnp.zeros(3)})
-      >>> rsgd.find_residual_state(state, which="sign").count
-      Array(0, dtype=int32)
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = optax.named_chain(
+    ...     ("sgd", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.1)), ("sign", rsgd.residual_sign()))
+    >>> state = tx.init({"w": jnp.zeros(3)})
+    >>> rsgd.find_residual_state(state, which="sign").count
+    Array(0, dtype=int32)
   """
   found = _tree.states_of_type(opt_state, ResidualState)
   if not found:
@@ -62,27 +61,26 @@ def find_residual_state(opt_state: PyTree, which: int | str | None = None) -> Re
 def find_averaging_state(opt_state: PyTree, which: int | str | None = None) -> AveragingState:
   """Returns the :class:`AveragingState` inside a (nested) optimizer state.
 
-    Args:
-      opt_state: any optimizer state holding :func:`rsgd_optax.iterate_averaging` (inside
-        ``optax.chain``, ``named_chain``, ``inject_hyperparams``, ``apply_if_finite``, ``MultiSteps``,
-        or ``flax.nnx.Optimizer``).
-      which: needed only when the state holds several: their index in depth-first order, or a name
-        on their path (an ``optax.named_chain`` name).
+  Args:
+    opt_state: any optimizer state holding :func:`rsgd_optax.iterate_averaging` (inside
+      ``optax.chain``, ``named_chain``, ``inject_hyperparams``, ``apply_if_finite``, ``MultiSteps``,
+      or ``flax.nnx.Optimizer``).
+    which: needed only when the state holds several: their index in depth-first order, or a name
+      on their path (an ``optax.named_chain`` name).
 
-    Returns:
-      The selected :class:`AveragingState`.
+  Returns:
+    The selected :class:`AveragingState`.
 
-    Raises:
-      ValueError: if there is none, or several and ``which`` does not pick exactly one.
+  Raises:
+    ValueError: if there is none, or several and ``which`` does not pick exactly one.
 
-    Example:
-      >>> import jax.numpy as jnp
-  import optax
-      >>> import optax
-      >>> import rsgd_optax as rsgd
-      >>> tx = rsgd.iterate_averaging(optax.sgd(0.1))
-      >>> rsgd.find_averaging_state(tx.init({"w": jnp.zeros(3)})).start_step  # -1: averaging is off
-      Array(-1, dtype=int32)
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> tx = rsgd.iterate_averaging(optax.sgd(0.1))
+    >>> rsgd.find_averaging_state(tx.init({"w": jnp.zeros(3)})).start_step  # -1: averaging is off
+    Array(-1, dtype=int32)
   """
   found = _tree.states_of_type(opt_state, AveragingState)
   if not found:
@@ -189,50 +187,49 @@ def _averaged_view(opt_state: PyTree, which: int | str | None) -> tuple[Averagin
 def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> PyTree:
   r"""The point to evaluate, checkpoint and ship: ``x = params + r``, or its running average.
 
-    ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
-    read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
-    of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
-    without a residual (integer or masked-out) are returned unchanged.
+  ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
+  read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
+  of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
+  without a residual (integer or masked-out) are returned unchanged.
 
-    When the state holds :func:`rsgd_optax.iterate_averaging` (ASGD, and with a residual inside it the
-    paper's RASGD), the result is the average of ``x`` (of ``y`` when the averaging wraps no residual)
-    once averaging has been switched on and has seen a step, and ``x`` before. The choice is a
-    ``jnp.where``, so this works under ``jit``.
+  When the state holds :func:`rsgd_optax.iterate_averaging` (ASGD, and with a residual inside it the
+  paper's RASGD), the result is the average of ``x`` (of ``y`` when the averaging wraps no residual)
+  once averaging has been switched on and has seen a step, and ``x`` before. The choice is a
+  ``jnp.where``, so this works under ``jit``.
 
-    .. math::
-      x_t = y_t + r_t, \qquad \text{or} \qquad \bar{x}_t = \frac{1}{t - s} \sum_{k = s + 1}^{t} x_k.
+  .. math::
+    x_t = y_t + r_t, \qquad \text{or} \qquad \bar{x}_t = \frac{1}{t - s} \sum_{k = s + 1}^{t} x_k.
 
-    Args:
-      opt_state: the optimizer state (see :func:`find_residual_state` for the nestings understood;
-        ``flax.nnx.Optimizer.opt_state`` works too).
-      params: the parameters the optimizer updates (a pytree, or ``nnx.state(model, nnx.Param)``).
-      which: which view to evaluate when the state holds several residual transformations (see
-        :func:`find_residual_state`), or several :func:`rsgd_optax.iterate_averaging` ones (then
-        ``which`` picks the averaging, by index among them or by name).
+  Args:
+    opt_state: the optimizer state (see :func:`find_residual_state` for the nestings understood;
+      ``flax.nnx.Optimizer.opt_state`` works too).
+    params: the parameters the optimizer updates (a pytree, or ``nnx.state(model, nnx.Param)``).
+    which: which view to evaluate when the state holds several residual transformations (see
+      :func:`find_residual_state`), or several :func:`rsgd_optax.iterate_averaging` ones (then
+      ``which`` picks the averaging, by index among them or by name).
 
-    Returns:
-      ``params + r`` (or the average) in the structure and dtypes of ``params``.
+  Returns:
+    ``params + r`` (or the average) in the structure and dtypes of ``params``.
 
-    Raises:
-      ValueError: if the state holds neither a residual nor an averaging state, ``which`` does not pick
-        exactly one, a residual transformation sits outside the averaging next to one inside it, or
-        ``params`` do not match the state.
+  Raises:
+    ValueError: if the state holds neither a residual nor an averaging state, ``which`` does not pick
+      exactly one, a residual transformation sits outside the averaging next to one inside it, or
+      ``params`` do not match the state.
 
-    Example:
-      >>> import jax.numpy as jnp
-  import optax
-      >>> import optax
-      >>> import rsgd_optax as rsgd
-      >>> params = {"w": jnp.array([1.0])}
-      >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.25))
-      >>> state = tx.init(params)
-      >>> updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
-      >>> params = optax.apply_updates(params, updates)
-      >>> rsgd.eval_params(state, params)["w"]  # EMA of y: 0.75 * 1.0 + 0.25 * 0.0
-      Array([0.75], dtype=float32)
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> params = {"w": jnp.array([1.0])}
+    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.25))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> rsgd.eval_params(state, params)["w"]  # EMA of y: 0.75 * 1.0 + 0.25 * 0.0
+    Array([0.75], dtype=float32)
 
-    References:
-      Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``; section 7.1 (RASGD).
+  References:
+    Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``; section 7.1 (RASGD).
   """
   if not _tree.states_of_type(opt_state, AveragingState):
     return plus_residual(find_residual_state(opt_state, which).residual, params)
@@ -253,35 +250,34 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
 def proximity(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> jax.Array:
   r"""The paper's normalized distance between the shipped point and the base trajectory.
 
-    .. math::
-      \frac{\lVert x_t - y_t \rVert_2}{\lVert y_t \rVert_2} = \frac{\lVert r_t \rVert_2}{\lVert y_t
-      \rVert_2},
+  .. math::
+    \frac{\lVert x_t - y_t \rVert_2}{\lVert y_t \rVert_2} = \frac{\lVert r_t \rVert_2}{\lVert y_t
+    \rVert_2},
 
-    over all floating-point parameters, accumulated in float32 (or wider).
+  over all floating-point parameters, accumulated in float32 (or wider).
 
-    Args:
-      opt_state: the optimizer state holding the residual.
-      params: the parameters ``y``.
-      which: see :func:`find_residual_state`.
+  Args:
+    opt_state: the optimizer state holding the residual.
+    params: the parameters ``y``.
+    which: see :func:`find_residual_state`.
 
-    Returns:
-      A scalar: 0 at the start, about 1e-2 to 1e-4 in the paper's CIFAR-100 runs (section 7.3).
+  Returns:
+    A scalar: 0 at the start, about 1e-2 to 1e-4 in the paper's CIFAR-100 runs (section 7.3).
 
-    Example:
-      >>> import jax.numpy as jnp
-  import optax
-      >>> import optax
-      >>> import rsgd_optax as rsgd
-      >>> params = {"w": jnp.array([3.0, 4.0])}
-      >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
-      >>> state = tx.init(params)
-      >>> updates, state = tx.update({"w": jnp.array([0.6, 0.8])}, state, params)
-      >>> params = optax.apply_updates(params, updates)
-      >>> round(float(rsgd.proximity(state, params)), 4)  # |r| = 0.5, |y| = 4
-      0.125
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = optax.chain(optax.sgd(1.0), rsgd.residual_scale(0.5))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([0.6, 0.8])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> round(float(rsgd.proximity(state, params)), 4)  # |r| = 0.5, |y| = 4
+    0.125
 
-    References:
-      Section 7.3 of the RSGD(m) paper.
+  References:
+    Section 7.3 of the RSGD(m) paper.
   """
   residual = find_residual_state(opt_state, which).residual
   # Paired as eval_params pairs them: params that do not match the state are refused the same way.

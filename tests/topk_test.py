@@ -140,17 +140,28 @@ def test_two_bfloat16_rows_share_16_bit_counter_indices():
 
 
 @pytest.mark.parametrize("rows", [1, 2])
-def test_a_zero_threshold_keeps_the_first_zeros(rows):
-  # A threshold of 0 is tied with every zero entry: the select goes on into the flat index (all
-  # passes run) and must still keep every nonzero entry of each row, whatever its k.
+def test_radix_select_counts_no_padding_among_ties(rows):
+  # A threshold of 0 is tied with every zero entry; the zeros padding each row's last tile must not
+  # be counted among them.
   rng = np.random.default_rng(4)
   arrays = [
     jnp.asarray(np.where(rng.random(300) < 0.1, 1.0, 0.0), jnp.float32) for _ in range(rows)
   ]
-  ks = tuple(int(jnp.sum(a != 0)) + 5 + 40 * row for row, a in enumerate(arrays))
-  for actual, x, k in zip(_leaves_fn(ks)(arrays), arrays, ks, strict=True):
-    assert_same(actual, reference_keep(x, k), x)
-    assert int(jnp.sum(actual != 0)) == int(jnp.sum(x != 0))
+  tiles = _topk._tile(arrays, list(range(rows)), [0] * rows)
+  assert tiles.padding.tolist() == [tiles.values.shape[1] - 300] * rows
+  keys = _topk._magnitude_keys(tiles.values)
+  nonzero = [int(jnp.sum(a != 0)) for a in arrays]
+  need = jnp.asarray([n + 5 for n in nonzero], jnp.int32)
+  threshold, need_at_threshold, ties, tied = _topk._radix_select(
+    keys, tiles.row, tiles.padding, need, 31
+  )
+  np.testing.assert_array_equal(threshold, 0)
+  np.testing.assert_array_equal(need_at_threshold, 5)
+  np.testing.assert_array_equal(ties, [300 - n for n in nonzero])
+  # The tied flags mark every key equal to the threshold: the zero entries, and the padding.
+  valid = np.asarray(tiles.valid)
+  np.testing.assert_array_equal(np.asarray(tied)[valid], (np.asarray(tiles.values) == 0)[valid])
+  assert np.asarray(tied)[~valid].all()
 
 
 @pytest.mark.parametrize("bins", [256, 32_768, 65_536])
