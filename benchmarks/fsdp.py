@@ -15,7 +15,6 @@ The device count is fixed when JAX starts, so this runs as its own process::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from benchmarks import resnet50_tree, timing
+from benchmarks import cli, render, resnet50_tree, timing
 
 DEVICES = 8
 DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
@@ -170,6 +169,7 @@ def _fsdp_rows(
   for name, row in rows.items():
     row["step_seconds"] = timing.median(times[name])
     row["step_ratio"] = timing.median_ratio(times[name], times["sgdm"])
+    row["compile_ratio"] = row["compile_seconds"] / rows["sgdm"]["compile_seconds"]
   return {
     "devices": DEVICES,
     "axis_types": str(mesh.axis_types),
@@ -180,27 +180,6 @@ def _fsdp_rows(
     "rounds": rounds,
     "optimizers": rows,
   }
-
-
-def markdown(result: dict[str, Any]) -> list[str]:
-  mib = 1 << 20
-  lines = [
-    f"FSDP over {result['devices']} CPU devices (each leaf split on its largest dimension that "
-    f"{result['devices']} divides; {result['replicated_leaves']} of {result['leaves']} leaves "
-    f"replicated): {result['params_bytes'] / mib:.1f} MiB of params.",
-    "",
-    "| fsdp step | ms | x sgdm | all-gathered MiB | all-reduced KiB | state MiB / device | "
-    "temp MiB / device |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  for name, row in result["optimizers"].items():
-    comm = row["collective_bytes"]
-    lines.append(
-      f"| {name} | {row['step_seconds'] * 1e3:.1f} | {row['step_ratio']:.2f} | "
-      f"{comm['all-gather'] / mib:.3f} | {comm['all-reduce'] / 1024:.1f} | "
-      f"{row['state_bytes_per_device'] / mib:.2f} | {row['temp_bytes_per_device'] / mib:.2f} |"
-    )
-  return lines
 
 
 def run_in_subprocess(
@@ -228,20 +207,15 @@ def run_in_subprocess(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--width-scale", type=float, default=1.0)
   parser.add_argument("--stage-blocks", default=",".join(map(str, resnet50_tree.STAGE_BLOCKS)))
-  parser.add_argument("--rounds", type=int, default=9)
+  parser.add_argument("--rounds", type=cli.positive_int, default=9)
   parser.add_argument("--leaf-subset", choices=LEAF_SUBSETS, default="all")
-  parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   blocks = tuple(int(b) for b in args.stage_blocks.split(","))
   result = fsdp_rows(args.width_scale, blocks, args.rounds, args.leaf_subset)
-  print("\n".join(markdown(result)))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
-  return result
+  return cli.report(result, lambda r: "\n".join(render.fsdp_lines(r)), args.out)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ drift of a shared machine cancels in the ratios (each ratio is the median of per
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import os
 import platform
 import sys
@@ -30,8 +28,8 @@ import numpy as np
 import optax
 
 import rsgd_optax as rsgd
-from benchmarks import cnn_step, fsdp, resnet50_tree, timing
-from rsgd_optax import _topk
+from benchmarks import cli, cnn_step, fsdp, goals, render, resnet50_tree, timing
+from rsgd_optax import _schemes, _topk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,24 +143,13 @@ def _memory(compiled: Any) -> dict[str, int]:
   return {f"{f}_bytes": int(getattr(analysis, f"{f}_size_in_bytes")) for f in fields}
 
 
-def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
-  """Step time, compile time and memory of each optimizer on the ResNet-50-shaped tree."""
-  params = resnet50_tree.resnet50_tree(jax.random.key(0), size.width_scale, size.stage_blocks)
-  grads = resnet50_tree.resnet50_tree(jax.random.key(1), size.width_scale, size.stage_blocks)
-  params_bytes = resnet50_tree.tree_bytes(params)
-  txs = optimizers()
-  txs_memory = {
-    **txs,
-    "residual_scale_bf16": optax.chain(
-      optax.sgd(**SGDM), rsgd.residual(rsgd.scaling(1 / 16), residual_dtype=jnp.bfloat16)
-    ),
-  }
-
-  memory, compiled, compile_seconds = {}, {}, {name: [] for name in txs}
-  for round_ in range(size.compile_rounds):
-    for name, tx in txs_memory.items():
-      if round_ and name not in txs:
-        continue
+def compile_records(
+  txs: dict[str, optax.GradientTransformation], params: Any, grads: Any, rounds: int
+) -> dict[str, dict[str, Any]]:
+  """Per optimizer: the compiled step, its compile seconds (one per round) and its memory."""
+  records: dict[str, dict[str, Any]] = {name: {"compile_seconds": []} for name in txs}
+  for _ in range(rounds):
+    for name, tx in txs.items():
       # A fresh function each time, so nothing is cached; lowered on abstract arrays.
       state = jax.eval_shape(tx.init, params)
       start = time.perf_counter()
@@ -171,13 +158,24 @@ def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
         .lower(_abstract(params), state, _abstract(grads))
         .compile()
       )
-      if name in txs:
-        compile_seconds[name].append(time.perf_counter() - start)
-      if not round_:
-        compiled[name] = executable
-        memory[name] = _memory(executable)
-        memory[name]["state_bytes"] = resnet50_tree.tree_bytes(state)
+      records[name]["compile_seconds"].append(time.perf_counter() - start)
+      if "executable" not in records[name]:
+        records[name]["executable"] = executable
+        records[name]["memory"] = {
+          **_memory(executable),
+          "state_bytes": resnet50_tree.tree_bytes(state),
+        }
+  return records
 
+
+def step_time_records(
+  txs: dict[str, optax.GradientTransformation],
+  executables: dict[str, Any],
+  params: Any,
+  grads: Any,
+  rounds: int,
+) -> dict[str, dict[str, list[float]]]:
+  """Per optimizer: seconds per step, one step per call and LOOPED_STEPS per call (interleaved)."""
   runners = {}
   for name, tx in txs.items():
     carry = [jax.tree.map(jnp.copy, params), tx.init(params)]
@@ -187,12 +185,35 @@ def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
       carry[:] = step(carry[0], carry[1], grads)
       jax.block_until_ready(carry)
 
-    runners[name] = functools.partial(run, compiled[name])
+    runners[name] = functools.partial(run, executables[name])
     runners[f"looped_{name}"] = functools.partial(run, looped)
+  times = timing.interleaved(runners, rounds)
+  return {
+    name: {
+      "step": times[name],
+      "looped_step": [t / LOOPED_STEPS for t in times[f"looped_{name}"]],
+    }
+    for name in txs
+  }
+
+
+def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
+  """Step time, compile time and memory of each optimizer on the ResNet-50-shaped tree."""
+  params = resnet50_tree.resnet50_tree(jax.random.key(0), size.width_scale, size.stage_blocks)
+  grads = resnet50_tree.resnet50_tree(jax.random.key(1), size.width_scale, size.stage_blocks)
+  params_bytes = resnet50_tree.tree_bytes(params)
+  txs = optimizers()
+  bf16 = optax.chain(
+    optax.sgd(**SGDM), rsgd.residual(rsgd.scaling(1 / 16), residual_dtype=jnp.bfloat16)
+  )
+  compiled = compile_records(txs, params, grads, size.compile_rounds)
+  memory = {name: record["memory"] for name, record in compiled.items()}
+  memory["residual_scale_bf16"] = compile_records({"residual_scale_bf16": bf16}, params, grads, 1)[
+    "residual_scale_bf16"
+  ]["memory"]
+  executables = {name: record["executable"] for name, record in compiled.items()}
+  times = step_time_records(txs, executables, params, grads, size.rounds)
   del params
-  times = timing.interleaved(runners, size.rounds)
-  step_seconds = {name: times[name] for name in txs}
-  looped_seconds = {name: [t / LOOPED_STEPS for t in times[f"looped_{name}"]] for name in txs}
 
   base = "sgdm"
   rows = {}
@@ -200,17 +221,18 @@ def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
     # The least traffic a step can have: sgdm reads params, grads and momentum and writes params
     # and momentum; a residual adds one read and one write of r.
     least = (5 if name == base else 7) * params_bytes
-    seconds = timing.median(step_seconds[name])
+    step, looped = times[name]["step"], times[name]["looped_step"]
+    compile_seconds = compiled[name]["compile_seconds"]
     rows[name] = {
-      "step_seconds": seconds,
-      "step_ratio": timing.median_ratio(step_seconds[name], step_seconds[base]),
+      "step_seconds": timing.median(step),
+      "step_ratio": timing.median_ratio(step, times[base]["step"]),
       "least_bytes_moved": least,
-      "fraction_of_bandwidth": least / seconds / link_bandwidth,
-      "looped_step_seconds": timing.median(looped_seconds[name]),
-      "looped_step_ratio": timing.median_ratio(looped_seconds[name], looped_seconds[base]),
-      "looped_fraction_of_bandwidth": least / timing.median(looped_seconds[name]) / link_bandwidth,
-      "compile_seconds": timing.median(compile_seconds[name]),
-      "compile_ratio": timing.median_ratio(compile_seconds[name], compile_seconds[base]),
+      "fraction_of_bandwidth": least / timing.median(step) / link_bandwidth,
+      "looped_step_seconds": timing.median(looped),
+      "looped_step_ratio": timing.median_ratio(looped, times[base]["looped_step"]),
+      "looped_fraction_of_bandwidth": least / timing.median(looped) / link_bandwidth,
+      "compile_seconds": timing.median(compile_seconds),
+      "compile_ratio": timing.median_ratio(compile_seconds, compiled[base]["compile_seconds"]),
       "memory": memory[name],
     }
   rows["residual_scale_bf16"] = {"memory": memory["residual_scale_bf16"]}
@@ -231,7 +253,7 @@ def step_rows(size: Size, link_bandwidth: float) -> dict[str, Any]:
 def topk_rows(size: Size) -> dict[str, Any]:
   """Our exact top-k vs jax.lax.top_k vs torch.topk on one leaf (k = 1%)."""
   n = size.topk_size
-  k = _topk_count(n)
+  k = _schemes.top_k_count(TOPK_FRACTION, n)
   x = jax.random.normal(jax.random.key(2), (n,), jnp.float32)
   ours = jax.jit(lambda x: _topk.keep_top_k(x, k))
   lax_top_k = jax.jit(lambda x: jax.lax.top_k(jnp.abs(x), k))
@@ -288,177 +310,6 @@ def topk_rows(size: Size) -> dict[str, Any]:
   return result
 
 
-def _topk_count(n: int) -> int:
-  return max(1, round(TOPK_FRACTION * n))
-
-
-def _met(value: float | None, goal: float, *, at_most: bool = True) -> str:
-  if value is None:
-    return "n/a"
-  return "yes" if (value <= goal if at_most else value >= goal) else "no"
-
-
-def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-  """The issue's goals table with the measured values."""
-  opt = results["resnet50_tree"]["optimizers"]
-  topk = results["top_k"]
-  cnn = results["cnn_step"]
-  rows = [
-    (
-      "chain(sgdm, residual_scale) step / sgdm step",
-      "<= 1.3x",
-      opt["residual_scale"]["step_ratio"],
-      1.3,
-      True,
-    ),
-    (
-      "chain(sgdm, residual_sign) step / sgdm step",
-      "<= 1.5x",
-      opt["residual_sign"]["step_ratio"],
-      1.5,
-      True,
-    ),
-    (
-      "chain(sgdm, residual_topk(0.01)) step / sgdm step",
-      "<= 2.5x",
-      opt["residual_topk"]["step_ratio"],
-      2.5,
-      True,
-    ),
-    (
-      f"top-k 1% of {topk['entries']:,} entries: jax.lax.top_k time / ours",
-      ">= 3x",
-      topk["speedup_vs_lax_top_k"],
-      3.0,
-      False,
-    ),
-    (
-      f"top-k 1% of {topk['entries']:,} entries: torch.topk time / ours",
-      ">= 3x",
-      topk.get("speedup_vs_torch_topk"),
-      3.0,
-      False,
-    ),
-    (
-      f"whole training step, {cnn['model']} (batch {cnn['batch']}): RSGDm / SGDm",
-      "<= 1.03x",
-      cnn["step_ratio"],
-      1.03,
-      True,
-    ),
-  ]
-  out = [
-    {"what": what, "goal": goal, "value": value, "met": _met(value, limit, at_most=at_most)}
-    for what, goal, value, limit, at_most in rows
-  ]
-  for name, goal in (("residual_scale", 1.0), ("residual_scale_bf16", 0.5)):
-    per = opt[name]["memory"]["state_beyond_sgdm_per_params_bytes"]
-    out.append(
-      {
-        "what": f"optimizer memory beyond sgdm, {name} (x params bytes; 4 bytes are the step count)",
-        "goal": f"{goal}",
-        "value": per,
-        "met": "yes" if abs(per - goal) * results["resnet50_tree"]["params_bytes"] <= 8 else "no",
-      }
-    )
-  for name in ("residual_scale", "residual_sign", "residual_topk"):
-    value = opt[name]["compile_ratio"]
-    out.append(
-      {
-        "what": f"compile time of the ResNet-50-tree step, {name} / sgdm",
-        "goal": "<= 1.5x",
-        "value": value,
-        "met": _met(value, 1.5),
-      }
-    )
-  return out
-
-
-def markdown(results: dict[str, Any]) -> str:
-  """The goals table, then the raw timings."""
-  lines = ["| what | goal | measured | met |", "|---|---|---|---|"]
-  for row in results["goals"]:
-    value = "skipped" if row["value"] is None else f"{row['value']:.3g}"
-    lines.append(f"| {row['what']} | {row['goal']} | {value} | {row['met']} |")
-  tree = results["resnet50_tree"]
-  lines += [
-    "",
-    f"ResNet-50-shaped tree: {tree['leaves']} leaves, {tree['entries']:,} float32 entries. "
-    f"Copy bandwidth: {results['bandwidth']['bytes_per_second'] / 1e9:.2f} GB/s.",
-    "",
-    "Step ms: one step per call, waited for. Looped: "
-    f"{tree['looped_steps']} steps inside one call (a `fori_loop`), per step, which leaves out "
-    "the host's per-call cost.",
-    "",
-    "| optimizer | step ms | x sgdm | share of bandwidth | looped step ms | x sgdm | "
-    "share of bandwidth | compile s | state MB | temp MB |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for name, row in tree["optimizers"].items():
-    mem = row["memory"]
-    cells = [name]
-    if "step_seconds" in row:
-      cells += [
-        f"{row['step_seconds'] * 1e3:.1f}",
-        f"{row['step_ratio']:.2f}",
-        f"{row['fraction_of_bandwidth']:.2f}",
-        f"{row['looped_step_seconds'] * 1e3:.2f}",
-        f"{row['looped_step_ratio']:.2f}",
-        f"{row['looped_fraction_of_bandwidth']:.2f}",
-        f"{row['compile_seconds']:.2f}",
-      ]
-    else:
-      cells += ["-"] * 7
-    cells += [f"{mem['state_bytes'] / 1e6:.1f}", f"{mem['temp_bytes'] / 1e6:.1f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  topk = results["top_k"]
-  lines += [
-    "",
-    f"Top-k of {topk['entries']:,} float32 entries, k = {topk['k']:,} "
-    f"(ours equals lax.top_k's set: {topk['exact_match_with_lax']}):",
-    "",
-    "| selection | ms |",
-    "|---|---|",
-  ]
-  for name in ("ours_keep_top_k", "lax_top_k", "lax_top_k_keep", "torch_topk", "torch_topk_keep"):
-    if f"{name}_seconds" in topk:
-      lines.append(f"| {name} | {topk[f'{name}_seconds'] * 1e3:.2f} |")
-  if topk["note"]:
-    lines.append(f"\n{topk['note']}")
-  cnn = results["cnn_step"]
-  lines += [
-    "",
-    f"Training step of {cnn['model']} ({cnn['source']}), batch {cnn['batch']}, "
-    f"{cnn['pipelined_steps']} steps dispatched back to back: "
-    f"sgdm {cnn['sgdm_seconds'] * 1e3:.1f} ms, RSGDm (residual_scale) "
-    f"{cnn['rsgdm_seconds'] * 1e3:.1f} ms a step. Each step waited for on its own: sgdm "
-    f"{cnn['blocked_sgdm_seconds'] * 1e3:.1f} ms, RSGDm {cnn['blocked_rsgdm_seconds'] * 1e3:.1f} ms "
-    f"({cnn['blocked_step_ratio']:.3f}x; state arrays {cnn['state_arrays']['sgdm']} against "
-    f"{cnn['state_arrays']['rsgdm']}). SGDm compiled twice: {cnn['control_ratio']:.3f}x.",
-    "",
-    "The same whole step with each residual (pipelined; temporaries and compile time of the whole "
-    f"step; SGDm compiled twice compiles in {cnn['control_compile_ratio']:.2f}x):",
-    "",
-    "| whole step | ms a step | x sgdm | compile s | x sgdm | temp MB |",
-    "|---|---|---|---|---|---|",
-    *(
-      f"| {name} | {row['seconds'] * 1e3:.1f} | {row['step_ratio']:.3f} | "
-      f"{row['compile_seconds']:.1f} | {row['compile_ratio']:.2f} | {row['temp_bytes'] / 1e6:.1f} |"
-      for name, row in cnn["schemes"].items()
-    ),
-    "",
-    *fsdp.markdown(results["fsdp"]),
-    "",
-    f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} CPUs, "
-    f"jax {results['machine']['jax']} on {results['machine']['device_kind']} "
-    f"({results['machine']['backend']}); medians of {results['rounds']} interleaved rounds.",
-  ]
-  settings = results["machine"].get("settings")
-  if settings:
-    lines.append("Measured with " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
-  return "\n".join(lines)
-
-
 def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
   size = SIZES[size_name]
   if cnn_batch is not None:
@@ -472,35 +323,22 @@ def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
   results["fsdp"] = fsdp.run_in_subprocess(
     size.width_scale, size.stage_blocks, size.rounds, size.fsdp_leaves
   )
-  results["goals"] = goal_rows(results)
+  results["goals"] = goals.goal_rows(results)
   return results
 
 
-def _positive_int(text: str) -> int:
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-  return value
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--size", choices=sorted(SIZES), default="full")
-  parser.add_argument("--out", default=None, help="write every measurement here as JSON")
   parser.add_argument(
     "--cnn-batch",
-    type=_positive_int,
+    type=cli.positive_int,
     default=None,
     help="batch of the whole-training-step row (default: 8 for full, 4 for tiny; the paper's "
     "CIFAR batch is 128, a fairer load for a GPU)",
   )
   args = parser.parse_args(argv)
-  results = run(args.size, args.cnn_batch)
-  print(markdown(results))
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return cli.report(run(args.size, args.cnn_batch), render.markdown, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   assert results["machine"]["jax"] and results["machine"]["device_kind"]
   assert results["bandwidth"]["bytes_per_second"] > 0
   goals = results["goals"]
-  assert len(goals) == 11
+  assert [row["what"] for row in goals] == [goal.what(results) for goal in run.goals.GOALS]
+  assert len(goals) == 13
   for row in goals:
     assert set(row) == {"what", "goal", "value", "met"}
     assert row["met"] in {"yes", "no", "n/a"}
@@ -78,7 +79,7 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   assert set(rows) == set(schemes)
   for name, row in rows.items():
     assert row["collective_bytes"]["all-gather"] == 0, name
-    assert row["step_seconds"] > 0 and row["step_ratio"] > 0
+    assert row["step_seconds"] > 0 and row["step_ratio"] > 0 and row["compile_ratio"] > 0
   assert rows["sgdm"]["collective_bytes"]["all-reduce"] == 0
   assert rows["residual_topk"]["collective_bytes"]["all-reduce"] > 0
   sgdm_state = rows["sgdm"]["state_bytes_per_device"]
@@ -86,8 +87,8 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   for name in ("residual_scale", "residual_sign", "residual_topk"):
     assert rows[name]["state_bytes_per_device"] == 2 * sgdm_state + 4, name
   first = lines.index(
-    "| fsdp step | ms | x sgdm | all-gathered MiB | all-reduced KiB | state MiB / device | "
-    "temp MiB / device |"
+    "| fsdp step | ms | x sgdm | compile s | x sgdm | all-gathered MiB | all-reduced KiB | "
+    "state MiB / device | temp MiB / device |"
   )
   assert [line.split(" | ")[0] for line in lines[first + 2 : first + 6]] == [
     f"| {name}" for name in rows

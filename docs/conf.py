@@ -130,7 +130,22 @@ def _tidy_signature(app, what, name, obj, options, signature, return_annotation)
   return tidy(signature), tidy(return_annotation)
 
 
+def _public_array_type(app, doctree):
+  """Shows an attribute's ``jax.Array`` type by its public name, not as jaxlib's private class.
+
+  Autodoc reads the NamedTuple states' field types off the evaluated annotations, which name the
+  class where it is defined (``jax.jaxlib._jax.Array``); ``autodoc_type_aliases`` does not reach them.
+  """
+  from docutils import nodes
+
+  for text in list(doctree.findall(nodes.Text)):
+    if "jaxlib._jax.Array" in text:
+      public = re.sub(r"(jax\.)?jaxlib\._jax\.Array", "jax.Array", str(text))
+      text.parent.replace(text, nodes.Text(public))
+
+
 def setup(app):
+  app.connect("doctree-read", _public_array_type)
   app.connect("autodoc-process-signature", _tidy_signature)
   app.connect("builder-inited", _write_cost_tables)
   app.connect("env-check-consistency", _check_api_coverage)

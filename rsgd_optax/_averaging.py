@@ -41,14 +41,7 @@ def _rsgd_point(params: PyTree, updates: PyTree, inner_state: PyTree, which: Any
   if not _tree.states_of_type(inner_state, ResidualState):
     return new_params
   residual = _lookup.find_residual_state(inner_state, which).residual
-
-  def add(y: Any, r: Any) -> Any:
-    if isinstance(r, optax.MaskedNode) or not _tree.is_float(y):
-      return y
-    dtype = _dtypes.wider_float(y.dtype, r.dtype)
-    return y.astype(dtype) + r.astype(dtype)
-
-  return jax.tree.map(add, new_params, residual)
+  return _lookup.plus_residual(residual, new_params, keep_wider=True)
 
 
 def iterate_averaging(
@@ -128,15 +121,10 @@ def iterate_averaging(
     if _tree.states_of_type(inner_state, AveragingState):
       raise ValueError("iterate_averaging cannot wrap another iterate_averaging.")
 
-    def zeros(p: Any) -> Any:
-      if not _tree.is_float(p):
-        return optax.MaskedNode()
-      return jnp.zeros_like(p, dtype=dtype or p.dtype)
-
     return AveragingState(
       count=jnp.zeros([], jnp.int32),
       start_step=jnp.full([], -1, jnp.int32),
-      average=jax.tree.map(zeros, params),
+      average=_tree.float_zeros(params, dtype),
       inner_state=inner_state,
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.tree_util import keystr, tree_flatten_with_path, tree_map_with_path
 
 from rsgd_optax import _dtypes, _tree
@@ -91,42 +92,69 @@ def find_averaging_state(opt_state: PyTree, which: int | str | None = None) -> A
   return _tree.select(found, which, "averaging state")
 
 
-def _paired(state_tree: PyTree, params: PyTree, combine: Any) -> PyTree:
-  """Maps ``combine(param, s)`` over the params that have a slot in ``state_tree``, in params' shape."""
-  by_path = {_tree.strip_variable_key(p): s for p, s in tree_flatten_with_path(state_tree)[0]}
-  used = 0
+def paired(state_tree: PyTree, params: PyTree, combine: Any) -> PyTree:
+  """``combine(param, slot)`` for each float parameter, paired with its slot of ``state_tree``.
+
+  The one way leaves are paired: by key path (with Flax NNX's trailing ``.value`` dropped), which
+  also pairs ``nnx.Optimizer``'s ``OptVariable`` leaves with ``nnx.Param`` ones. The result has the
+  structure of ``params``; leaves without a slot (masked out, or not floating point) pass through.
+  ``params`` must match the state exactly: a float leaf the state does not have, a slot no parameter
+  fills, or a shape that differs is a ValueError naming the leaf.
+  """
+  is_slot = lambda x: isinstance(x, optax.MaskedNode)
+  by_path = {
+    _tree.strip_variable_key(path): slot
+    for path, slot in tree_flatten_with_path(state_tree, is_leaf=is_slot)[0]
+  }
+  used: set[KeyPath] = set()
 
   def pair(path: KeyPath, p: Any) -> Any:
-    nonlocal used
-    s = by_path.get(_tree.strip_variable_key(path))
-    if s is None or not _tree.is_float(p):
-      return p
-    if s.shape != p.shape:
+    key = _tree.strip_variable_key(path)
+    if key not in by_path:
+      if not _tree.is_float(p):
+        return p
       raise ValueError(
-        f"The optimizer state's leaf for {keystr(path)} has shape {s.shape} but the parameter has "
-        f"{p.shape}: pass the params that this optimizer state was built for."
+        f"The parameter {keystr(path)} has no leaf in the optimizer state: pass the params that "
+        "this optimizer state was built for (and no other leaves)."
       )
-    used += 1
-    return combine(p, s)
+    used.add(key)
+    slot = by_path[key]
+    if is_slot(slot) or not _tree.is_float(p):
+      return p
+    if slot.shape != p.shape:
+      raise ValueError(
+        f"The optimizer state's leaf for {keystr(path)} has shape {slot.shape} but the parameter "
+        f"has {p.shape}: pass the params that this optimizer state was built for."
+      )
+    return combine(p, slot)
 
   out = tree_map_with_path(pair, params)
-  if used != len(by_path):
-    missing = sorted(keystr(p) for p in by_path)[:5]
+  # A masked-out slot may have no parameter (optax.masked hands its inner state MaskedNodes).
+  unused = sorted(
+    keystr(path) for path, slot in by_path.items() if path not in used and not is_slot(slot)
+  )
+  if unused:
     raise ValueError(
-      f"Only {used} of the {len(by_path)} optimizer state leaves match a parameter (they include "
-      f"{missing}): pass the params that this optimizer state was built for."
+      f"The optimizer state has {len(unused)} leaves that no parameter matches (they include "
+      f"{unused[:5]}): pass the params that this optimizer state was built for."
     )
   return out
 
 
-def _plus_residual(state: ResidualState, params: PyTree) -> PyTree:
-  """``x = y + r``, summed in the wider dtype and returned in each parameter's."""
+def plus_residual(residual: PyTree, params: PyTree, *, keep_wider: bool = False) -> PyTree:
+  """``x = y + r``: each parameter plus its residual, summed in the wider of the two dtypes.
+
+  The one place the RSGD point is formed (:func:`eval_params`, the averaging, :func:`proximity`'s
+  check of the params). The sums are returned in each parameter's dtype, or in the wider dtype with
+  ``keep_wider`` (the averaging accumulates them so).
+  """
 
   def add(p: jax.Array, r: jax.Array) -> jax.Array:
     dtype = _dtypes.wider_float(p.dtype, r.dtype)
-    return (p.astype(dtype) + r.astype(dtype)).astype(p.dtype)
+    x = p.astype(dtype) + r.astype(dtype)
+    return x if keep_wider else x.astype(p.dtype)
 
-  return _paired(state.residual, params, add)
+  return paired(residual, params, add)
 
 
 def _averaged_view(opt_state: PyTree, which: int | str | None) -> tuple[AveragingState, Any]:
@@ -204,10 +232,10 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
     Algorithm 1 of the RSGD(m) paper: the output is the RSGD point ``x``; section 7.1 (RASGD).
   """
   if not _tree.states_of_type(opt_state, AveragingState):
-    return _plus_residual(find_residual_state(opt_state, which), params)
+    return plus_residual(find_residual_state(opt_state, which).residual, params)
   averaging, inner_which = _averaged_view(opt_state, which)
   if _tree.states_of_type(averaging.inner_state, ResidualState):
-    point = _plus_residual(find_residual_state(averaging.inner_state, inner_which), params)
+    point = plus_residual(find_residual_state(averaging.inner_state, inner_which).residual, params)
   else:
     point = params
   start_step = _tree.unboxed(averaging.start_step)
@@ -216,7 +244,7 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
   def choose(x: jax.Array, mean: jax.Array) -> jax.Array:
     return jnp.where(use_average, mean.astype(x.dtype), x)
 
-  return _paired(averaging.average, point, choose)
+  return paired(averaging.average, point, choose)
 
 
 def proximity(opt_state: PyTree, params: PyTree, which: int | str | None = None) -> jax.Array:
@@ -251,9 +279,15 @@ def proximity(opt_state: PyTree, params: PyTree, which: int | str | None = None)
   References:
     Section 7.3 of the RSGD(m) paper.
   """
-  state = find_residual_state(opt_state, which)
-  param_leaves = [p for p in jax.tree.leaves(params) if _tree.is_float(p)]
-  return _l2_norm(jax.tree.leaves(state.residual)) / _l2_norm(param_leaves)
+  residual = find_residual_state(opt_state, which).residual
+  # Paired as eval_params pairs them: params that do not match the state are refused the same way.
+  pairs = jax.tree.leaves(paired(residual, params, lambda p, r: (p, r)), is_leaf=_is_pair)
+  pairs = [pair for pair in pairs if _is_pair(pair)]
+  return _l2_norm([r for _, r in pairs]) / _l2_norm([p for p, _ in pairs])
+
+
+def _is_pair(x: Any) -> bool:
+  return isinstance(x, tuple) and len(x) == 2 and all(_tree.is_float(v) for v in x)
 
 
 def _l2_norm(leaves: list[jax.Array]) -> jax.Array:

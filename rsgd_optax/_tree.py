@@ -59,8 +59,19 @@ def states_of_type(tree: PyTree, state_type: type[State]) -> list[tuple[KeyPath,
   )
 
 
+def _label(index: int, path: KeyPath) -> str:
+  """How a ``which=`` message names a found state: its ``named_chain`` name, or index and place."""
+  names = [key.key for key in path if isinstance(getattr(key, "key", None), str)]
+  if names:
+    return f"{names[-1]!r} (index {index})"
+  where = keystr(path)
+  if not where:
+    return f"index {index} (the whole state)"
+  return f"index {index} (at {'chain' if where.startswith('[') else 'state'}{where})"
+
+
 def describe(found: list[tuple[KeyPath, Any]]) -> str:
-  return ", ".join(f"[{i}] {keystr(path) or '<root>'}" for i, (path, _) in enumerate(found))
+  return ", ".join(_label(i, path) for i, (path, _) in enumerate(found))
 
 
 def _path_names(path: KeyPath) -> set[Any]:
@@ -74,27 +85,30 @@ def select(found: list[tuple[KeyPath, State]], which: int | str | None, kind: st
   Raises a ValueError listing ``found`` (states of type ``kind``) when ``which`` does not pick exactly
   one. ``found`` must not be empty.
   """
+  validated_which(which)
   where = describe(found)
   if which is None:
     if len(found) > 1:
       raise ValueError(
-        f"The optimizer state holds {len(found)} {kind}s ({where}); pass `which=` with an index or "
+        f"The optimizer state holds {len(found)} {kind}s: {where}. Pass `which=` with an index or "
         "a named_chain name to choose one."
       )
     return found[0][1]
-  if isinstance(which, int) and not isinstance(which, bool):
+  if isinstance(which, int):
     if not -len(found) <= which < len(found):
-      raise ValueError(f"`which={which}` is out of range: the {kind}s are {where}.")
+      raise ValueError(
+        f"`which={which}` is out of range: the optimizer state holds {len(found)} {kind}"
+        f"{'s' if len(found) > 1 else ''}: {where}."
+      )
     return found[which][1]
-  if isinstance(which, str):
-    named = [state for path, state in found if which in _path_names(path)]
-    if len(named) != 1:
-      raise ValueError(f"`which={which!r}` matches {len(named)} {kind}s; they are {where}.")
-    return named[0]
-  raise ValueError(f"`which` must be None, an int or a str, got {which!r}.")
+  named = [state for path, state in found if which in _path_names(path)]
+  if len(named) != 1:
+    raise ValueError(f"`which={which!r}` matches {len(named)} {kind}s; they are: {where}.")
+  return named[0]
 
 
 def validated_which(which: Any) -> None:
+  """The one check of a ``which=`` argument's type (its value is checked against the state)."""
   if which is not None and (isinstance(which, bool) or not isinstance(which, int | str)):
     raise ValueError(f"`which` must be None, an int or a str, got {which!r}.")
 

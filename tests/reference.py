@@ -8,9 +8,7 @@ float64.
 
 Schemes ``R`` map a list of arrays to a list of arrays of the same shapes. A base optimizer is a
 factory of ``update(g, t) -> u`` with its own state, ``t`` counting from 1.
-
-The last helper, :func:`run_jitted`, runs an Optax transformation in a jitted loop: it is the harness
-that produces what is compared against this reference, so it needs JAX and Optax, not the library.
+The JAX step loop that produces what is compared against this reference is in ``step_loop.py``.
 """
 
 from __future__ import annotations
@@ -222,44 +220,3 @@ def iterate_average(points: Sequence[Leaves], start: int | None) -> list:
     else:
       expected.append(list(point))
   return expected
-
-
-# ---------------------------------------------------------------------------------------------
-# The harness: an Optax transformation in a jitted step loop.
-
-
-def jitted_step(tx: Any, grad_fn: Callable[[Any], Any]) -> Callable[[Any, Any], tuple[Any, Any]]:
-  """``(params, state) -> (params + updates, new state)`` with the gradient at ``params``, jitted."""
-  import jax
-  import optax
-
-  @jax.jit
-  def step(params: Any, state: Any) -> tuple[Any, Any]:
-    updates, state = tx.update(grad_fn(params), state, params)
-    return optax.apply_updates(params, updates), state
-
-  return step
-
-
-def run_jitted(
-  step: Callable[[Any, Any], tuple[Any, Any]],
-  params: Any,
-  state: Any,
-  steps: int,
-  *,
-  before_step: Callable[[int, Any], Any] | None = None,
-  record: Callable[[Any, Any], Any] | None = None,
-  first: int = 0,
-) -> tuple[Any, Any, list]:
-  """Runs ``steps`` steps numbered from ``first``; returns the final params and state and a history.
-
-  ``before_step(t, state)`` may replace the state before step ``t`` (for example to switch averaging
-  on); ``record(params, state)`` is kept after each step (the params by default).
-  """
-  history = []
-  for t in range(first, first + steps):
-    if before_step is not None:
-      state = before_step(t, state)
-    params, state = step(params, state)
-    history.append(params if record is None else record(params, state))
-  return params, state, history

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 import reference
+import step_loop
 from flax import nnx, serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,7 +79,7 @@ def step_fns():
 
   def build(name):
     tx = make_tx(name, 0.01)
-    return tx, reference.jitted_step(tx, grad_fn)
+    return tx, step_loop.jitted_step(tx, grad_fn)
 
   return {name: build(name) for name in SCHEMES}
 
@@ -86,7 +87,7 @@ def step_fns():
 def run(tx, step, steps, start, params=None, state=None, first=0):
   params = as_tree([W0, B0]) if params is None else params
   state = tx.init(params) if state is None else state
-  return reference.run_jitted(
+  return step_loop.run_jitted(
     step,
     params,
     state,
@@ -104,7 +105,7 @@ def test_matches_the_numpy_reference_in_float64(name, start):
   steps = 7
   with enable_x64(True):
     tx = make_tx(name, 0.01)
-    step = reference.jitted_step(tx, grad_fn)
+    step = step_loop.jitted_step(tx, grad_fn)
     params = as_tree([W0, B0])
     _, _, points = run(tx, step, steps, start, params=params)
   expected = np_rasgd(np_scheme, 0.01, steps, start)
@@ -343,7 +344,7 @@ def test_user_errors_are_clear():
 def test_without_averaging_eval_params_is_the_rsgd_point():
   steps = 3
   tx = optax.chain(optax.sgd(0.01), rsgd.residual_scale(0.5))
-  _, _, points = run(tx, reference.jitted_step(tx, grad_fn), steps, start=None)
+  _, _, points = run(tx, step_loop.jitted_step(tx, grad_fn), steps, start=None)
   xs, ys = reference.rsgd([W0, B0], np_grads, reference.sgd(0.01), reference.scaling(0.5), steps)
   for t in range(steps):
     np.testing.assert_allclose(points[t]["w"], xs[t][0], rtol=1e-5, atol=1e-6)
@@ -383,8 +384,8 @@ def test_views_in_one_chain_each_average_their_own_point_from_their_own_switch()
     fresh_grad_fn = jax.grad(
       lambda params: 0.5 * jnp.sum((a @ params["w"] + params["b"].sum() - target) ** 2)
     )
-    _, state, points = reference.run_jitted(
-      reference.jitted_step(tx, fresh_grad_fn),
+    _, state, points = step_loop.run_jitted(
+      step_loop.jitted_step(tx, fresh_grad_fn),
       as_tree([W0, B0]),
       tx.init(as_tree([W0, B0])),
       steps,

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 import reference
+import step_loop
 from jax_compat import enable_x64
 
 import rsgd_optax as rsgd
@@ -37,8 +38,8 @@ def grad_fn(params):
 def run_optax(tx, steps, params=None):
   """Runs tx on the least-squares problem; returns params (y), eval_params (x) and the state."""
   params = params or {"w": jnp.asarray(X0[0]), "b": jnp.asarray(X0[1])}
-  _, state, history = reference.run_jitted(
-    reference.jitted_step(tx, grad_fn),
+  _, state, history = step_loop.run_jitted(
+    step_loop.jitted_step(tx, grad_fn),
     params,
     tx.init(params),
     steps,
@@ -90,8 +91,8 @@ def test_scaling_is_an_ema_of_the_base_iterates_and_params_are_plain_sgd():
 
 def run_optax_plain(tx, steps):
   params = {"w": jnp.asarray(X0[0]), "b": jnp.asarray(X0[1])}
-  _, state, ys = reference.run_jitted(
-    reference.jitted_step(tx, grad_fn), params, tx.init(params), steps
+  _, state, ys = step_loop.run_jitted(
+    step_loop.jitted_step(tx, grad_fn), params, tx.init(params), steps
   )
   return ys, None, state
 
@@ -262,10 +263,36 @@ def test_eval_params_without_a_residual_state_says_so():
 
 def test_eval_params_rejects_params_of_another_model():
   _, state = one_step(optax.chain(optax.sgd(0.1), rsgd.residual_scale(0.5)))
-  with pytest.raises(ValueError, match="match a parameter"):
+  with pytest.raises(ValueError, match=r"\['other'\] has no leaf in the optimizer state"):
     rsgd.eval_params(state, {"other": jnp.ones(3)})
+  with pytest.raises(ValueError, match="no parameter matches"):
+    rsgd.eval_params(state, {"w": jnp.ones((2, 3))})
   with pytest.raises(ValueError, match="shape"):
     rsgd.eval_params(state, {"w": jnp.ones((3, 2)), "b": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("read", [rsgd.eval_params, rsgd.proximity])
+def test_params_with_a_leaf_the_state_lacks_are_refused_by_name(read):
+  params, state = one_step(optax.chain(optax.sgd(0.1), rsgd.residual_scale(0.5)))
+  read(state, params)  # the params the state was built for
+  read(state, {**params, "n": jnp.arange(3)})  # an integer leaf carries no residual anywhere
+  with pytest.raises(ValueError, match=r"\['c'\] has no leaf in the optimizer state"):
+    read(state, {**params, "c": jnp.ones(2)})
+
+
+def test_which_messages_name_each_state_by_index_and_place_or_name():
+  params, state = one_step(optax.chain(optax.sgd(0.1), rsgd.residual_scale(0.5)))
+  with pytest.raises(ValueError, match=r"holds 1 residual state: index 0 \(at chain\[1\]\)\.$"):
+    rsgd.eval_params(state, params, which=3)
+  named = optax.named_chain(
+    ("base", optax.sgd(0.1)), ("ema", rsgd.residual_scale(0.5)), ("sign", rsgd.residual_sign())
+  )
+  params, state = one_step(named)
+  with pytest.raises(ValueError, match=r"2 residual states: 'ema' \(index 0\), 'sign' \(index 1\)"):
+    rsgd.eval_params(state, params)
+  for which in (True, 1.0):
+    with pytest.raises(ValueError, match="must be None, an int or a str"):
+      rsgd.eval_params(state, params, which=which)
 
 
 def test_proximity_is_the_normalized_distance():

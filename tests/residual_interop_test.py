@@ -1,6 +1,8 @@
 """The residual transformations among the rest of the ecosystem: dtypes, masking, sharding, abstract
 initialisation, checkpoints and Flax NNX."""
 
+from typing import Any
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 import reference
+import step_loop
 from flax import nnx, serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -121,7 +124,7 @@ def test_state_takes_the_params_sharding_on_an_eight_device_mesh(name):
 
 def _loop(tx, params, grads_fn, steps, state=None):
   state = tx.init(params) if state is None else state
-  params, state, _ = reference.run_jitted(reference.jitted_step(tx, grads_fn), params, state, steps)
+  params, state, _ = step_loop.run_jitted(step_loop.jitted_step(tx, grads_fn), params, state, steps)
   return params, state
 
 
@@ -187,3 +190,124 @@ def test_nnx_model_is_evaluated_at_eval_params():
   model.eval()
   assert not np.allclose(shipped(x_batch), model(x_batch))
   assert 0 < float(rsgd.proximity(optimizer.opt_state, params)) < 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract matrix: every exported transformation, after the base optimizer, inside every
+# wrapper and nesting a user may put it in, follows the paper's equations (reference.py): the
+# params are the base iterate y (or the compressed x), and eval_params finds x = y + r (or, for
+# iterate_averaging, the average of x) wherever the state sits.
+
+LR = 0.1
+STEPS = 2
+Y0 = {"b": np.array([0.5, -1.0, 2.0], np.float32), "w": np.linspace(-1, 1, 6, dtype=np.float32)}
+
+
+def _grad_of(b, w):
+  """The gradient of sum(b**2) + sum(sin(w)), leaves in the tree's order (b, w); numpy or jax."""
+  np_like = jnp if isinstance(w, jax.Array) else np
+  return [2 * b, np_like.cos(w)]
+
+
+CONTRACT = {
+  # name: (transformation after the base optimizer, scheme R, how it moves the params)
+  "residual": (lambda: rsgd.residual(rsgd.scaling(0.25)), reference.scaling(0.25), "rsgd"),
+  "residual_scale": (lambda: rsgd.residual_scale(0.25), reference.scaling(0.25), "rsgd"),
+  "residual_sign": (rsgd.residual_sign, reference.scaled_sign(), "rsgd"),
+  "residual_topk": (lambda: rsgd.residual_topk(0.5), reference.top_k(0.5), "rsgd"),
+  "error_feedback": (
+    lambda: rsgd.error_feedback(rsgd.scaled_sign()),
+    reference.scaled_sign(),
+    "error_feedback",
+  ),
+  "compress": (lambda: rsgd.compress(rsgd.scaled_sign()), reference.scaled_sign(), "compress"),
+  "iterate_averaging": (
+    lambda: rsgd.iterate_averaging(rsgd.residual_scale(0.25)),
+    reference.scaling(0.25),
+    "averaged",
+  ),
+}
+
+WRAPPERS = {
+  "chain": lambda t: optax.chain(optax.sgd(LR), t),
+  "named_chain": lambda t: optax.named_chain(("base", optax.sgd(LR)), ("t", t)),
+  "inject_hyperparams": lambda t: optax.inject_hyperparams(
+    lambda learning_rate: optax.chain(optax.sgd(learning_rate), t)
+  )(learning_rate=LR),
+  "masked": lambda t: optax.chain(optax.sgd(LR), optax.masked(t, {"b": False, "w": True})),
+  "MultiSteps": lambda t: optax.MultiSteps(optax.chain(optax.sgd(LR), t), every_k_schedule=1),
+  "apply_if_finite": lambda t: optax.apply_if_finite(optax.chain(optax.sgd(LR), t), 3),
+  "nnx.Optimizer": lambda t: optax.chain(optax.sgd(LR), t),
+}
+
+
+def _expected(name: str, masked: bool) -> tuple[list, list]:
+  """(params, eval_params) after STEPS steps, leaves [b, w], from the paper's equations."""
+  _, scheme, kind = CONTRACT[name]
+  y0 = [Y0["b"], Y0["w"]]
+  if kind == "compress" or kind == "error_feedback":
+    xs = reference.error_feedback(
+      y0, _grad_of, reference.sgd(LR), scheme, STEPS, memory=kind == "error_feedback"
+    )
+    params = point = xs[-1]
+  else:
+    xs, ys = reference.rsgd(y0, _grad_of, reference.sgd(LR), scheme, STEPS)
+    params, point = ys[-1], xs[-1]
+    if kind == "averaged":  # averaging switched on before the first step: the mean of all x_t
+      point = reference.iterate_average(xs, 0)[-1]
+  if masked:  # the masked-out leaf b follows plain SGD (its y is its x); only w is transformed
+    b = reference.base_run(y0, _grad_of, reference.sgd(LR), STEPS)[-1][0]
+    params, point = [b, params[1]], [b, point[1]]
+  return params, point
+
+
+class _Leaves(nnx.Module):
+  def __init__(self):
+    self.b = nnx.Param(jnp.asarray(Y0["b"]))
+    self.w = nnx.Param(jnp.asarray(Y0["w"]))
+
+
+def _run_nnx(tx) -> tuple[dict, Any]:
+  model = _Leaves()
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    loss = lambda m: jnp.sum(m.b[...] ** 2) + jnp.sum(jnp.sin(m.w[...]))
+    optimizer.update(model, nnx.grad(loss)(model))
+
+  if rsgd.AveragingState.__name__ in repr(optimizer.opt_state):
+    optimizer.opt_state = rsgd.start_averaging(optimizer.opt_state)
+  for _ in range(STEPS):
+    train_step(model, optimizer)
+  return nnx.state(model, nnx.Param), optimizer.opt_state
+
+
+def _run(tx, averaged: bool) -> tuple[dict, Any]:
+  params = {k: jnp.asarray(v) for k, v in Y0.items()}
+  state = tx.init(params)
+  if averaged:
+    state = rsgd.start_averaging(state)
+  grads_fn = lambda p: dict(zip(("b", "w"), _grad_of(p["b"], p["w"]), strict=True))
+  params, state, _ = step_loop.run_jitted(step_loop.jitted_step(tx, grads_fn), params, state, STEPS)
+  return params, state
+
+
+@pytest.mark.standard_promotion
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_contract_matrix(name, wrapper):
+  tx = WRAPPERS[wrapper](CONTRACT[name][0]())
+  kind = CONTRACT[name][2]
+  if wrapper == "nnx.Optimizer":
+    params, state = _run_nnx(tx)
+  else:
+    params, state = _run(tx, averaged=kind == "averaged")
+  expected_params, expected_point = _expected(name, masked=wrapper == "masked")
+  leaves = [np.asarray(params["b"][...]), np.asarray(params["w"][...])]
+  for actual, expected in zip(leaves, expected_params, strict=True):
+    np.testing.assert_allclose(actual, expected, rtol=2e-6, atol=1e-6)
+  if kind in ("rsgd", "averaged"):
+    x = rsgd.eval_params(state, params)
+    for actual, expected in zip((x["b"], x["w"]), expected_point, strict=True):
+      np.testing.assert_allclose(np.asarray(actual[...]), expected, rtol=2e-6, atol=1e-6)
