@@ -51,7 +51,7 @@ def _validate_axis(axis: Any, name: str) -> tuple[str, ...]:
   return names
 
 
-def _wire_format(scheme: Any) -> _schemes.StepAwareScheme:
+def _wire_format(scheme: Any) -> _schemes._ScaledSign | _schemes._TopK:
   """The scheme itself if it has a wire format (scaled sign, top-k); a ValueError otherwise."""
   if isinstance(scheme, _schemes._Scaling):
     raise ValueError(
@@ -108,6 +108,32 @@ def _bound_axis_size(names: tuple[str, ...], what: str) -> int:
       f"gradient: {what} {names!r} is not a bound axis here. Wrap the train step in "
       "jax.shard_map over a mesh with that axis."
     ) from e
+
+
+def _varying_axes(x: jax.Array) -> set[str]:
+  """The mesh axes along which JAX's type of ``x`` says it varies (empty without ``check_vma``)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.9; ``vma`` before
+  return set(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _check_per_device(grad: jax.Array, memory: jax.Array, names: tuple[str, ...]) -> None:
+  """Refuses gradients that are the same on every device (already summed by ``jax.grad``).
+
+  Inside ``shard_map``, ``jax.grad`` with respect to replicated params returns the gradient summed
+  over the devices: an uncompressed all-reduce before the exchange. Where JAX tracks which values
+  vary across devices (``check_vma``, the default), the memory varies and such a gradient does not.
+  """
+  memory_varies = set(names) <= _varying_axes(memory)
+  grad_varies = set(names) <= _varying_axes(grad)
+  if memory_varies and not grad_varies:
+    axes = names[0] if len(names) == 1 else names
+    raise ValueError(
+      f"compressed_mean got gradients that are the same on every device along {axes!r}: inside "
+      "jax.shard_map, jax.grad with respect to replicated params sums the gradient over the "
+      "devices (a full uncompressed all-reduce). Take each device's own gradient at "
+      f"jax.lax.pcast(params, {axes!r}, to='varying')."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +256,10 @@ def compressed_mean(
   ``optax.chain(compressed_mean(scaled_sign(), "data"), optax.sgd(0.1, momentum=0.9),
   residual_scale(1 / 16))``. The whole ``update`` runs per device inside ``shard_map``: the other
   transformations' states see the same mean on every device and stay replicated (``P()``); only the
-  memory is device-local.
+  memory is device-local. Take each device's own gradient at
+  ``jax.lax.pcast(params, axis_name, to="varying")``: ``jax.grad`` with respect to the replicated
+  params themselves returns the gradient already summed over the devices (an uncompressed
+  all-reduce), which ``update`` refuses.
 
   **The memory.** :class:`CompressedMeanState` holds, for each float leaf, an array with a leading
   device axis. ``init`` called under ``with jax.set_mesh(mesh):`` makes it ``(devices, *shape)``
@@ -272,7 +301,8 @@ def compressed_mean(
     ...   jax.shard_map, mesh=mesh, in_specs=(P(), specs, P("data")), out_specs=(P(), specs)
     ... )
     ... def step(params, state, batch):
-    ...   grads = jax.grad(lambda p: jnp.sum((p["w"] - batch) ** 2))(params)
+    ...   local = jax.lax.pcast(params, "data", to="varying")  # this device's own gradient
+    ...   grads = jax.grad(lambda p: jnp.sum((p["w"] - batch) ** 2))(local)
     ...   updates, state = tx.update(grads, state, params)
     ...   return optax.apply_updates(params, updates), state
     >>> params, state = step(params, state, jnp.zeros([1, 3]))
@@ -327,7 +357,7 @@ def compressed_mean(
     leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
     slots = [i for i, g in enumerate(leaves) if _has_slot(g)]
     if error_feedback:
-      memory = treedef.flatten_up_to(state.memory)
+      memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
       for i in slots:
         if memory[i].shape[0] != 1:
           raise ValueError(
@@ -339,6 +369,8 @@ def compressed_mean(
     if not slots:
       return updates, state
     grads = [leaves[i] for i in slots]
+    if error_feedback:
+      _check_per_device(grads[0], memory[slots[0]], names)
     if fast:
       grads = [jax.lax.pmean(g, fast) for g in grads]
     if error_feedback:
