@@ -105,7 +105,7 @@ def ring_bytes_sent(op: str, result_bytes: int, group_size: int) -> float:
 
 
 def collectives(hlo: str) -> list[dict[str, Any]]:
-  """Every cross-device op of a compiled HLO text: op, result type and bytes, groups, bytes sent."""
+  """Every cross-device op of a compiled HLO text: op, result dtypes and bytes, groups, bytes sent."""
   header = re.search(r"num_partitions=(\d+)", hlo)
   partitions = int(header[1]) if header else 1
   found = []
@@ -122,7 +122,8 @@ def collectives(hlo: str) -> list[dict[str, Any]]:
     found.append(
       {
         "op": op,
-        "result": result_type,
+        "dtypes": sorted(set(re.findall(r"(\w+)\[", result_type))),
+        "arrays": len(re.findall(r"\w+\[", result_type)),
         "result_bytes": result_bytes,
         "group": groups[0],
         "group_size": len(groups[0]),

@@ -153,26 +153,24 @@ def _encode_sign(per_leaf: bool, vs: list[jax.Array]) -> tuple[tuple[jax.Array, 
   # One bit an entry cannot carry sign(0) = 0: an entry with v = 0 is sent as +scale, and the error
   # memory keeps the difference.
   bits = jnp.packbits(jnp.concatenate([(v >= 0).ravel() for v in vs]))
-  own = _decode_sign_one(per_leaf, vs, bits, scales)
+  own = [
+    (scales[i if per_leaf else 0] * jnp.where(v >= 0, 1, -1).astype(acc)).astype(v.dtype)
+    for i, v in enumerate(vs)
+  ]
   return (bits, scales), own
 
 
-def _decode_sign_one(per_leaf: bool, vs: list, bits: jax.Array, scales: jax.Array) -> list:
-  """One sender's ``R(v)`` per leaf, in each leaf's dtype."""
-  total = sum(v.size for v in vs)
-  signs = jnp.unpackbits(bits, count=total).astype(scales.dtype) * 2 - 1
-  out, start = [], 0
-  for i, v in enumerate(vs):
-    scale = scales[i if per_leaf else 0]
-    out.append((scale * signs[start : start + v.size]).astype(v.dtype).reshape(v.shape))
-    start += v.size
-  return out
-
-
 def _sum_sign(per_leaf: bool, vs: list, payload: tuple, acc: Any) -> list:
-  bits, scales = payload
-  decoded = jax.vmap(lambda b, s: _decode_sign_one(per_leaf, vs, b, s))(bits, scales)
-  return [jnp.sum(c.astype(acc), axis=0) for c in decoded]
+  """The senders' ``scale * (+-1)``, each rounded into its leaf's dtype as its sender did, summed."""
+  bits, scales = payload  # (senders, bytes), (senders, leaves or 1)
+  signs = jnp.unpackbits(bits, axis=1, count=sum(v.size for v in vs)).astype(acc) * 2 - 1
+  sums, start = [], 0
+  for i, v in enumerate(vs):
+    scale = scales[:, i if per_leaf else 0, None]
+    sent = (scale * signs[:, start : start + v.size]).astype(v.dtype).astype(acc)
+    sums.append(jnp.sum(sent, axis=0).reshape(v.shape))
+    start += v.size
+  return sums
 
 
 def _wire_value_dtype(vs: list) -> Any:

@@ -108,9 +108,13 @@ def ref_exchange(grads, compress, error_feedback):
 
 
 def _gradients(dtype, seed=0, workers=DEVICES):
-  """grads[t][i]: worker i's tree at step t, normal entries, some leaves of larger scale."""
+  """grads[t][i]: worker i's tree at step t, normal entries, some leaves of larger scale.
+
+  At the first step, leaf "b" starts with two exact zeros on every worker: one bit an entry sends
+  them as +scale (the reference says so too), and top-k meets tied magnitudes.
+  """
   rng = np.random.default_rng(seed)
-  return [
+  grads = [
     [
       [
         (rng.normal(size=shape) * (1 + j)).astype(np.float32).astype(dtype)
@@ -120,6 +124,9 @@ def _gradients(dtype, seed=0, workers=DEVICES):
     ]
     for _ in range(STEPS)
   ]
+  for worker in grads[0]:
+    worker[0][:2] = 0
+  return grads
 
 
 def _stacked(step_grads, mesh, spec):
