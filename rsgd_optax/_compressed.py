@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from rsgd_optax import _dtypes, _schemes
+from rsgd_optax import _dtypes, _schemes, _tree
 
 PyTree = Any
 AxisName = str | tuple[str, ...]
@@ -66,22 +66,6 @@ def _wire_format(scheme: Any) -> _schemes._ScaledSign | _schemes._TopK:
     "compressed_mean needs a scheme with a wire format: rsgd.scaled_sign() (packed sign bits and a "
     f"scale) or rsgd.top_k(fraction) (index/value pairs), got {scheme!r}."
   )
-
-
-def _validate_memory_dtype(dtype_arg: Any) -> Any:
-  if dtype_arg is None:
-    return None
-  try:
-    dtype = jnp.dtype(dtype_arg)
-  except TypeError as e:
-    raise ValueError(f"`memory_dtype` must be a floating dtype, got {dtype_arg!r}.") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"`memory_dtype` must be a floating dtype, got {dtype}.")
-  return dtype
-
-
-def _has_slot(x: Any) -> bool:
-  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
 
 
 def _memory_rows(names: tuple[str, ...]) -> int:
@@ -325,7 +309,7 @@ def compressed_mean(
     )
   if not isinstance(error_feedback, bool):
     raise ValueError(f"`error_feedback` must be True or False, got {error_feedback!r}.")
-  dtype = _validate_memory_dtype(memory_dtype)
+  dtype = _tree.validated_dtype(memory_dtype, "memory_dtype")
   spec = PartitionSpec(names if len(names) > 1 else names[0])
 
   def init_fn(params: PyTree) -> Any:
@@ -338,7 +322,7 @@ def compressed_mean(
     )
 
     def zeros(p: Any) -> Any:
-      if not _has_slot(p):
+      if not _tree.is_float(p):
         return optax.MaskedNode()
       shape = (rows, *p.shape)
       if explicit:
@@ -353,7 +337,7 @@ def compressed_mean(
     if fast:
       _bound_axis_size(fast, "average_axis")
     leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-    slots = [i for i, g in enumerate(leaves) if _has_slot(g)]
+    slots = [i for i, g in enumerate(leaves) if _tree.is_float(g)]
     if error_feedback:
       memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
       for i in slots:
