@@ -17,6 +17,7 @@ Where things are (imports go one way: each module imports only modules above it 
 - ``_lookup``: finding the residual and averaging states in any nesting, ``eval_params`` (one
   function, for every state) and ``proximity``.
 - ``_averaging``: ASGD / RASGD iterate averaging, switched on by the NT-ASGD trigger.
+- ``_compressed``: compressed data-parallel gradient exchange with error feedback (``shard_map``).
 """
 
 from rsgd_optax._averaging import (
@@ -25,6 +26,7 @@ from rsgd_optax._averaging import (
   nonmonotone_trigger,
   start_averaging,
 )
+from rsgd_optax._compressed import CompressedMeanState, compressed_mean, memory_specs, resize_memory
 from rsgd_optax._lookup import eval_params, find_averaging_state, find_residual_state, proximity
 from rsgd_optax._residual import (
   compress,
@@ -42,23 +44,27 @@ __version__ = "0.1.0"
 __all__ = (
   "AveragingState",
   "CompressState",
+  "CompressedMeanState",
   "ErrorFeedbackState",
   "ResidualState",
   "Scheme",
   "StepAwareScheme",
   "averaging_started",
   "compress",
+  "compressed_mean",
   "error_feedback",
   "eval_params",
   "find_averaging_state",
   "find_residual_state",
   "iterate_averaging",
+  "memory_specs",
   "nonmonotone_trigger",
   "proximity",
   "residual",
   "residual_scale",
   "residual_sign",
   "residual_topk",
+  "resize_memory",
   "scaled_sign",
   "scaling",
   "start_averaging",

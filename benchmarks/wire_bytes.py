@@ -1,0 +1,318 @@
+"""Bytes on the wire of the compressed gradient exchange, read from the compiled HLO, and step times.
+
+One data-parallel step (each device's own gradient of the ResNet-50-shaped tree, exchanged, then SGD)
+is compiled for each exchange: the plain float32 mean (``jax.lax.pmean``), and
+:func:`rsgd_optax.compressed_mean` with scaled sign (packed bits + scale) and top-k 1% (int32 index
++ float32 value pairs), both with error feedback. Two meshes of 8 CPU devices: one ``data`` axis, and
+``("host", "local") = (2, 4)`` where the compressed exchanges compress across ``host`` after a
+``pmean`` over ``local`` (the float32 baseline: ``pmean`` over ``local`` then over ``host``).
+
+Bytes each device sends per step are computed from every collective in the compiled HLO (its result
+shape and dtype, its replica groups), assuming ring algorithms over the ``P`` devices of a group:
+
+- all-gather of ``B`` bytes from each device: ``(P - 1) B`` (each device's block passes ``P - 1`` hops);
+- all-reduce of a ``B``-byte buffer: ``2 (P - 1) / P * B`` (reduce-scatter, then all-gather);
+- reduce-scatter of a ``B``-byte input: ``(P - 1) / P * B``; all-to-all: ``(P - 1) / P * B``;
+  collective-permute: ``B``.
+
+So one expects the float32 all-reduce to send ``64 / P`` times the bytes of the sign all-gather and
+``100 / P`` times those of top-k 1% (8-byte pairs for 1% of the entries). Step times come from
+interleaved rounds on 8 virtual CPU devices that share the host's cores: they measure the extra
+compute of encoding and decoding, not a network, and are noisy on a shared machine.
+
+The device count is fixed when JAX starts, so this runs as its own process::
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.wire_bytes --out w.json
+
+:func:`run_in_subprocess` starts it so from another process (``benchmarks.run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import rsgd_optax as rsgd
+from benchmarks import resnet50_tree, timing
+
+DEVICES = 8
+DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
+TOPK_FRACTION = 0.01
+LEARNING_RATE = 0.1
+MESHES = {"data8": ((8,), ("data",)), "host2xlocal4": ((2, 4), ("host", "local"))}
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+_BYTES.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
+_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the compiled HLO.
+
+
+def _result_bytes(result_type: str) -> int:
+  """Bytes of an HLO result type such as ``u8[8,1250]{1,0}`` or a tuple of them."""
+  total = 0
+  for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", result_type):
+    total += int(np.prod([int(d) for d in dims.split(",") if d])) * _BYTES[dtype]
+  return total
+
+
+def _replica_groups(attributes: str, partitions: int) -> list[list[int]]:
+  """The replica groups of one collective, from the list or the iota form (``[2,4]<=[8]``)."""
+  listed = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", attributes)
+  if listed:
+    groups = [[int(i) for i in g.split(",") if i] for g in re.findall(r"\{([\d,]*)\}", listed[1])]
+    return groups or [list(range(partitions))]
+  iota = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", attributes)
+  if iota:
+    shape = [int(d) for d in iota[1].split(",")]
+    dims = [int(d) for d in iota[2].split(",")]
+    ids = np.arange(int(np.prod(dims))).reshape(dims)
+    if iota[3]:
+      ids = ids.transpose([int(d) for d in iota[3].split(",")])
+    return ids.reshape(shape).tolist()
+  return [list(range(partitions))]
+
+
+def ring_bytes_sent(op: str, result_bytes: int, group_size: int) -> float:
+  """Bytes one device sends for one collective under ring algorithms (see the module docstring)."""
+  p = group_size
+  if p <= 1:
+    return 0.0
+  if op == "all-gather":
+    return (p - 1) * result_bytes / p  # each device contributed result_bytes / p
+  if op == "all-reduce":
+    return 2 * (p - 1) / p * result_bytes
+  if op == "reduce-scatter":
+    return (p - 1) * result_bytes  # the input is p times the result
+  if op == "all-to-all":
+    return (p - 1) / p * result_bytes
+  return float(result_bytes)  # collective-permute
+
+
+def collectives(hlo: str) -> list[dict[str, Any]]:
+  """Every cross-device op of a compiled HLO text: op, result dtypes and bytes, groups, bytes sent."""
+  header = re.search(r"num_partitions=(\d+)", hlo)
+  partitions = int(header[1]) if header else 1
+  found = []
+  pattern = rf"= (\(.*?\)|\S+) ({'|'.join(_OPS)})(-start)?\((.*)$"
+  for line in hlo.splitlines():
+    match = re.search(pattern, line)
+    if not match:
+      continue
+    result_type, op, start = match[1], match[2], match[3]
+    result_bytes = _result_bytes(result_type)
+    if start:  # an async start's result holds its operands and its results: keep the results
+      result_bytes = _result_bytes(result_type.split("), (")[-1]) if "), (" in result_type else 0
+    groups = _replica_groups(match[4], partitions)
+    found.append(
+      {
+        "op": op,
+        "dtypes": sorted(set(re.findall(r"(\w+)\[", result_type))),
+        "arrays": len(re.findall(r"\w+\[", result_type)),
+        "result_bytes": result_bytes,
+        "group": groups[0],
+        "group_size": len(groups[0]),
+        "bytes_sent": ring_bytes_sent(op, result_bytes, len(groups[0])),
+      }
+    )
+  return found
+
+
+def axis_of_group(group: list[int], mesh_shape: tuple[int, ...], names: tuple[str, ...]) -> str:
+  """The mesh axes a replica group spans (device i is position i of the mesh, row-major)."""
+  coords = np.array([np.unravel_index(i, mesh_shape) for i in group])
+  spanned = [name for a, name in enumerate(names) if len(set(coords[:, a])) > 1]
+  return "+".join(spanned) or "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps.
+
+
+def exchanges(names: tuple[str, ...]) -> dict[str, tuple[optax.GradientTransformation, Any]]:
+  """Name -> (transformation in front of SGD, axes its update pmeans first) for one mesh."""
+  slow, fast = names[0], names[1:] or None
+  fast_axis = fast[0] if fast and len(fast) == 1 else fast
+
+  def compressed(scheme: Any) -> optax.GradientTransformation:
+    return rsgd.compressed_mean(scheme, slow, average_axis=fast_axis)
+
+  return {
+    "psum_f32": (optax.identity(), names),
+    "sign_ef": (compressed(rsgd.scaled_sign()), None),
+    "topk1pct_ef": (compressed(rsgd.top_k(TOPK_FRACTION)), None),
+  }
+
+
+def _local_step(params, state, grads, *, tx, pmean_axes):
+  """One device's step inside shard_map: its gradient, the exchange, SGD."""
+  grads = jax.tree.map(lambda g: g[0], grads)  # this device's own gradient
+  if pmean_axes is not None:
+    # The baseline: pmean over the fast axes first, then the slow one (one all-reduce each).
+    for axis in reversed(pmean_axes):
+      grads = jax.lax.pmean(grads, axis)
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
+
+
+def mesh_rows(layout: str, shapes: dict[str, tuple[int, ...]], rounds: int) -> dict[str, Any]:
+  mesh_shape, names = MESHES[layout]
+  kind = (jax.sharding.AxisType.Explicit,) * len(names)
+  mesh = jax.make_mesh(mesh_shape, names, axis_types=kind, devices=jax.devices()[:DEVICES])
+  rng = np.random.default_rng(0)
+  host_params = {n: 0.01 * rng.standard_normal(s, np.float32) for n, s in shapes.items()}
+  # One gradient per device: a leading device axis, one row a device.
+  host_grads = {n: 0.01 * rng.standard_normal((DEVICES, *s), np.float32) for n, s in shapes.items()}
+  grad_spec = P(names if len(names) > 1 else names[0])
+  rows: dict[str, Any] = {}
+  runners = {}
+  with jax.set_mesh(mesh):
+    grads = jax.device_put(host_grads, NamedSharding(mesh, grad_spec))
+    for name, (exchange, pmean_axes) in exchanges(names).items():
+      tx = optax.chain(exchange, optax.sgd(LEARNING_RATE))
+      local_step = functools.partial(_local_step, tx=tx, pmean_axes=pmean_axes)
+      params = jax.device_put(host_params, NamedSharding(mesh, P()))
+      state = tx.init(params)
+      specs = rsgd.memory_specs(state, names[0])
+      step = jax.jit(
+        jax.shard_map(
+          local_step, mesh=mesh, in_specs=(P(), specs, grad_spec), out_specs=(P(), specs)
+        ),
+        donate_argnums=(0, 1),
+      )
+      start = time.perf_counter()
+      compiled = step.lower(params, state, grads).compile()
+      compile_seconds = time.perf_counter() - start
+      ops = collectives(compiled.as_text())
+      by_axis: dict[str, float] = {}
+      for op in ops:
+        op["axis"] = axis_of_group(op["group"], mesh_shape, names)
+        by_axis[op["axis"]] = by_axis.get(op["axis"], 0.0) + op["bytes_sent"]
+      rows[name] = {
+        "collectives": ops,
+        "bytes_sent_per_device": sum(op["bytes_sent"] for op in ops),
+        "bytes_sent_per_device_by_axis": by_axis,
+        "compile_seconds": compile_seconds,
+      }
+      carry = [params, state]
+
+      def run(compiled=compiled, carry=carry) -> None:
+        carry[:] = compiled(carry[0], carry[1], grads)
+        jax.block_until_ready(carry)
+
+      runners[name] = run
+    times = timing.interleaved(runners, rounds) if rounds else {}
+  slow = names[0]
+  base = rows["psum_f32"]
+  for name, row in rows.items():
+    row["bytes_ratio"] = base["bytes_sent_per_device"] / row["bytes_sent_per_device"]
+    slow_bytes = row["bytes_sent_per_device_by_axis"].get(slow, 0.0)
+    row["slow_axis_bytes_ratio"] = base["bytes_sent_per_device_by_axis"][slow] / slow_bytes
+    if times:
+      row["step_seconds"] = timing.median(times[name])
+      row["step_ratio"] = timing.median_ratio(times[name], times["psum_f32"])
+  return {
+    "mesh": dict(zip(names, mesh_shape, strict=True)),
+    "compressed_axis": slow,
+    "participants": mesh_shape[0],
+    "rounds": rounds,
+    "exchanges": rows,
+  }
+
+
+def wire_rows(width_scale: float, stage_blocks: tuple[int, ...], rounds: int) -> dict[str, Any]:
+  """The measurement: bytes and step times of every exchange on both meshes (8 devices)."""
+  if len(jax.devices()) < DEVICES:
+    raise RuntimeError(f"needs {DEVICES} devices (XLA_FLAGS={DEVICE_FLAG}), found {jax.devices()}")
+  shapes = resnet50_tree.resnet50_shapes(width_scale, stage_blocks)
+  from examples.common import machine  # the machine record every committed number carries
+
+  return {
+    "machine": machine.describe(),
+    "tree": {
+      "width_scale": width_scale,
+      "stage_blocks": list(stage_blocks),
+      "leaves": len(shapes),
+      "entries": int(sum(np.prod(s) for s in shapes.values())),
+    },
+    "topk_fraction": TOPK_FRACTION,
+    "ring_formula": "all-gather (P-1)B_in; all-reduce 2(P-1)/P B; reduce-scatter (P-1)/P B_in",
+    "meshes": {layout: mesh_rows(layout, shapes, rounds) for layout in MESHES},
+  }
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+  tree = result["tree"]
+  lines = [
+    f"Compressed gradient exchange, {tree['entries']:,} float32 entries in {tree['leaves']} "
+    f"leaves (ResNet-50 shapes at width x{tree['width_scale']}), 8 CPU devices; bytes each device "
+    "sends per step from the compiled HLO (ring formulas), step time median over "
+    f"{result['meshes']['data8']['rounds']} interleaved rounds.",
+    "",
+    "| mesh | exchange | MiB sent / device | x fewer | slow-axis MiB | x fewer (slow) | "
+    "step ms | step x psum |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  mib = 1 << 20
+  for layout, mesh in result["meshes"].items():
+    for name, row in mesh["exchanges"].items():
+      slow = row["bytes_sent_per_device_by_axis"].get(mesh["compressed_axis"], 0.0)
+      step = f"{row['step_seconds'] * 1e3:.1f}" if "step_seconds" in row else "-"
+      ratio = f"{row['step_ratio']:.2f}" if "step_ratio" in row else "-"
+      lines.append(
+        f"| {layout} | {name} | {row['bytes_sent_per_device'] / mib:.3f} | "
+        f"{row['bytes_ratio']:.1f} | {slow / mib:.3f} | {row['slow_axis_bytes_ratio']:.1f} | "
+        f"{step} | {ratio} |"
+      )
+  return lines
+
+
+def run_in_subprocess(width_scale: float, stage_blocks: tuple[int, ...], rounds: int) -> dict:
+  """:func:`wire_rows` in a fresh process with 8 host devices (CPU), its result read back."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + DEVICE_FLAG).strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "wire_bytes.json")
+    command = [sys.executable, "-m", "benchmarks.wire_bytes", "--out", out, "--rounds", str(rounds)]
+    command += ["--width-scale", str(width_scale)]
+    command += ["--stage-blocks", ",".join(map(str, stage_blocks))]
+    subprocess.run(command, check=True, cwd=root, env=env)
+    with open(out) as f:
+      return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--width-scale", type=float, default=1.0)
+  parser.add_argument("--stage-blocks", default=",".join(map(str, resnet50_tree.STAGE_BLOCKS)))
+  parser.add_argument("--rounds", type=int, default=5, help="timing rounds; 0: bytes only")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  blocks = tuple(int(b) for b in args.stage_blocks.split(","))
+  result = wire_rows(args.width_scale, blocks, args.rounds)
+  print("\n".join(markdown(result)))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == "__main__":
+  main()

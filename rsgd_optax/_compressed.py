@@ -1,0 +1,464 @@
+"""Compressed data-parallel gradient exchange with error feedback.
+
+The residual schemes began as gradient compressors between workers (the paper's section 2): here they
+are one. Inside :func:`jax.shard_map` over a mesh axis, each device compresses its own gradient plus
+its error memory, sends the compact wire format (packed sign bits and a scale, or top-k index/value
+pairs) with ``all_gather``, keeps what it did not send as its memory, and every device decodes what
+arrived and returns the same mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec
+
+from rsgd_optax import _dtypes, _schemes, _tree
+
+PyTree = Any
+AxisName = str | tuple[str, ...]
+
+
+class CompressedMeanState(NamedTuple):
+  """State of :func:`rsgd_optax.compressed_mean` with error feedback.
+
+  Attributes:
+    memory: the error-feedback memory ``e`` of each floating-point leaf, with a leading device axis:
+      ``(devices, *leaf.shape)`` outside :func:`jax.shard_map`, where ``devices`` is the size of the
+      compressed mesh axis, and ``(1, *leaf.shape)`` (this device's own row) inside it. Pass it
+      through ``shard_map`` with the partition spec ``P(axis_name)`` (see
+      :func:`rsgd_optax.memory_specs`). :class:`optax.MaskedNode` for leaves with no memory.
+  """
+
+  memory: PyTree
+
+
+def _axis_names(axis: AxisName) -> tuple[str, ...]:
+  return (axis,) if isinstance(axis, str) else tuple(axis)
+
+
+def _validate_axis(axis: Any, name: str) -> tuple[str, ...]:
+  names = _axis_names(axis) if isinstance(axis, str | tuple) else ()
+  if not names or not all(isinstance(n, str) and n for n in names):
+    raise ValueError(
+      f"`{name}` must be a mesh axis name or a tuple of them, for example 'data', got {axis!r}."
+    )
+  return names
+
+
+def _wire_format(scheme: Any) -> _schemes._ScaledSign | _schemes._TopK:
+  """The scheme itself if it has a wire format (scaled sign, top-k); a ValueError otherwise."""
+  if isinstance(scheme, _schemes._Scaling):
+    raise ValueError(
+      "compressed_mean cannot compress with the scaling scheme: alpha * g has as many entries in "
+      "full precision as the gradient itself, so it would send as many bytes as an uncompressed "
+      "exchange. For the exact mean use jax.lax.pmean(grads, axis_name); to compress, pass "
+      "rsgd.scaled_sign() or rsgd.top_k(fraction)."
+    )
+  if isinstance(scheme, _schemes._ScaledSign | _schemes._TopK):
+    return scheme
+  raise ValueError(
+    "compressed_mean needs a scheme with a wire format: rsgd.scaled_sign() (packed sign bits and a "
+    f"scale) or rsgd.top_k(fraction) (index/value pairs), got {scheme!r}."
+  )
+
+
+def _memory_rows(names: tuple[str, ...]) -> int:
+  """Rows of a new memory: 1 inside ``shard_map`` over ``names``, their size outside it."""
+  mesh = jax.sharding.get_abstract_mesh()
+  missing = [n for n in names if mesh.empty or n not in mesh.shape]
+  if missing:
+    raise ValueError(
+      f"compressed_mean's init needs the mesh that holds axis {missing[0]!r}: call it inside "
+      f"jax.shard_map over that axis, or under `with jax.set_mesh(mesh):`, so that the "
+      "error-feedback memory gets one row per device."
+    )
+  if all(n in mesh.manual_axes for n in names):
+    return 1
+  return math.prod(mesh.shape[n] for n in names)
+
+
+def _bound_axis_size(names: tuple[str, ...], what: str) -> int:
+  try:
+    return math.prod(jax.lax.axis_size(n) for n in names)
+  except NameError as e:
+    raise ValueError(
+      f"compressed_mean's update runs inside jax.shard_map, where each device holds its own "
+      f"gradient: {what} {names!r} is not a bound axis here. Wrap the train step in "
+      "jax.shard_map over a mesh with that axis."
+    ) from e
+
+
+def _varying_axes(x: jax.Array) -> set[str]:
+  """The mesh axes along which JAX's type of ``x`` says it varies (empty without ``check_vma``)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.9; ``vma`` before
+  return set(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _check_per_device(grad: jax.Array, memory: jax.Array, names: tuple[str, ...]) -> None:
+  """Refuses gradients that are the same on every device (already summed by ``jax.grad``).
+
+  Inside ``shard_map``, ``jax.grad`` with respect to replicated params returns the gradient summed
+  over the devices: an uncompressed all-reduce before the exchange. Where JAX tracks which values
+  vary across devices (``check_vma``, the default), the memory varies and such a gradient does not.
+  """
+  memory_varies = set(names) <= _varying_axes(memory)
+  grad_varies = set(names) <= _varying_axes(grad)
+  if memory_varies and not grad_varies:
+    axes = names[0] if len(names) == 1 else names
+    raise ValueError(
+      f"compressed_mean got gradients that are the same on every device along {axes!r}: inside "
+      "jax.shard_map, jax.grad with respect to replicated params sums the gradient over the "
+      "devices (a full uncompressed all-reduce). Take each device's own gradient at "
+      f"jax.lax.pcast(params, {axes!r}, to='varying')."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire formats. Each encoder returns (payload, own) where payload is a tuple of arrays to gather and
+# own is R(v) per leaf as the sender decodes it; each decoder turns the gathered payloads (a leading
+# axis of the senders) into the sum over senders, per leaf, in the accumulation dtype.
+
+
+def _encode_sign(per_leaf: bool, vs: list[jax.Array]) -> tuple[tuple[jax.Array, ...], list]:
+  acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
+  sums = jnp.stack([jnp.sum(jnp.abs(v), dtype=acc) for v in vs])
+  sizes = jnp.asarray([max(v.size, 1) for v in vs], acc)
+  if per_leaf:
+    scales = sums / sizes
+  else:
+    scales = (jnp.sum(sums) / jnp.asarray(max(sum(v.size for v in vs), 1), acc))[None]
+  # One bit an entry cannot carry sign(0) = 0: an entry with v = 0 is sent as +scale, and the error
+  # memory keeps the difference.
+  bits = jnp.packbits(jnp.concatenate([(v >= 0).ravel() for v in vs]))
+  own = [
+    (scales[i if per_leaf else 0] * jnp.where(v >= 0, 1, -1).astype(acc)).astype(v.dtype)
+    for i, v in enumerate(vs)
+  ]
+  return (bits, scales), own
+
+
+def _sum_sign(per_leaf: bool, vs: list, payload: tuple, acc: Any) -> list:
+  """The senders' ``scale * (+-1)``, each rounded into its leaf's dtype as its sender did, summed."""
+  bits, scales = payload  # (senders, bytes), (senders, leaves or 1)
+  signs = jnp.unpackbits(bits, axis=1, count=sum(v.size for v in vs)).astype(acc) * 2 - 1
+  sums, start = [], 0
+  for i, v in enumerate(vs):
+    scale = scales[:, i if per_leaf else 0, None]
+    sent = (scale * signs[:, start : start + v.size]).astype(v.dtype).astype(acc)
+    sums.append(jnp.sum(sent, axis=0).reshape(v.shape))
+    start += v.size
+  return sums
+
+
+def _wire_value_dtype(vs: list) -> Any:
+  """The values' dtype on the wire: the widest leaf dtype, so every value travels exactly."""
+  return _dtypes.wider_float(*(v.dtype for v in vs))
+
+
+def _encode_top_k(
+  fraction: float, per_leaf: bool, vs: list[jax.Array]
+) -> tuple[tuple[jax.Array, ...], list]:
+  wire = _wire_value_dtype(vs)
+  flat = jnp.concatenate([v.ravel().astype(wire) for v in vs])
+  # lax.top_k puts the lower index first among equal magnitudes: the scheme's exact tie rule.
+  if per_leaf:
+    index_parts, start = [], 0
+    for v in vs:
+      k = _schemes.top_k_count(fraction, v.size)
+      index_parts.append(jax.lax.top_k(jnp.abs(flat[start : start + v.size]), k)[1] + start)
+      start += v.size
+    index = jnp.concatenate(index_parts)
+  else:
+    index = jax.lax.top_k(jnp.abs(flat), _schemes.top_k_count(fraction, flat.size))[1]
+  index = index.astype(jnp.int32)
+  values = flat[index]
+  own = _split_like(vs, jnp.zeros_like(flat).at[index].set(values))
+  return (index, values), [c.astype(v.dtype) for c, v in zip(own, vs, strict=True)]
+
+
+def _split_like(vs: list, flat: jax.Array) -> list:
+  out, start = [], 0
+  for v in vs:
+    out.append(flat[start : start + v.size].reshape(v.shape))
+    start += v.size
+  return out
+
+
+def _sum_top_k(vs: list, payload: tuple, acc: Any) -> list:
+  index, values = payload
+  total = sum(v.size for v in vs)
+  summed = jnp.zeros([total], acc).at[index.ravel()].add(values.ravel().astype(acc))
+  return _split_like(vs, summed)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def compressed_mean(
+  scheme: _schemes.Scheme,
+  axis_name: AxisName,
+  *,
+  error_feedback: bool = True,
+  average_axis: AxisName | None = None,
+  memory_dtype: Any = None,
+) -> optax.GradientTransformation:
+  r"""The mean of the devices' gradients, exchanged compressed, with error feedback.
+
+  Its ``update`` runs inside :func:`jax.shard_map` over ``axis_name``, where device ``i`` holds its
+  own gradient ``g_i`` (from its share of the batch) and its own memory ``e_i`` (zero at the start).
+  Each device compresses, keeps what it did not send, and returns the same mean of what was sent:
+
+  .. math::
+    v_i = g_i + e_i, \qquad c_i = R(v_i), \qquad e_i \leftarrow v_i - c_i, \qquad
+    \text{update} = \frac{1}{n} \sum_{j=1}^{n} c_j.
+
+  Without error feedback ``e_i`` stays zero and no memory is kept. ``c_i`` travels in a compact
+  wire format, exchanged with ``jax.lax.all_gather`` and decoded on arrival:
+
+  - :func:`rsgd_optax.scaled_sign`: one bit an entry (``v >= 0``, packed eight to a byte) and one
+    float32 scale ``mean |v|`` per leaf (or one for the tree with ``per_leaf=False``). One bit cannot
+    carry ``sign(0) = 0``: an entry with ``v = 0`` is sent as ``+scale`` (the memory keeps the
+    difference; without error feedback such an entry moves).
+  - :func:`rsgd_optax.top_k`: ``k`` (int32 index, value) pairs per leaf (or for the tree), ``k``
+    as in the scheme, ties toward the lower index; values in the widest dtype of the tree.
+
+  The scaling scheme is refused: it would send as many bytes as the gradient (use
+  ``jax.lax.pmean``). On a mesh with a fast and a slow axis, for example ``("host", "local")``,
+  compress across the slow one (``axis_name="host"``) and give the fast one as ``average_axis``:
+  gradients are first averaged over it with ``pmean``, so the devices of one host share one memory.
+
+  Chain it in front of the base optimizer; residual views go behind it as usual:
+  ``optax.chain(compressed_mean(scaled_sign(), "data"), optax.sgd(0.1, momentum=0.9),
+  residual_scale(1 / 16))``. The whole ``update`` runs per device inside ``shard_map``: the other
+  transformations' states see the same mean on every device and stay replicated (``P()``); only the
+  memory is device-local. Take each device's own gradient at
+  ``jax.lax.pcast(params, axis_name, to="varying")``: ``jax.grad`` with respect to the replicated
+  params themselves returns the gradient already summed over the devices (an uncompressed
+  all-reduce), which ``update`` refuses.
+
+  **The memory.** :class:`CompressedMeanState` holds, for each float leaf, an array with a leading
+  device axis. ``init`` called under ``with jax.set_mesh(mesh):`` makes it ``(devices, *shape)``
+  (``devices``: the size of ``axis_name``), sharded as ``P(axis_name)`` on meshes with explicit axes;
+  called inside ``shard_map`` it makes this device's ``(1, *shape)``. Pass the state through
+  ``shard_map`` with :func:`rsgd_optax.memory_specs` as its spec, and save it with Orbax like any
+  sharded array. Restored on another number of devices, the leading axis no longer matches and
+  ``update`` refuses with a message; :func:`rsgd_optax.resize_memory` folds it to the new count,
+  keeping the mean memory (the gradient mass not yet applied).
+
+  Args:
+    scheme: the compressor: :func:`rsgd_optax.scaled_sign` or :func:`rsgd_optax.top_k`.
+    axis_name: the mesh axis (or tuple of axes) across which gradients are exchanged compressed.
+    error_feedback: keep each device's memory ``e_i`` (default) or send ``R(g_i)`` alone.
+    average_axis: mesh axis (or axes) averaged exactly with ``pmean`` before compressing, or None.
+    memory_dtype: dtype of the memory; defaults to each parameter's dtype.
+
+  Returns:
+    An :class:`optax.GradientTransformation`; its state is a :class:`CompressedMeanState` with error
+    feedback, :class:`optax.EmptyState` without. Updates keep the gradients' dtypes; leaves that are
+    not floating point pass through unchanged.
+
+  Example:
+    >>> import functools
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rsgd_optax as rsgd
+    >>> from jax.sharding import PartitionSpec as P
+    >>> auto = (jax.sharding.AxisType.Auto,)
+    >>> mesh = jax.make_mesh((1,), ("data",), axis_types=auto, devices=jax.devices()[:1])
+    >>> tx = optax.chain(rsgd.compressed_mean(rsgd.scaled_sign(), "data"), optax.sgd(0.5))
+    >>> params = {"w": jnp.array([1.0, 2.0, 3.0])}
+    >>> with jax.set_mesh(mesh):
+    ...   state = tx.init(params)
+    >>> specs = rsgd.memory_specs(state, "data")
+    >>> @jax.jit
+    ... @functools.partial(
+    ...   jax.shard_map, mesh=mesh, in_specs=(P(), specs, P("data")), out_specs=(P(), specs)
+    ... )
+    ... def step(params, state, batch):
+    ...   local = jax.lax.pcast(params, "data", to="varying")  # this device's own gradient
+    ...   grads = jax.grad(lambda p: jnp.sum((p["w"] - batch) ** 2))(local)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   return optax.apply_updates(params, updates), state
+    >>> params, state = step(params, state, jnp.zeros([1, 3]))
+    >>> params["w"]  # the mean |g| is 4: each entry moves by 0.5 * 4
+    Array([-1.,  0.,  1.], dtype=float32)
+    >>> state[0].memory["w"]  # g - R(g), one row per device
+    Array([[-2.,  0.,  2.]], dtype=float32)
+
+  References:
+    Seide et al., "1-bit stochastic gradient descent and its application to data-parallel distributed
+    training of speech DNNs", Interspeech 2014; Stich, Cordonnier and Jaggi, "Sparsified SGD with
+    memory", NeurIPS 2018; Karimireddy et al., "Error feedback fixes SignSGD and other gradient
+    compression schemes", ICML 2019; section 2 of the RSGD(m) paper.
+  """
+  scheme = _wire_format(scheme)
+  names = _validate_axis(axis_name, "axis_name")
+  fast = () if average_axis is None else _validate_axis(average_axis, "average_axis")
+  if set(fast) & set(names):
+    raise ValueError(
+      f"`average_axis` {average_axis!r} and `axis_name` {axis_name!r} share an axis: compress "
+      "across the slow axis and average exactly across the other ones."
+    )
+  if not isinstance(error_feedback, bool):
+    raise ValueError(f"`error_feedback` must be True or False, got {error_feedback!r}.")
+  dtype = _tree.validated_dtype(memory_dtype, "memory_dtype")
+  spec = PartitionSpec(names if len(names) > 1 else names[0])
+
+  def init_fn(params: PyTree) -> Any:
+    if not error_feedback:
+      return optax.EmptyState()
+    rows = _memory_rows(names)
+    mesh = jax.sharding.get_abstract_mesh()
+    explicit = rows > 1 and all(
+      mesh.axis_types[mesh.axis_names.index(n)] == jax.sharding.AxisType.Explicit for n in names
+    )
+
+    def zeros(p: Any) -> Any:
+      if not _tree.is_float(p):
+        return optax.MaskedNode()
+      shape = (rows, *p.shape)
+      if explicit:
+        return jnp.zeros(shape, dtype or p.dtype, out_sharding=spec)
+      return jnp.zeros(shape, dtype or p.dtype)
+
+    return CompressedMeanState(jax.tree.map(zeros, params, is_leaf=lambda x: x is None))
+
+  def update_fn(updates: PyTree, state: Any, params: PyTree = None) -> tuple[PyTree, Any]:
+    del params
+    devices = _bound_axis_size(names, "axis_name")
+    if fast:
+      _bound_axis_size(fast, "average_axis")
+    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+    slots = [i for i, g in enumerate(leaves) if _tree.is_float(g)]
+    if error_feedback:
+      memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
+      for i in slots:
+        if memory[i].shape[0] != 1:
+          raise ValueError(
+            f"The error-feedback memory holds {memory[i].shape[0]} rows on each device instead of "
+            f"one: either its shard_map spec is not P({spec[0]!r}) (use rsgd.memory_specs), or the "
+            f"state was saved on another number of devices than the {devices} along "
+            f"{axis_name!r} now: call rsgd.resize_memory(state, {devices}) after restoring it."
+          )
+    if not slots:
+      return updates, state
+    grads = [leaves[i] for i in slots]
+    if error_feedback:
+      _check_per_device(grads[0], memory[slots[0]], names)
+    if fast:
+      grads = [jax.lax.pmean(g, fast) for g in grads]
+    if error_feedback:
+      errors = [memory[i][0] for i in slots]
+      vs = []
+      for g, e in zip(grads, errors, strict=True):
+        wide = _dtypes.wider_float(g.dtype, e.dtype)
+        vs.append(g.astype(wide) + e.astype(wide))
+    else:
+      vs = grads
+    if isinstance(scheme, _schemes._TopK):
+      payload, own = _encode_top_k(scheme.fraction, scheme.per_leaf, vs)
+    else:
+      payload, own = _encode_sign(scheme.per_leaf, vs)
+    gathered = tuple(jax.lax.all_gather(x, names, to="invarying") for x in payload)
+    acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
+    if isinstance(scheme, _schemes._TopK):
+      sums = _sum_top_k(vs, gathered, acc)
+    else:
+      sums = _sum_sign(scheme.per_leaf, vs, gathered, acc)
+    out = list(leaves)
+    for i, total, g in zip(slots, sums, grads, strict=True):
+      out[i] = (total / jnp.asarray(devices, acc)).astype(g.dtype)
+    mean = jax.tree.unflatten(treedef, out)
+    if not error_feedback:
+      return mean, state
+    new_memory = list(memory)
+    for i, v, c in zip(slots, vs, own, strict=True):
+      new_memory[i] = (v - c).astype(memory[i].dtype)[None]
+    return mean, CompressedMeanState(jax.tree.unflatten(treedef, new_memory))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_state(x: Any) -> bool:
+  return isinstance(x, CompressedMeanState)
+
+
+def memory_specs(opt_state: PyTree, axis_name: AxisName) -> PyTree:
+  """Partition specs for passing ``opt_state`` through :func:`jax.shard_map`.
+
+  The error-feedback memory of every :class:`CompressedMeanState` in ``opt_state`` gets
+  ``P(axis_name)`` (one row per device), every other leaf ``P()`` (replicated: the transformations
+  behind :func:`rsgd_optax.compressed_mean` see the same mean on every device).
+
+  Args:
+    opt_state: an optimizer state (or its :func:`jax.eval_shape`), in any nesting.
+    axis_name: the mesh axis (or axes) given to :func:`rsgd_optax.compressed_mean`.
+
+  Returns:
+    A pytree of :class:`jax.sharding.PartitionSpec` with the structure of ``opt_state``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import rsgd_optax as rsgd
+    >>> state = rsgd.CompressedMeanState({"w": jnp.zeros([8, 3])})
+    >>> rsgd.memory_specs(state, "data")
+    CompressedMeanState(memory={'w': P('data',)})
+  """
+  names = _validate_axis(axis_name, "axis_name")
+  spec = PartitionSpec(names if len(names) > 1 else names[0])
+
+  def specs(node: Any) -> Any:
+    if _is_state(node):
+      return CompressedMeanState(jax.tree.map(lambda _: spec, node.memory))
+    return PartitionSpec()
+
+  return jax.tree.map(specs, opt_state, is_leaf=_is_state)
+
+
+def resize_memory(opt_state: PyTree, devices: int) -> PyTree:
+  r"""Folds the error-feedback memory onto another number of devices (after a restore).
+
+  What the memory holds for training is its mean over devices, ``\bar e = \frac{1}{n} \sum_i e_i``:
+  the gradient mass sent by nobody yet. Each of the ``devices`` new rows gets ``\bar e``, so the mean
+  stays the same; the split of it among devices does not survive (it cannot: the new devices see
+  other shares of the batch).
+
+  Args:
+    opt_state: an optimizer state holding :class:`CompressedMeanState` memories with a leading
+      device axis (as saved: outside ``shard_map``), in any nesting.
+    devices: the number of devices along the compressed axis now.
+
+  Returns:
+    ``opt_state`` with each memory leaf of shape ``(devices, *leaf.shape)``, in its dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import rsgd_optax as rsgd
+    >>> state = rsgd.CompressedMeanState({"w": jnp.array([[1.0, -2.0], [3.0, 0.0]])})
+    >>> rsgd.resize_memory(state, 4).memory["w"]
+    Array([[ 2., -1.],
+           [ 2., -1.],
+           [ 2., -1.],
+           [ 2., -1.]], dtype=float32)
+  """
+  if isinstance(devices, bool) or not isinstance(devices, int | np.integer) or devices < 1:
+    raise ValueError(f"`devices` must be a positive integer, got {devices!r}.")
+
+  def fold(m: jax.Array) -> jax.Array:
+    mean = jnp.mean(m, axis=0, dtype=_dtypes.accumulation_dtype(m.dtype)).astype(m.dtype)
+    return jnp.broadcast_to(mean, (int(devices), *m.shape[1:]))
+
+  def resize(node: Any) -> Any:
+    if _is_state(node):
+      return CompressedMeanState(jax.tree.map(fold, node.memory))
+    return node
+
+  return jax.tree.map(resize, opt_state, is_leaf=_is_state)
