@@ -229,7 +229,8 @@ class Panel:
 
   ``ylabel`` names the quantity and the point it is measured at (``x = y + r`` or ``y``).
   ``scale`` multiplies the values (100 shows a fraction in %). ``log_scale`` asks for a log axis,
-  used only when the drawn values span more than a factor of 10 (else the ticks read badly).
+  used only when the drawn values span more than a factor of ``LOG_SPAN`` (a narrower range reads
+  better on a linear one); its ticks are plain numbers (0.3, 0.01), never 3x10^-1.
   Groups whose curves are equal in every run (views that report the same point, e.g. the test
   accuracy at the shared params) are drawn once, labelled ``same_label`` with ``{base}`` the
   trajectory's base optimizer.
@@ -242,6 +243,9 @@ class Panel:
   log_scale: bool = False
   scale: float = 1.0
   same_label: str = "{base}: every view"
+
+
+LOG_SPAN = 3.0
 
 
 def _trajectory_of(label: str) -> str:
@@ -282,7 +286,7 @@ def draw_panel(
   A group with no value to draw (no record of the metric, or none positive on a log axis) gets no
   line and no legend entry; equal curves are drawn and labelled once (see :class:`Panel`).
   """
-  from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+  from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
   shown = [label for label in ordered if panel.labels is None or label in panel.labels]
   curves = {}
@@ -293,7 +297,7 @@ def draw_panel(
       curves[label] = (epochs, values)
   drawn = [v[np.isfinite(v) & (v > 0)] for _, v in curves.values()]
   positive = np.concatenate(drawn) if drawn else np.array([])
-  log = panel.log_scale and positive.size > 0 and positive.max() > 10 * positive.min()
+  span = positive.max() / positive.min() if positive.size else 1.0
   colours: dict[str, str] = {}
   for legend, members in _merge_equal_curves(curves, panel.same_label):
     epochs, values = curves[members[0]]
@@ -311,10 +315,15 @@ def draw_panel(
   ax.set_ylabel(panel.ylabel)
   if panel.title:
     ax.set_title(panel.title, fontsize=10)
-  if log:
+  if panel.log_scale and span > LOG_SPAN:
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    if span < 10:  # less than a decade: label a few ticks between the powers of ten
+      ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 3, 4, 5, 7)))
+      ax.yaxis.set_minor_formatter(plain)
+    else:
+      ax.yaxis.set_minor_formatter(NullFormatter())
   ax.grid(alpha=0.3)
   if colours:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
@@ -425,10 +434,11 @@ def gains_markdown(
   *,
   scale: float = 100.0,
   order: Sequence[str] | None = None,
-) -> str:
-  """Two Markdown tables: the paired gains per seed, then their mean ± std (ddof=1) per view."""
+) -> tuple[str, str]:
+  """Two Markdown tables: per view, the paired gains' mean ± std (ddof=1) over seeds; then the
+  gains per seed. Empty strings without gains."""
   if not gains:
-    return ""
+    return "", ""
   views = [v for v in (order or []) if any(g.view == v for g in gains)]
   views += sorted({g.view for g in gains} - set(views))
   columns = " | ".join(range_label(lo, hi) for lo, hi in ranges)
@@ -447,4 +457,4 @@ def gains_markdown(
       mean = float(np.mean(finite)) if finite.size else math.nan
       cells.append(f"{mean * scale:+.2f} ± {std * scale:.2f}")
     summary.append(f"| {view} - {rows[0].base} | {len(rows)} | " + " | ".join(cells) + " |")
-  return "\n".join(per_seed) + "\n\n" + "\n".join(summary) + "\n"
+  return "\n".join(summary) + "\n", "\n".join(per_seed) + "\n"

@@ -114,11 +114,12 @@ def test_paired_gains_read_both_layouts(tmp_path):
   ]
   np.testing.assert_allclose(gains[0].gains, [0.05, 0.01], atol=1e-12)
   np.testing.assert_allclose(gains[1].gains, [0.07, -0.01], atol=1e-12)
-  lines = report.gains_markdown(gains, ranges).splitlines()
+  summary, per_seed = report.gains_markdown(gains, ranges)
+  lines = per_seed.splitlines()
   assert lines[2] == "| rsgdm-scale@0.25 - sgdm | 0 | +5.00 | +1.00 |"
   assert lines[3] == "| rsgdm-scale@0.25 - sgdm | 1 | +7.00 | -1.00 |"
   # Mean ± sample std of (5, 7) and (1, -1).
-  assert lines[-1] == "| rsgdm-scale@0.25 - sgdm | 2 | +6.00 ± 1.41 | +0.00 ± 1.41 |"
+  assert summary.splitlines()[-1] == "| rsgdm-scale@0.25 - sgdm | 2 | +6.00 ± 1.41 | +0.00 ± 1.41 |"
 
 
 def _views(tmp_path, seed, series):

@@ -32,6 +32,7 @@ MOMENTUM_RESIDUALS = ("sgdm", "rsgdm-scale", "rsgdm-sign", "rsgdm-topk")
 MOMENTUM_BASELINES = ("sgdm", "signsgdm", "ef-signsgdm", "adam", "adagrad")
 PLAIN_RESIDUALS = ("sgd", "rsgd-scale", "rsgd-sign", "rsgd-topk")
 PLAIN_BASELINES = ("sgd", "signsgd", "ef-signsgd")
+PER_SEED = "The paired gains per seed:"
 POINTS = "x = y + r: the point each optimizer evaluates (x = y, the params, without a residual)"
 LOSS_AT_X = "training loss at x"
 ACCURACY_AT_X = "test accuracy at x (%)"
@@ -95,16 +96,19 @@ def make_table(runs: Sequence[report.Run], num_epochs: int = 0) -> str:
   summary = report.summarize(groups, "test_accuracy", ranges)
   order = display_order(groups)
   table = report.markdown_table(summary, ranges, order=order)
-  gains = report.gains_markdown(
+  summary_gains, per_seed = report.gains_markdown(
     report.paired_gains(runs, "test_accuracy", ranges), ranges, order=order
   )
-  if gains:
+  if summary_gains:
     table += (
       "\nPaired gain of each residual view over its base (percentage points of best test "
-      "accuracy in each range; the same seed, so the same trajectory), per seed, then mean ± "
-      "std:\n\n" + gains
+      "accuracy in each range; the same seed, so the same trajectory), mean ± std over seeds:\n\n"
+      + summary_gains
     )
-  return table + "\n" + report.machine_caption(runs) + "\n"
+  table += "\n" + report.machine_caption(runs) + "\n"
+  if per_seed:
+    table += f"\n{PER_SEED}\n\n" + per_seed
+  return table
 
 
 def _num_epochs(runs: Sequence[report.Run]) -> int:
