@@ -48,7 +48,12 @@ def awd_lstm_parameters(embed_dim: int, hidden: int, num_layers: int, vocab: int
 
 
 def scale_note(config: dict[str, Any]) -> str:
-  """Why the measured perplexity is far from the paper's: the model's size and the epochs."""
+  """Why the measured perplexity is far from the paper's: the model's size and the epochs.
+
+  Empty for a config without the model's sizes (nothing to compare).
+  """
+  if any(key not in config for key in ("embed_dim", "hidden", "num_layers", "num_epochs")):
+    return ""
   ours = awd_lstm_parameters(
     config["embed_dim"], config["hidden"], config["num_layers"], PTB_VOCABULARY
   )
@@ -180,7 +185,8 @@ def write_report(workdirs: Sequence[str], output_dir: str) -> str:
   results = [load_results(w) for w in workdirs]
   runs = [report.load_run(w) for w in workdirs]
   table = table2(results, runs)
-  table += "\n" + scale_note(runs[0].config)
+  note = scale_note(runs[0].config)
+  table += "\n" + note if note else ""
   table += "\n" + report.machine_caption(runs) + "\n"
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "table2.md"), "w") as f:
