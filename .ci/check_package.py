@@ -100,7 +100,7 @@ def _check_wheel(wheel: pathlib.Path, version: str) -> None:
   urls = [*metadata.get_all("Project-URL", []), metadata.get("Home-page") or ""]
   if any(urls):
     _fail(f"the metadata names project URLs {urls}, but none is known")
-  licence = (ROOT / "LICENSE").read_bytes()
+  licence = _licence()
   with zipfile.ZipFile(wheel) as archive:
     shipped = [archive.read(n) for n in names if n.endswith(".dist-info/licenses/LICENSE")]
   if shipped != [licence]:
@@ -109,11 +109,17 @@ def _check_wheel(wheel: pathlib.Path, version: str) -> None:
     _fail(f"{wheel.name}'s METADATA names no License-File: LICENSE (pyproject's license-files)")
 
 
+def _licence() -> bytes:
+  if not (ROOT / "LICENSE").exists():
+    _fail("no LICENSE file at the repository root: add the Apache-2.0 text (pyproject's license)")
+  return (ROOT / "LICENSE").read_bytes()
+
+
 def _check_sdist(sdist: pathlib.Path) -> None:
   with tarfile.open(sdist) as archive:
     members = {m.name.split("/", 1)[1]: m for m in archive.getmembers() if "/" in m.name}
     licence = archive.extractfile(members["LICENSE"]) if "LICENSE" in members else None
-    if licence is None or licence.read() != (ROOT / "LICENSE").read_bytes():
+    if licence is None or licence.read() != _licence():
       _fail(f"{sdist.name} does not hold the repository's LICENSE at its top level")
   names = set(members)
   # What a build from the sdist needs; the tests and docs stay in the repository.

@@ -306,7 +306,8 @@ def draw_panel(
     # in every panel of that list); dashed after the tenth, so no two curves look alike.
     index = shown.index(members[0])
     colour, style = f"C{index % 10}", "-" if index < 10 else "--"
-    ax.plot(epochs, mean, style, label=legend, linewidth=1.4, color=colour)
+    marker = "o" if epochs.size == 1 else None  # a line of one point would not show
+    ax.plot(epochs, mean, style, label=legend, linewidth=1.4, color=colour, marker=marker)
     if values.shape[0] > 1:
       ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     colours.update(dict.fromkeys(members, colour))
