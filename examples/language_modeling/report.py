@@ -162,7 +162,8 @@ def plot(runs: Sequence[report.Run], results: Sequence[dict[str, Any]], path: st
     ),
     report.Panel("val_ppl", "validation perplexity at x (or its average)", log_scale=True),
   )
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), layout="constrained")
+  # One above the other: the docs' column keeps the legends legible.
+  fig, axes = plt.subplots(2, 1, figsize=(6.4, 8.4), layout="constrained")
   for ax, panel in zip(axes, panels, strict=True):
     colours = report.draw_panel(ax, named, panel, ordered)
   # The switches on the validation panel only: there each view has its own line and colour.
