@@ -19,7 +19,7 @@ ALPHAS = (0.5, 0.25, 0.0625, 0.015625, 0.00390625)
 
 def get_config():
   config = fashion_mnist_table1.get_config()
-  config.sweep.optimizers = ("sgdm",) + tuple(f"rsgdm-scale@{alpha}" for alpha in ALPHAS)
+  config.sweep.optimizers = ("sgdm", *(f"rsgdm-scale@{alpha}" for alpha in ALPHAS))
   config.sweep.seeds = (0, 1, 2, 3, 4)
   config.sweep.title = "Fashion-MNIST (5k subset), small CNN: RSGDm-scale's alpha"
   return config
