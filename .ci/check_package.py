@@ -9,6 +9,8 @@ Exits non-zero, naming the problem, when:
 - the wheel's or CITATION.cff's version is not `rsgd_optax.__version__`, the wheel lacks `rsgd_optax/py.typed`, holds
   anything but the `rsgd_optax` package, or requires anything but jax and optax;
 - the metadata names a project URL (none is known);
+- the wheel or the sdist lacks the LICENSE file (byte for byte the repository's), or the wheel's
+  metadata does not name it (`License-File`);
 - in a fresh virtual environment with only the wheel installed, a package of the project's extras
   (examples, tests, docs, ...) got installed without jax or optax needing it, `import rsgd_optax`
   fails, loads the installed copy's modules from elsewhere, or pulls in an extras-only module, or a
@@ -98,11 +100,28 @@ def _check_wheel(wheel: pathlib.Path, version: str) -> None:
   urls = [*metadata.get_all("Project-URL", []), metadata.get("Home-page") or ""]
   if any(urls):
     _fail(f"the metadata names project URLs {urls}, but none is known")
+  licence = _licence()
+  with zipfile.ZipFile(wheel) as archive:
+    shipped = [archive.read(n) for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+  if shipped != [licence]:
+    _fail(f"{wheel.name} does not ship the repository's LICENSE as <dist-info>/licenses/LICENSE")
+  if "LICENSE" not in metadata.get_all("License-File", []):
+    _fail(f"{wheel.name}'s METADATA names no License-File: LICENSE (pyproject's license-files)")
+
+
+def _licence() -> bytes:
+  if not (ROOT / "LICENSE").exists():
+    _fail("no LICENSE file at the repository root: add the Apache-2.0 text (pyproject's license)")
+  return (ROOT / "LICENSE").read_bytes()
 
 
 def _check_sdist(sdist: pathlib.Path) -> None:
   with tarfile.open(sdist) as archive:
-    names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    members = {m.name.split("/", 1)[1]: m for m in archive.getmembers() if "/" in m.name}
+    licence = archive.extractfile(members["LICENSE"]) if "LICENSE" in members else None
+    if licence is None or licence.read() != _licence():
+      _fail(f"{sdist.name} does not hold the repository's LICENSE at its top level")
+  names = set(members)
   # What a build from the sdist needs; the tests and docs stay in the repository.
   needed_files = ("rsgd_optax/__init__.py", "rsgd_optax/py.typed", "pyproject.toml", "README.md")
   for needed in needed_files:

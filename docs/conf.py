@@ -4,16 +4,19 @@ Build it from the repository root with the `docs` extra installed:
 
   python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-The build reads nothing from the network: no intersphinx inventories, no remote images.
+The build reads nothing from the network (no intersphinx inventories, no remote images), and the
+built pages load nothing from it: MathJax is served from the site itself.
 """
 
-import json
 import pathlib
 import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs"))
+
+import cost_figures  # noqa: E402
 
 import rsgd_optax  # noqa: E402
 
@@ -30,6 +33,9 @@ extensions = [
   "sphinx.ext.mathjax",
   "sphinx.ext.napoleon",
   "sphinx.ext.viewcode",
+  # MathJax 3 copied into the built site (_static/mathjax/) and loaded from there: the formulas
+  # typeset with no network. `.ci/check_math.py` checks it in headless Chromium.
+  "sphinx-mathjax-offline",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -64,46 +70,16 @@ html_css_files = ["custom.css"]
 
 
 GENERATED = pathlib.Path(__file__).parent / "_generated"
-BENCHMARKS = {
-  "cost-cpu.md": ROOT / "benchmarks" / "results-cpu.json",
-  "cost-gpu.md": ROOT / "benchmarks" / "results-gpu-h100.json",
-}
-
-
-def _cost_table(results: dict) -> str:
-  """The cost of each residual against SGDm, from a JSON file that `benchmarks.run` wrote."""
-  tree = results["resnet50_tree"]
-  machine = results["machine"]
-  lines = [
-    "| optimizer | step time, x SGDm | looped step time, x SGDm | compile time, x SGDm "
-    "| optimizer memory beyond SGDm, x params |",
-    "|---|---|---|---|---|",
-  ]
-  for name, row in tree["optimizers"].items():
-    memory = f"{row['memory']['state_beyond_sgdm_per_params_bytes']:.2f}"
-    if "step_ratio" in row:
-      times = [f"{row[key]:.2f}" for key in ("step_ratio", "looped_step_ratio", "compile_ratio")]
-    else:
-      times = ["-", "-", "-"]
-    lines.append(f"| `{name}` | " + " | ".join([*times, memory]) + " |")
-  cnn = results["cnn_step"]
-  lines += [
-    "",
-    f"ResNet-50-shaped tree of {tree['entries']:,} float32 entries in {tree['leaves']} leaves; "
-    f"looped: {tree['looped_steps']} steps inside one call. Whole training step of "
-    f"{cnn['model']} at batch {cnn['batch']}: RSGDm (`residual_scale`) takes "
-    f"{cnn['step_ratio']:.3f}x SGDm's time. Device: {machine['device_kind']} "
-    f"({machine['backend']} backend, {machine['cpu_count']} host CPUs, jax {machine['jax']}); "
-    f"medians of {results['rounds']} interleaved rounds.",
-  ]
-  return "\n".join(lines) + "\n"
+# The pages include these tables, rendered from the JSON of `python -m benchmarks.run` by
+# docs/cost_figures.py, the one source of every cost figure (README included).
+COST_TABLES = {"cost-cpu.md": "cpu", "cost-gpu.md": "gpu-h100"}
 
 
 def _write_cost_tables(app):
   """Renders the measured costs into docs/_generated/, which the pages include."""
   GENERATED.mkdir(exist_ok=True)
-  for name, source in BENCHMARKS.items():
-    text = _cost_table(json.loads(source.read_text()))
+  for name, key in COST_TABLES.items():
+    text = cost_figures.cost_table(key)
     target = GENERATED / name
     if not target.exists() or target.read_text() != text:
       target.write_text(text)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from examples.common.machine import MACHINE_FILE, summary
 from examples.common.metrics import read_metrics
 from examples.common.optimizers import has_residual
 from examples.common.views import parse_views, trajectory
@@ -29,16 +30,56 @@ class Run:
   workdir: str
   config: dict[str, Any]
   records: list[dict[str, Any]]
+  machine: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# How far above a run's workdir its machine record may sit: the views of one training
+# (``views-sgdm/seed0/<view>``) and the sweep's root share one.
+MACHINE_LEVELS = 3
+
+
+def find_machine(workdir: str) -> dict[str, Any]:
+  """The ``machine.json`` of a run: in its workdir or up to ``MACHINE_LEVELS`` folders above."""
+  directory = os.path.abspath(workdir)
+  for _ in range(MACHINE_LEVELS + 1):
+    path = os.path.join(directory, MACHINE_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    directory = os.path.dirname(directory)
+  return {}
 
 
 def load_run(workdir: str) -> Run:
-  """Reads a run's ``config.json`` (empty if absent) and ``metrics.jsonl``."""
+  """Reads a run's ``config.json`` (empty if absent), ``metrics.jsonl`` and machine record."""
   config_path = os.path.join(workdir, CONFIG_FILE)
   config: dict[str, Any] = {}
   if os.path.exists(config_path):
     with open(config_path) as f:
       config = json.load(f)
-  return Run(workdir=workdir, config=config, records=read_metrics(workdir))
+  return Run(
+    workdir=workdir, config=config, records=read_metrics(workdir), machine=find_machine(workdir)
+  )
+
+
+def describe_machine(machine: Mapping[str, Any]) -> str:
+  """One line: CPU, cores, jax / jaxlib; what a partial record lacks is said, not guessed."""
+  if not machine:
+    return "machine not recorded"
+  if machine.get("jax") and machine.get("jaxlib"):
+    text = summary(dict(machine))
+  else:
+    parts = [str(machine.get("cpu", "CPU not recorded"))]
+    parts.append(f"{machine['cpu_cores']} cores" if machine.get("cpu_cores") else "cores?")
+    parts.append("jax and jaxlib versions not recorded")
+    text = ", ".join(parts)
+  return f"{text} ({machine['note']})" if machine.get("note") else text
+
+
+def machine_caption(runs: Iterable[Run]) -> str:
+  """The line a report prints under its tables: every machine its runs were measured on."""
+  lines = sorted({describe_machine(run.machine) for run in runs})
+  return "Measured on: " + "; ".join(lines) + "."
 
 
 def group_runs(runs: Iterable[Run], key: str = "optimizer") -> dict[str, list[Run]]:
@@ -153,27 +194,153 @@ def markdown_table(
   return "\n".join(lines) + "\n"
 
 
-def mean_curve(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Epochs, mean and std of ``metric`` across runs (epochs every run reached)."""
+def sample_std(values: np.ndarray, axis: int = 0) -> np.ndarray:
+  """The sample standard deviation (ddof=1) along ``axis``, the tables' std; 0 for one value."""
+  values = np.asarray(values, dtype=float)
+  if values.shape[axis] < 2:
+    return np.zeros(np.delete(values.shape, axis))
+  return np.std(values, axis=axis, ddof=1)
+
+
+def run_curves(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray]:
+  """Epochs every run reached, and ``metric`` there: one row per run."""
   series = [
     {r["epoch"]: r[metric] for r in run.records if r.get(metric) is not None} for run in runs
   ]
   epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
   values = np.array([[s[e] for e in epochs] for s in series], dtype=float)
-  if not epochs:
+  return np.array(epochs, dtype=int), values.reshape(len(series), len(epochs))
+
+
+def mean_curve(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Epochs, mean and sample std (ddof=1, as in the tables) of ``metric`` across runs.
+
+  Only the epochs every run reached.
+  """
+  epochs, values = run_curves(runs, metric)
+  if not epochs.size:
     return np.array([]), np.array([]), np.array([])
-  return np.array(epochs), values.mean(axis=0), values.std(axis=0)
+  return epochs, values.mean(axis=0), sample_std(values)
 
 
 @dataclasses.dataclass(frozen=True)
 class Panel:
-  """One plot: ``metric`` per epoch for the groups in ``labels`` (``None``: every group)."""
+  """One plot: ``metric`` per epoch for the groups in ``labels`` (``None``: every group).
+
+  ``ylabel`` names the quantity and the point it is measured at (``x = y + r`` or ``y``).
+  ``scale`` multiplies the values (100 shows a fraction in %). ``log_scale`` asks for a log axis,
+  used only when the drawn values span more than a factor of ``LOG_SPAN`` (a narrower range reads
+  better on a linear one); its ticks are plain numbers (0.3, 0.01), never 3x10^-1.
+  Groups whose curves are equal in every run (views that report the same point, e.g. the test
+  accuracy at the shared params) are drawn once, labelled ``same_label`` with ``{base}`` the
+  trajectory's base optimizer.
+  """
 
   metric: str
   ylabel: str
   labels: Sequence[str] | None = None
   title: str | None = None
   log_scale: bool = False
+  scale: float = 1.0
+  same_label: str = "{base}: every view"
+
+
+LOG_SPAN = 3.0
+
+
+def _trajectory_of(label: str) -> str:
+  try:
+    return trajectory(parse_views(label)[0].optimizer)
+  except ValueError:
+    return label
+
+
+def _merge_equal_curves(
+  curves: Mapping[str, tuple[np.ndarray, np.ndarray]], same_label: str
+) -> list[tuple[str, list[str]]]:
+  """Groups labels whose per-run curves are equal; (legend label, members) in first-seen order."""
+  merged: list[list[str]] = []
+  for label, (epochs, values) in curves.items():
+    for members in merged:
+      other_epochs, other_values = curves[members[0]]
+      if np.array_equal(epochs, other_epochs) and np.array_equal(values, other_values):
+        members.append(label)
+        break
+    else:
+      merged.append([label])
+  out = []
+  for members in merged:
+    if len(members) == 1:
+      out.append((members[0], members))
+    else:
+      bases = sorted({_trajectory_of(m) for m in members})
+      out.append((same_label.format(base=", ".join(bases)), members))
+  return out
+
+
+def draw_panel(
+  ax, groups: Mapping[str, Sequence[Run]], panel: Panel, ordered: Sequence[str]
+) -> dict[str, str]:
+  """Draws one panel's curves (mean, band of ± one sample std); returns each drawn label's colour.
+
+  A group with no value to draw (no record of the metric, or none positive on a log axis) gets no
+  line and no legend entry; equal curves are drawn and labelled once (see :class:`Panel`).
+  """
+  from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+  shown = [label for label in ordered if panel.labels is None or label in panel.labels]
+  curves = {}
+  for label in shown:
+    epochs, values = run_curves(groups[label], panel.metric)
+    values = values * panel.scale
+    if epochs.size and np.isfinite(values).any() and (not panel.log_scale or (values > 0).any()):
+      curves[label] = (epochs, values)
+  drawn = [v[np.isfinite(v) & (v > 0)] for _, v in curves.values()]
+  positive = np.concatenate(drawn) if drawn else np.array([])
+  span = positive.max() / positive.min() if positive.size else 1.0
+  colours: dict[str, str] = {}
+  for legend, members in _merge_equal_curves(curves, panel.same_label):
+    epochs, values = curves[members[0]]
+    mean, std = values.mean(axis=0), sample_std(values)
+    # A colour per position in the panel's list (drawn or not, so that a group keeps its colour
+    # in every panel of that list); dashed after the tenth, so no two curves look alike.
+    index = shown.index(members[0])
+    colour, style = f"C{index % 10}", "-" if index < 10 else "--"
+    marker = "o" if epochs.size == 1 else None  # a line of one point would not show
+    ax.plot(epochs, mean, style, label=legend, linewidth=1.4, color=colour, marker=marker)
+    if values.shape[0] > 1:
+      ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    colours.update(dict.fromkeys(members, colour))
+  ax.set_xlabel("epoch")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_ylabel(panel.ylabel)
+  if panel.title:
+    ax.set_title(panel.title, fontsize=10)
+  if panel.log_scale and span > LOG_SPAN:
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    if span < 10:  # less than a decade: label a few ticks between the powers of ten
+      ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 3, 4, 5, 7)))
+      ax.yaxis.set_minor_formatter(plain)
+    else:
+      ax.yaxis.set_minor_formatter(NullFormatter())
+  ax.grid(alpha=0.3)
+  if colours:
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
+  return colours
+
+
+def band_note(groups: Mapping[str, Sequence[Run]]) -> str:
+  """What the lines and bands of a figure are, for its caption."""
+  seeds = sorted({len(runs) for runs in groups.values()})
+  count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+  if seeds[-1] < 2:
+    return f"Lines: one run each ({count} seed)."
+  return (
+    f"Lines: mean over {count} seeds; bands: ± 1 sample standard deviation (ddof=1) across "
+    "seeds, as in the tables."
+  )
 
 
 def plot_curves(
@@ -183,44 +350,29 @@ def plot_curves(
   *,
   order: Sequence[str] | None = None,
   title: str | None = None,
+  columns: int = 0,
 ) -> None:
-  """Draws ``panels`` side by side (mean across seeds per group, std shaded) into a PNG."""
+  """Draws ``panels`` (``columns`` to a row; 0: one row) into a PNG, the band stated on it."""
   import matplotlib
 
   matplotlib.use("Agg")  # files only, no display needed
   import matplotlib.pyplot as plt
-  from matplotlib.ticker import MaxNLocator
 
   ordered = [label for label in (order or []) if label in groups]
   ordered += [label for label in groups if label not in ordered]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-  for ax, panel in zip(axes[0], panels, strict=True):
-    shown = [label for label in ordered if panel.labels is None or label in panel.labels]
-    # Colours by position within the panel (panels of one family list the same groups), and a
-    # dashed line after the tenth so that no two curves of a panel look alike.
-    for index, label in enumerate(shown):
-      epochs, mean, std = mean_curve(groups[label], panel.metric)
-      if epochs.size == 0:
-        continue
-      color = f"C{index % 10}"
-      style = "-" if index < 10 else "--"
-      ax.plot(epochs, mean, style, label=label, linewidth=1.3, color=color)
-      ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(panel.ylabel)
-    if panel.title:
-      ax.set_title(panel.title, fontsize=9)
-    if panel.log_scale:
-      ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
+  columns = columns or len(panels)
+  rows = math.ceil(len(panels) / columns)
+  fig, axes = plt.subplots(
+    rows, columns, figsize=(4.3 * columns, 4.4 * rows), squeeze=False, layout="constrained"
+  )
+  for ax, panel in zip(axes.flat, panels, strict=False):
+    draw_panel(ax, groups, panel, ordered)
+  for ax in list(axes.flat)[len(panels) :]:
+    ax.set_visible(False)
+  note = band_note(groups)
+  fig.suptitle(f"{title}\n{note}" if title else note, fontsize=11)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -283,10 +435,11 @@ def gains_markdown(
   *,
   scale: float = 100.0,
   order: Sequence[str] | None = None,
-) -> str:
-  """Two Markdown tables: the paired gains per seed, then their mean ± std (ddof=1) per view."""
+) -> tuple[str, str]:
+  """Two Markdown tables: per view, the paired gains' mean ± std (ddof=1) over seeds; then the
+  gains per seed. Empty strings without gains."""
   if not gains:
-    return ""
+    return "", ""
   views = [v for v in (order or []) if any(g.view == v for g in gains)]
   views += sorted({g.view for g in gains} - set(views))
   columns = " | ".join(range_label(lo, hi) for lo, hi in ranges)
@@ -305,4 +458,4 @@ def gains_markdown(
       mean = float(np.mean(finite)) if finite.size else math.nan
       cells.append(f"{mean * scale:+.2f} ± {std * scale:.2f}")
     summary.append(f"| {view} - {rows[0].base} | {len(rows)} | " + " | ".join(cells) + " |")
-  return "\n".join(per_seed) + "\n\n" + "\n".join(summary) + "\n"
+  return "\n".join(summary) + "\n", "\n".join(per_seed) + "\n"

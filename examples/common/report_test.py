@@ -28,7 +28,8 @@ def test_mean_curve_uses_epochs_every_run_reached(tmp_path):
   epochs, mean, std = report.mean_curve(runs, "test_accuracy")
   np.testing.assert_array_equal(epochs, [0, 1])
   np.testing.assert_allclose(mean, [0.2, 0.3])
-  np.testing.assert_allclose(std, [0.1, 0.1])
+  # The sample std (ddof=1), as in the tables: 0.1 * sqrt(2), not the population std 0.1.
+  np.testing.assert_allclose(std, [0.1 * np.sqrt(2), 0.1 * np.sqrt(2)])
 
 
 def test_epoch_thirds_match_the_paper():
@@ -113,8 +114,81 @@ def test_paired_gains_read_both_layouts(tmp_path):
   ]
   np.testing.assert_allclose(gains[0].gains, [0.05, 0.01], atol=1e-12)
   np.testing.assert_allclose(gains[1].gains, [0.07, -0.01], atol=1e-12)
-  lines = report.gains_markdown(gains, ranges).splitlines()
+  summary, per_seed = report.gains_markdown(gains, ranges)
+  lines = per_seed.splitlines()
   assert lines[2] == "| rsgdm-scale@0.25 - sgdm | 0 | +5.00 | +1.00 |"
   assert lines[3] == "| rsgdm-scale@0.25 - sgdm | 1 | +7.00 | -1.00 |"
   # Mean ± sample std of (5, 7) and (1, -1).
-  assert lines[-1] == "| rsgdm-scale@0.25 - sgdm | 2 | +6.00 ± 1.41 | +0.00 ± 1.41 |"
+  assert summary.splitlines()[-1] == "| rsgdm-scale@0.25 - sgdm | 2 | +6.00 ± 1.41 | +0.00 ± 1.41 |"
+
+
+def _views(tmp_path, seed, series):
+  """One training's views: ``{name: [records]}`` under ``views-sgdm/seed<seed>/<name>``."""
+  runs = []
+  for name, records in series.items():
+    path = tmp_path / "views-sgdm" / f"seed{seed}" / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"optimizer": name, "seed": seed}))
+    with MetricsWriter(str(path)) as writer:
+      for epoch, record in enumerate(records):
+        writer.write({"epoch": epoch, **record})
+    runs.append(report.load_run(str(path)))
+  return runs
+
+
+def test_panel_draws_equal_curves_once_and_lists_only_drawn_lines(tmp_path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = []
+  for seed, (shared, gap) in enumerate([(0.5, 0.01), (0.7, 0.02)]):
+    runs += _views(
+      tmp_path,
+      seed,
+      {
+        "sgdm": [{"ref": shared, "acc": shared, "prox": 0.0}] * 3,
+        "rsgdm-scale": [{"ref": shared, "acc": shared + gap, "prox": gap}] * 3,
+        "rsgdm-sign": [{"ref": shared, "acc": shared + 2 * gap, "prox": 2 * gap}] * 3,
+      },
+    )
+  groups = report.group_runs(runs)
+  order = ["sgdm", "rsgdm-scale", "rsgdm-sign"]
+  fig, axes = plt.subplots(1, 3)
+  same = report.Panel("ref", "accuracy at y (%)", scale=100, same_label="params: every view")
+  colours = report.draw_panel(axes[0], groups, same, order)
+  _, labels = axes[0].get_legend_handles_labels()
+  assert labels == ["params: every view"] and len(axes[0].lines) == 1
+  assert set(colours) == set(order)
+  # Mean over the two seeds, in %.
+  np.testing.assert_allclose(axes[0].lines[0].get_ydata(), [60.0] * 3)
+  # sgdm's proximity is 0: nothing to draw on a log axis, so no legend entry for it.
+  report.draw_panel(axes[1], groups, report.Panel("prox", "p", log_scale=True), order)
+  assert axes[1].get_legend_handles_labels()[1] == ["rsgdm-scale", "rsgdm-sign"]
+  # Different curves each get their line, mean ± sample std as the band.
+  report.draw_panel(axes[2], groups, report.Panel("acc", "acc (%)", scale=100), order)
+  assert axes[2].get_legend_handles_labels()[1] == order
+  sign = axes[2].lines[2].get_ydata()
+  np.testing.assert_allclose(sign, [np.mean([52.0, 74.0])] * 3)
+  band = axes[2].collections[2].get_paths()[0].vertices[:, 1]
+  half_width = np.std([52.0, 74.0], ddof=1)
+  np.testing.assert_allclose([band.min(), band.max()], [63 - half_width, 63 + half_width])
+  plt.close(fig)
+
+
+def test_machine_caption_says_what_is_recorded(tmp_path):
+  runs = _views(tmp_path, 0, {"sgdm": [{"acc": 0.5}], "rsgdm-scale": [{"acc": 0.6}]})
+  assert report.machine_caption(runs) == "Measured on: machine not recorded."
+  # One record above the views, for the whole sweep.
+  record = {"cpu": "AMD EPYC", "cpu_cores": 2, "platform": "cpu", "jax": "0.10.2"}
+  (tmp_path / "machine.json").write_text(json.dumps({**record, "jaxlib": "0.10.2"}))
+  runs = [report.load_run(r.workdir) for r in runs]
+  assert report.machine_caption(runs) == (
+    "Measured on: AMD EPYC, 2 cores, jax 0.10.2 / jaxlib 0.10.2."
+  )
+  # A partial record, written afterwards from notes: what is missing is said.
+  partial = {"cpu": "AMD EPYC", "cpu_cores": 2, "note": "from the run's notes"}
+  assert report.describe_machine(partial) == (
+    "AMD EPYC, 2 cores, jax and jaxlib versions not recorded (from the run's notes)"
+  )

@@ -25,10 +25,12 @@ from examples.common import report
 
 ORDER = ("adam", "adam-scale", "adam-sign", "adam-topk", "sgdm", "rsgdm-scale")
 PANELS = (
-  report.Panel("train_loss", "training loss"),
-  report.Panel("val_micro_f1", "validation micro-F1"),
-  report.Panel("test_micro_f1", "test micro-F1"),
+  # The mean loss of the epoch's minibatches, at the params y: one curve per trajectory.
+  report.Panel("train_loss", "training loss at y (minibatch mean)", log_scale=True),
+  report.Panel("val_micro_f1", "validation micro-F1 at x (%)", scale=100),
+  report.Panel("test_micro_f1", "test micro-F1 at x (%)", scale=100),
 )
+POINTS = "x = y + r: the point each optimizer evaluates (x = y, the params, without a residual)"
 
 
 def find_runs(root: str) -> list[report.Run]:
@@ -83,10 +85,17 @@ def write_report(runs_root: str, out_dir: str, *, title: str | None = None) -> s
     thirds = report.summarize(groups, "val_micro_f1", ranges)
     text += "\nBest validation micro-F1 (%) in each third of training:\n\n"
     text += report.markdown_table(thirds, ranges, order=ORDER)
+  text += "\n" + report.machine_caption(runs) + "\n"
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(text)
-  report.plot_curves(groups, PANELS, os.path.join(out_dir, "curves.png"), order=ORDER, title=title)
+  report.plot_curves(
+    groups,
+    PANELS,
+    os.path.join(out_dir, "curves.png"),
+    order=ORDER,
+    title=f"{title}\n{POINTS}" if title else POINTS,
+  )
   return text
 
 

@@ -14,6 +14,7 @@ difference of two means over seeds: both share one trajectory.
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from absl import app, flags
 
 from examples.common import report
@@ -27,9 +28,50 @@ flags.DEFINE_string(
 flags.DEFINE_integer("num_epochs", 0, "Epochs of the runs (0: from their config.json).")
 flags.DEFINE_string("title", "", "Figure title.")
 
-MOMENTUM_FAMILY = ("sgdm", "rsgdm-scale", "rsgdm-sign", "rsgdm-topk", "signsgdm", "ef-signsgdm")
-PLAIN_FAMILY = ("sgd", "rsgd-scale", "rsgd-sign", "rsgd-topk", "signsgd", "ef-signsgd")
-ADAPTIVE = ("adam", "adagrad")
+MOMENTUM_RESIDUALS = ("sgdm", "rsgdm-scale", "rsgdm-sign", "rsgdm-topk")
+MOMENTUM_BASELINES = ("sgdm", "signsgdm", "ef-signsgdm", "adam", "adagrad")
+PLAIN_RESIDUALS = ("sgd", "rsgd-scale", "rsgd-sign", "rsgd-topk")
+PLAIN_BASELINES = ("sgd", "signsgd", "ef-signsgd")
+PER_SEED = "The paired gains per seed:"
+POINTS = "x = y + r: the point each optimizer evaluates (x = y, the params, without a residual)"
+LOSS_AT_X = "training loss at x"
+ACCURACY_AT_X = "test accuracy at x (%)"
+
+
+def curve_panels(groups: dict[str, list[report.Run]]) -> tuple[list[report.Panel], int]:
+  """The figure's panels and how many to a row (two: the docs' column keeps them legible).
+
+  With the SGD family (Table 1): per base, its residuals in one pair of panels and the baselines
+  (SignSGD, EF, Adam, AdaGrad) in another, so that no panel holds more than five curves and the
+  far-off EF curves do not squeeze the residuals' range. Otherwise (the views of one trajectory):
+  loss and accuracy at x, accuracy at the shared params y, and the proximity of x to y.
+  """
+  if any(label in PLAIN_RESIDUALS + PLAIN_BASELINES for label in groups):
+    panels = []
+    for residuals, baselines, family in (
+      (MOMENTUM_RESIDUALS, MOMENTUM_BASELINES, "SGDm"),
+      (PLAIN_RESIDUALS, PLAIN_BASELINES, "SGD"),
+    ):
+      for labels, what in ((residuals, "residuals"), (baselines, "baselines")):
+        title = f"{family} and its {what}"
+        panels.append(report.Panel("train_loss", LOSS_AT_X, labels, title, log_scale=True))
+        panels.append(report.Panel("test_accuracy", ACCURACY_AT_X, labels, title, scale=100))
+    return panels, 2
+  panels = [
+    report.Panel("train_loss", LOSS_AT_X, log_scale=True),
+    report.Panel("test_accuracy", ACCURACY_AT_X, scale=100),
+    report.Panel(
+      "reference_test_accuracy",
+      "test accuracy at y, the params (%)",
+      title="the shared trajectory y",
+      scale=100,
+      same_label="params: every view",
+    ),
+    report.Panel(
+      "proximity", "proximity ||x - y|| / ||y||", title="how far x is from y", log_scale=True
+    ),
+  ]
+  return panels, 2
 
 
 def find_runs(roots: Sequence[str]) -> list[str]:
@@ -46,56 +88,81 @@ def find_runs(roots: Sequence[str]) -> list[str]:
   return sorted(found)
 
 
+def make_table(runs: Sequence[report.Run], num_epochs: int = 0) -> str:
+  """The Markdown of ``table.md``: best test accuracy per epoch range, the paired gains, the
+  machine."""
+  groups = report.group_runs(runs, "optimizer")
+  ranges = report.epoch_thirds(num_epochs or _num_epochs(runs))
+  summary = report.summarize(groups, "test_accuracy", ranges)
+  order = display_order(groups)
+  table = report.markdown_table(summary, ranges, order=order)
+  summary_gains, per_seed = report.gains_markdown(
+    report.paired_gains(runs, "test_accuracy", ranges), ranges, order=order
+  )
+  if summary_gains:
+    table += (
+      "\nPaired gain of each residual view over its base (percentage points of best test "
+      "accuracy in each range; the same seed, so the same trajectory), mean ± std over seeds:\n\n"
+      + summary_gains
+    )
+  table += "\n" + report.machine_caption(runs) + "\n"
+  if per_seed:
+    table += f"\n{PER_SEED}\n\n" + per_seed
+  return table
+
+
+def _num_epochs(runs: Sequence[report.Run]) -> int:
+  return max(int(r.config.get("num_epochs", 0)) for r in runs)
+
+
 def write_report(
   roots: Sequence[str], output_dir: str, *, num_epochs: int = 0, title: str = ""
 ) -> str:
   """Writes ``table.md`` and ``curves.png`` to ``output_dir``; returns the Markdown table.
 
-  With ``*-scale`` runs of two or more alphas (``rsgdm-scale@0.25`` views), also ``alpha.png``:
-  best test accuracy per epoch range against alpha.
+  With ``*-scale`` views of two or more alphas (``rsgdm-scale@0.25``) and their base, also
+  ``alpha.png``: the paired gain over the base in each epoch range against alpha.
   """
   runs = [report.load_run(d) for d in find_runs(roots)]
-  groups = report.group_runs(runs, "optimizer")
-  if not num_epochs:
-    num_epochs = max(int(r.config.get("num_epochs", 0)) for r in runs)
-  ranges = report.epoch_thirds(num_epochs)
-  summary = report.summarize(groups, "test_accuracy", ranges)
-  table = report.markdown_table(summary, ranges, order=OPTIMIZER_NAMES)
-  gains = report.gains_markdown(
-    report.paired_gains(runs, "test_accuracy", ranges), ranges, order=OPTIMIZER_NAMES
-  )
-  if gains:
-    table += (
-      "\nPaired gain of each residual view over its base (percentage points of best test "
-      "accuracy in each range; the same seed, so the same trajectory), per seed, then mean ± "
-      "std:\n\n" + gains
-    )
+  table = make_table(runs, num_epochs)
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "table.md"), "w") as f:
     f.write(table)
-  with_momentum = MOMENTUM_FAMILY + ADAPTIVE
-  panels = [
-    report.Panel("train_loss", "training loss", with_momentum, "SGDm family, Adam, AdaGrad", True),
-    report.Panel("test_accuracy", "test accuracy", with_momentum, "SGDm family, Adam, AdaGrad"),
-    report.Panel("train_loss", "training loss", PLAIN_FAMILY, "SGD family", True),
-    report.Panel("test_accuracy", "test accuracy", PLAIN_FAMILY, "SGD family"),
-  ]
-  if not any(label in PLAIN_FAMILY for label in groups):
-    panels = [
-      report.Panel("train_loss", "training loss", None, log_scale=True),
-      report.Panel("test_accuracy", "test accuracy", None),
-      report.Panel(
-        "reference_test_accuracy", "test accuracy at params", None, "reference trajectory"
-      ),
-      report.Panel("proximity", "proximity ||x - y|| / ||y||", None, log_scale=True),
-    ]
+  groups = report.group_runs(runs, "optimizer")
+  panels, columns = curve_panels(groups)
   report.plot_curves(
-    groups, panels, os.path.join(output_dir, "curves.png"), order=OPTIMIZER_NAMES, title=title
+    groups,
+    panels,
+    os.path.join(output_dir, "curves.png"),
+    order=display_order(groups),
+    title=f"{title}\n{POINTS}" if title else POINTS,
+    columns=columns,
   )
-  alphas = scale_alphas(groups)
-  if len(alphas) >= 2:
-    plot_alpha_sweep(summary, alphas, ranges, os.path.join(output_dir, "alpha.png"), title=title)
+  ranges = report.epoch_thirds(num_epochs or _num_epochs(runs))
+  gains = report.paired_gains(runs, "test_accuracy", ranges)
+  by_alpha = alpha_gains(gains, scale_alphas(groups), len(ranges))
+  if len(by_alpha) >= 2:
+    plot_alpha_gains(
+      by_alpha,
+      ranges,
+      os.path.join(output_dir, "alpha.png"),
+      seeds=max(len(runs) for runs in groups.values()),
+      title=title,
+    )
   return table
+
+
+def display_order(groups: dict[str, list[report.Run]]) -> list[str]:
+  """Optimizers in the order of their names' list; views with an ``@`` setting right after their
+  optimizer, largest setting first."""
+
+  def key(label: str) -> tuple[int, bool, float]:
+    optimizer, _, setting = label.partition("@")
+    names = list(OPTIMIZER_NAMES)
+    place = names.index(optimizer) if optimizer in names else len(names)
+    return place, bool(setting), -float(setting) if setting else 0.0
+
+  return sorted(groups, key=key)
 
 
 def scale_alphas(groups: dict[str, list[report.Run]]) -> dict[str, float]:
@@ -110,30 +177,92 @@ def scale_alphas(groups: dict[str, list[report.Run]]) -> dict[str, float]:
   return alphas
 
 
-def plot_alpha_sweep(summary, alphas, ranges, path: str, *, title: str = "") -> None:
-  """Best test accuracy per epoch range against the scaling scheme's alpha (log scale), the
-  proximity trade-off of the paper's sections 4.2 and 6, from one training's views."""
+def alpha_gains(
+  gains: Sequence[report.PairedGain], alphas: dict[str, float], num_ranges: int
+) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+  """Per alpha: the paired gain over the base in each epoch range, mean and sample std (ddof=1)
+  over seeds, in percentage points."""
+  out = {}
+  for label, alpha in alphas.items():
+    rows = np.array([g.gains for g in gains if g.view == label], dtype=float)
+    if rows.size:
+      rows = 100 * rows.reshape(-1, num_ranges)
+      out[alpha] = (rows.mean(axis=0), report.sample_std(rows))
+  return out
+
+
+# Gains beyond this many points are drawn at the axis' edge with their value written beside, so
+# that one far-off alpha does not flatten the differences between the others.
+OFF_SCALE_POINTS = 5.0
+
+
+def plot_alpha_gains(
+  by_alpha: dict[float, tuple[np.ndarray, np.ndarray]],
+  ranges: Sequence[tuple[int, int]],
+  path: str,
+  *,
+  base: str = "sgdm",
+  seeds: int = 0,
+  title: str = "",
+) -> None:
+  """The paired gain of the scaling scheme over its base against alpha (log scale), one line per
+  epoch range, error bars ± one sample std across seeds, a zero line: the proximity trade-off of
+  the paper's sections 4.2 and 6, from one training's views per seed."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import FixedLocator, NullLocator
 
-  ordered = sorted(alphas, key=alphas.get)
-  fig, ax = plt.subplots(figsize=(4.6, 3.6))
+  alphas = sorted(by_alpha)
+  means = np.array([by_alpha[a][0] for a in alphas])  # (alpha, range)
+  stds = np.array([by_alpha[a][1] for a in alphas])
+  inside = np.abs(means) <= OFF_SCALE_POINTS
+  reach = np.abs(means[inside]) + stds[inside] if inside.any() else np.array([1.0])
+  limit = max(1.0, float(reach.max())) * 1.15
+  fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+  ax.axhline(0.0, color="black", linewidth=0.9)
+  # Each range's points nudged sideways (x1.1 apart) so that their error bars do not overlap.
+  nudges = 1.1 ** (np.arange(len(ranges)) - (len(ranges) - 1) / 2)
   for index, (lo, hi) in enumerate(ranges):
-    xs = [alphas[label] for label in ordered]
-    means = [100 * summary[label][index].mean for label in ordered]
-    stds = [100 * summary[label][index].std for label in ordered]
-    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=report.range_label(lo, hi))
-  ax.set_xscale("log")
-  ax.set_xlabel("alpha (scaling scheme)")
-  ax.set_ylabel("best test accuracy (%)")
+    xs = np.array(alphas) * nudges[index]
+    ok = inside[:, index]
+    colour = f"C{index}"
+    ax.errorbar(
+      xs[ok],
+      means[ok, index],
+      yerr=stds[ok, index],
+      marker="o",
+      capsize=3,
+      color=colour,
+      label=report.range_label(lo, hi),
+    )
+    for x, mean, std in zip(xs[~ok], means[~ok, index], stds[~ok, index], strict=True):
+      edge = np.sign(mean) * limit * 0.97
+      ax.plot([x], [edge], marker="v" if mean < 0 else "^", color=colour, markersize=8)
+      # Stacked by range, away from the edge, so that the notes of one alpha do not overlap.
+      shift = (10 + 22 * index) * (1 if mean < 0 else -1)
+      ax.annotate(
+        f"{report.range_label(lo, hi)}: {mean:+.1f} ± {std:.1f} (off scale)",
+        (x, edge),
+        xytext=(16, shift),
+        textcoords="offset points",
+        fontsize=7,
+        color=colour,
+        va="center",
+      )
+  ax.set_xscale("log", base=2)
+  ax.xaxis.set_major_locator(FixedLocator(alphas))
+  ax.xaxis.set_minor_locator(NullLocator())
+  ax.set_xticklabels([f"1/{round(1 / a)}" if a < 1 else "1" for a in alphas])
+  ax.set_ylim(-limit, limit)
+  ax.set_xlabel("alpha of the scaling scheme R(v) = alpha v (log scale)")
+  ax.set_ylabel(f"gain over {base} in best test accuracy at x\n(percentage points)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  if title:
-    ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  ax.legend(fontsize=8, title="epoch range", title_fontsize=8)
+  note = f"Mean of the paired gains over {seeds} seeds; error bars: ± 1 sample std (ddof=1)."
+  ax.set_title(f"{title}\n{note}" if title else note, fontsize=9)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 
 from examples.common.metrics import MetricsWriter, read_metrics
@@ -87,3 +88,48 @@ def test_alpha_sweep_from_scale_views(tmp_path):
   table = report.write_report([str(tmp_path / "runs")], str(tmp_path / "out"))
   assert (tmp_path / "out" / "alpha.png").read_bytes()[:4] == b"\x89PNG"
   assert "| rsgdm-scale@0.0625 - sgdm | 0 | +10.00 | +2.00 | +0.00 |" in table
+  # Rows in the order of the names, larger alpha first.
+  rows = [line.split(" | ")[0][2:] for line in table.splitlines()[2:6]]
+  assert rows == ["sgdm", "rsgdm-scale", "rsgdm-scale@0.5", "rsgdm-scale@0.0625"]
+
+
+def test_alpha_gains_are_paired_means_and_sample_stds():
+  gains = [
+    report.report.PairedGain("rsgdm-scale@0.5", "sgdm", seed, values)
+    for seed, values in enumerate([[0.01, 0.0, -0.01], [0.03, 0.01, 0.0], [0.02, 0.0, 0.01]])
+  ]
+  gains.append(report.report.PairedGain("rsgdm-scale@0.25", "sgdm", 0, [0.05, 0.02, 0.0]))
+  by_alpha = report.alpha_gains(gains, {"rsgdm-scale@0.5": 0.5, "rsgdm-scale@0.25": 0.25}, 3)
+  per_seed = 100 * np.array([[0.01, 0.0, -0.01], [0.03, 0.01, 0.0], [0.02, 0.0, 0.01]])
+  np.testing.assert_allclose(by_alpha[0.5][0], per_seed.mean(axis=0))
+  np.testing.assert_allclose(by_alpha[0.5][1], per_seed.std(axis=0, ddof=1))
+  np.testing.assert_allclose(by_alpha[0.25][0], [5.0, 2.0, 0.0])
+  np.testing.assert_allclose(by_alpha[0.25][1], [0.0, 0.0, 0.0])  # one seed: no spread
+
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+COMMITTED = ("fashion_mnist_alpha", "fashion_mnist_compare", "fashion_mnist_table1")
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_table_is_what_the_report_makes_of_the_committed_runs(name):
+  folder = os.path.join(RESULTS, name)
+  runs = [report.report.load_run(d) for d in report.find_runs([os.path.join(folder, "runs")])]
+  assert all(run.machine.get("jax") for run in runs), "every committed run records its machine"
+  with open(os.path.join(folder, "table.md")) as f:
+    assert f.read() == report.make_table(runs)
+
+
+def test_committed_alpha_gain_from_the_records():
+  """One cell of the committed alpha table, recomputed from the metrics files alone."""
+  root = os.path.join(RESULTS, "fashion_mnist_alpha", "runs", "views-sgdm")
+  gains = []
+  for seed in sorted(os.listdir(root)):
+    best = {}
+    for view in ("sgdm", "rsgdm-scale@0.0625"):
+      records = read_metrics(os.path.join(root, seed, view))
+      best[view] = max(r["test_accuracy"] for r in records if r["epoch"] <= 1)
+    gains.append(100 * (best["rsgdm-scale@0.0625"] - best["sgdm"]))
+  with open(os.path.join(RESULTS, "fashion_mnist_alpha", "table.md")) as f:
+    row = next(line for line in f if line.startswith("| rsgdm-scale@0.0625 - sgdm | 5 |"))
+  assert row.split(" | ")[2] == f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"

@@ -30,6 +30,46 @@ PAPER_TABLE2 = {
   "rsgd-scale": (60.39, 58.26),
 }
 ORDER = tuple(PAPER_TABLE2)
+# The paper's model and training: AWD-LSTM's PTB setting (configs/default.py).
+PAPER_MODEL = {"embed_dim": 400, "hidden": 1150, "num_layers": 3, "num_epochs": 500}
+PTB_VOCABULARY = 10_000
+PTB_TRAIN_TOKENS = 929_589
+
+
+def awd_lstm_parameters(embed_dim: int, hidden: int, num_layers: int, vocab: int) -> int:
+  """Trainable parameters of AWD-LSTM: the embedding (tied with the decoder, which adds its
+  bias) and LSTM layers of width ``hidden``, the last one ``embed_dim`` wide."""
+  total = vocab * embed_dim + vocab
+  for layer in range(num_layers):
+    inputs = embed_dim if layer == 0 else hidden
+    width = embed_dim if layer == num_layers - 1 else hidden
+    total += 4 * width * (inputs + width) + 2 * 4 * width  # kernels, then two biases
+  return total
+
+
+def scale_note(config: dict[str, Any]) -> str:
+  """Why the measured perplexity is far from the paper's: the model's size and the epochs.
+
+  Empty for a config without the model's sizes (nothing to compare).
+  """
+  if any(key not in config for key in ("embed_dim", "hidden", "num_layers", "num_epochs")):
+    return ""
+  ours = awd_lstm_parameters(
+    config["embed_dim"], config["hidden"], config["num_layers"], PTB_VOCABULARY
+  )
+  paper = awd_lstm_parameters(
+    PAPER_MODEL["embed_dim"], PAPER_MODEL["hidden"], PAPER_MODEL["num_layers"], PTB_VOCABULARY
+  )
+  tokens = config.get("max_train_tokens") or PTB_TRAIN_TOKENS
+  return (
+    f"Why the measured perplexity is far above the paper's: this model has {ours / 1e6:.2f}M "
+    f"parameters ({config['num_layers']} LSTM layers of {config['hidden']} on "
+    f"{config['embed_dim']}-dimensional embeddings) against the paper's {paper / 1e6:.1f}M "
+    f"({PAPER_MODEL['num_layers']} of {PAPER_MODEL['hidden']} on {PAPER_MODEL['embed_dim']}), "
+    f"and trained {config['num_epochs']} epochs of {tokens:,} tokens against "
+    f"{PAPER_MODEL['num_epochs']} epochs of all {PTB_TRAIN_TOKENS:,}. Compare the rows with "
+    "each other, not with the paper's numbers.\n"
+  )
 
 
 def load_results(workdir: str) -> dict[str, Any]:
@@ -102,33 +142,40 @@ def plot(runs: Sequence[report.Run], results: Sequence[dict[str, Any]], path: st
   matplotlib.use("Agg")  # files only, no display needed
   import matplotlib.pyplot as plt
 
-  groups = report.group_runs(runs, key="optimizer")
+  named = {
+    train.TABLE_NAMES.get(name, name): group
+    for name, group in report.group_runs(runs, key="optimizer").items()
+  }
   switches: dict[str, list[int]] = {}
   for result in results:
     if result["switch_epoch"] is not None:
-      switches.setdefault(result["optimizer"], []).append(result["switch_epoch"])
-  names = [n for n in ORDER if n in groups] + sorted(n for n in groups if n not in ORDER)
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-  for ax, (metric, label) in zip(
-    axes, [("train_ppl", "training perplexity"), ("val_ppl", "validation perplexity")], strict=True
-  ):
-    for name in names:
-      epochs, mean, std = report.mean_curve(groups[name], metric)
-      if epochs.size == 0:
-        continue
-      (line,) = ax.plot(epochs, mean, label=train.TABLE_NAMES.get(name, name), linewidth=1.3)
-      ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-      for epoch in switches.get(name, []):
-        ax.axvline(epoch + 0.5, color=line.get_color(), linestyle=":", linewidth=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label)
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=7)
-  fig.suptitle("AWD-LSTM on PTB (dotted: switch to averaging)")
-  fig.tight_layout()
+      label = train.TABLE_NAMES.get(result["optimizer"], result["optimizer"])
+      switches.setdefault(label, []).append(result["switch_epoch"])
+  order = [train.TABLE_NAMES.get(n, n) for n in ORDER]
+  ordered = [n for n in order if n in named] + sorted(n for n in named if n not in order)
+  panels = (
+    report.Panel(
+      "train_ppl",
+      "training perplexity at y (the params)",
+      log_scale=True,
+      same_label="every view (one trajectory y)",
+    ),
+    report.Panel("val_ppl", "validation perplexity at x (or its average)", log_scale=True),
+  )
+  # One above the other: the docs' column keeps the legends legible.
+  fig, axes = plt.subplots(2, 1, figsize=(6.4, 8.4), layout="constrained")
+  for ax, panel in zip(axes, panels, strict=True):
+    colours = report.draw_panel(ax, named, panel, ordered)
+  # The switches on the validation panel only: there each view has its own line and colour.
+  for label, epochs in switches.items():
+    for epoch in epochs:
+      axes[1].axvline(epoch + 0.5, color=colours.get(label, "gray"), linestyle=":", linewidth=1)
+  fig.suptitle(
+    "AWD-LSTM on PTB (dotted: each view's switch to averaging)\n" + report.band_note(named),
+    fontsize=11,
+  )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -139,6 +186,9 @@ def write_report(workdirs: Sequence[str], output_dir: str) -> str:
   results = [load_results(w) for w in workdirs]
   runs = [report.load_run(w) for w in workdirs]
   table = table2(results, runs)
+  note = scale_note(runs[0].config)
+  table += "\n" + note if note else ""
+  table += "\n" + report.machine_caption(runs) + "\n"
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "table2.md"), "w") as f:
     f.write(table)

@@ -3,10 +3,11 @@
 import json
 import os
 
+import jax
 import pytest
 
 from examples.common import metrics
-from examples.language_modeling import report
+from examples.language_modeling import report, train
 
 
 def _fake_run(root, optimizer, seed, val_ppl, test_ppl, switch_epoch):
@@ -81,3 +82,21 @@ def test_committed_table_is_the_committed_runs(tmp_path):
     assert f.read() == table
   with open(os.path.join(os.path.dirname(results), "README.md")) as f:
     assert table.strip() in f.read()
+
+
+def test_scale_note_counts_the_models_parameters():
+  from flax import nnx
+
+  from examples.language_modeling.configs import small
+
+  config = small.get_config()
+  model = train.build_model(config, report.PTB_VOCABULARY)
+  built = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert report.awd_lstm_parameters(32, 96, 3, report.PTB_VOCABULARY) == built == 471_056
+  # AWD-LSTM's PTB model, as its paper gives it: 24M parameters.
+  assert round(report.awd_lstm_parameters(400, 1150, 3, 10_000) / 1e6, 1) == 24.2
+  note = report.scale_note(
+    {"embed_dim": 32, "hidden": 96, "num_layers": 3, "num_epochs": 100, "max_train_tokens": 100_000}
+  )
+  assert "0.47M parameters" in note and "24.2M" in note and "100 epochs of 100,000 tokens" in note
+  assert report.scale_note({"optimizer": "sgd"}) == ""

@@ -1,0 +1,229 @@
+"""One source for the cost figures: the JSON files that ``python -m benchmarks.run`` wrote.
+
+The README's cost figures and the docs' cost tables are made from ``benchmarks/results-*.json``;
+nothing quotes a measured ratio by hand. Two forms, checked by ``docs/cost_figures_test.py``:
+
+- **Generated blocks.** Text between ``<!-- cost-block:NAME -->`` and ``<!-- /cost-block -->`` in
+  a Markdown file is ``BLOCKS[NAME]()``. Rewrite them after a re-measure::
+
+    python docs/cost_figures.py          # rewrites the blocks in README.md (and any other file)
+    python docs/cost_figures.py --check  # exits 1, naming the block, if one is stale
+
+- **Marked numbers in prose.** ``2.29x<!-- cost:cpu:resnet50_tree.optimizers.residual_sign.looped_step_ratio -->``
+  says that the number before the marker is that value of ``benchmarks/results-cpu.json``, as
+  printed (rounded to the digits shown). Any Markdown file may use it (BENCHMARKS.md's prose too).
+
+The docs build renders the cost tables of ``docs/how_it_works.md`` with :func:`cost_table`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+# The Markdown files whose blocks and marked numbers are checked.
+CHECKED_FILES = (
+  "README.md",
+  "benchmarks/BENCHMARKS.md",
+  *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+)
+# Results that predate later changes to what they measure: said wherever they are quoted.
+# Remove an entry when its file is re-measured.
+PREDATES = {
+  "gpu-h100": "measured on 2026-11-24, before the top-k changes (16-bit indices, grouped "
+  "suffix sums); not re-measured since",
+}
+BLOCK = re.compile(r"(<!-- cost-block:([\w-]+) -->\n)(.*?)(<!-- /cost-block -->)", re.S)
+MARKED = re.compile(r"([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:x|%|ms|MB)?\s*<!-- cost:([\w-]+):([\w.]+) -->")
+
+
+def load(key: str) -> dict[str, Any]:
+  """``benchmarks/results-<key>.json``."""
+  return json.loads((BENCHMARKS / f"results-{key}.json").read_text())
+
+
+def lookup(results: dict[str, Any], path: str) -> Any:
+  """The value at a dotted path (``resnet50_tree.optimizers.residual_sign.step_ratio``)."""
+  value: Any = results
+  for part in path.split("."):
+    value = value[part]
+  return value
+
+
+def machine_line(results: dict[str, Any]) -> str:
+  """The machine a results file was measured on, as the file records it."""
+  machine = results["machine"]
+  if machine["backend"] == "cpu":
+    where = f"{machine['processor']} CPU, {machine['cpu_count']} cores (model not recorded)"
+  else:
+    where = f"{machine['device_kind']} ({machine['cpu_count']} host CPUs)"
+  return f"{where}, jax {machine['jax']}"
+
+
+def cost_table(key: str) -> str:
+  """The cost of each residual against SGDm from one results file (the docs' tables)."""
+  results = load(key)
+  tree = results["resnet50_tree"]
+  lines = [
+    "| optimizer | step time, x SGDm | looped step time, x SGDm | compile time, x SGDm "
+    "| optimizer memory beyond SGDm, x params |",
+    "|---|---|---|---|---|",
+  ]
+  for name, row in tree["optimizers"].items():
+    memory = f"{row['memory']['state_beyond_sgdm_per_params_bytes']:.2f}"
+    if "step_ratio" in row:
+      times = [f"{row[k]:.2f}" for k in ("step_ratio", "looped_step_ratio", "compile_ratio")]
+    else:
+      times = ["-", "-", "-"]
+    lines.append(f"| `{name}` | " + " | ".join([*times, memory]) + " |")
+  cnn = results["cnn_step"]
+  lines += [
+    "",
+    f"ResNet-50-shaped tree of {tree['entries']:,} float32 entries in {tree['leaves']} leaves; "
+    f"looped: {tree['looped_steps']} steps inside one call. Whole training step of "
+    f"{cnn['model']} at batch {cnn['batch']}: RSGDm (`residual_scale`) takes "
+    f"{cnn['step_ratio']:.2f}x SGDm's time. Machine: {machine_line(results)}; medians of "
+    f"{results['rounds']} interleaved rounds (`benchmarks/results-{key}.json`).",
+  ]
+  if key in PREDATES:
+    lines += ["", f"**Stale:** {PREDATES[key]}."]
+  return "\n".join(lines) + "\n"
+
+
+SCHEMES = (("scale", "residual_scale"), ("sign", "residual_sign"), ("top-k", "residual_topk"))
+
+
+def readme_costs() -> str:
+  """The README's device-time figures: per scheme, per call and looped, CPU and H100."""
+  cpu, gpu = load("cpu"), load("gpu-h100")
+  cnn_cpu, cnn_gpu = cpu["cnn_step"], gpu["cnn_step"]
+  lines = [
+    f"| residual | CPU: step | CPU: {cpu['resnet50_tree']['looped_steps']} steps in one call "
+    f"| CPU: whole {cnn_cpu['model']} step (batch {cnn_cpu['batch']}) | H100: step "
+    f"| H100: {gpu['resnet50_tree']['looped_steps']} steps in one call "
+    f"| H100: whole step (batch {cnn_gpu['batch']}) |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for label, name in SCHEMES:
+    cells = []
+    for results in (cpu, gpu):
+      row = results["resnet50_tree"]["optimizers"][name]
+      cells += [f"{row['step_ratio']:.2f}x", f"{row['looped_step_ratio']:.2f}x"]
+      schemes = results["cnn_step"].get("schemes", {})
+      if name in schemes:
+        whole = schemes[name]
+        cells.append(f"{whole['step_ratio']:.2f}x (compile {whole['compile_ratio']:.2f}x)")
+      elif name == "residual_scale":
+        cells.append(f"{results['cnn_step']['step_ratio']:.2f}x")
+      else:
+        cells.append("-")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  lines += [
+    "",
+    f"Times against SGDm's on a ResNet-50-shaped tree ({cpu['resnet50_tree']['entries']:,} "
+    f"float32 entries), medians of interleaved rounds. CPU: {machine_line(cpu)} "
+    f"(`benchmarks/results-cpu.json`). H100: {machine_line(gpu)} "
+    f"(`benchmarks/results-gpu-h100.json`), {PREDATES.get('gpu-h100', 'current')}.",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def _allocator(key: str) -> tuple[float, float]:
+  """What a top-k call costs beyond a step inside a loop (ms), and its temporaries (MB)."""
+  row = load(key)["resnet50_tree"]["optimizers"]["residual_topk"]
+  extra = 1000 * (row["step_seconds"] - row["looped_step_seconds"])
+  return extra, row["memory"]["temp_bytes"] / 1e6
+
+
+def readme_allocator() -> str:
+  """The README's top-k-on-a-CPU advice, with its measured numbers."""
+  glibc, glibc_mb = _allocator("cpu-allocator-glibc")
+  tcmalloc, _ = _allocator("cpu-allocator-tcmalloc")
+  hugetlb, _ = _allocator("cpu-allocator-hugetlb")
+  sequential = load("cpu-sequential-schedule")["resnet50_tree"]["optimizers"]["residual_topk"]
+  return (
+    f"- **Top-k on a CPU:** glibc maps top-k's temporaries ({glibc_mb:.0f} MB for that tree) "
+    "afresh on every call.\n"
+    "  These settings of your process, made before JAX starts, help:\n"
+    "  - an allocator that keeps freed memory: `LD_PRELOAD=libtcmalloc_minimal.so.4` (Debian:\n"
+    "    `libtcmalloc-minimal4`), or `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`. They cut what a "
+    f"top-k call\n    costs beyond a step inside a loop from {glibc:.1f} ms to {tcmalloc:.1f} "
+    f"and {hugetlb:.1f} ms\n"
+    "    (`benchmarks/results-cpu-allocator-{glibc,tcmalloc,hugetlb}.json`);\n"
+    "  - `XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`, which cut the "
+    f"temporaries\n    to {sequential['memory']['temp_bytes'] / 1e6:.0f} MB; the top-k step "
+    f"then took {sequential['step_ratio']:.2f}x SGDm's\n"
+    "    (`benchmarks/results-cpu-sequential-schedule.json`).\n"
+  )
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+  "readme-costs": readme_costs,
+  "readme-allocator": readme_allocator,
+}
+
+
+def _number(text: str) -> float:
+  return float(text.replace(",", ""))
+
+
+def problems(text: str, where: str) -> list[str]:
+  """What in one Markdown file disagrees with the JSON: stale blocks and marked numbers."""
+  found = []
+  for match in BLOCK.finditer(text):
+    name, body = match.group(2), match.group(3)
+    if name not in BLOCKS:
+      found.append(f"{where}: unknown cost block {name!r} (known: {sorted(BLOCKS)})")
+    elif body != BLOCKS[name]():
+      found.append(
+        f"{where}: block {name!r} differs from the JSON: run python docs/cost_figures.py"
+      )
+  for match in MARKED.finditer(text):
+    shown, key, path = match.groups()
+    try:
+      value = float(lookup(load(key), path))
+    except (FileNotFoundError, KeyError, TypeError) as error:
+      found.append(f"{where}: {key}:{path} is not in the results ({error!r})")
+      continue
+    digits = len(shown.split(".")[1]) if "." in shown else 0
+    if round(value, digits) != _number(shown):
+      found.append(f"{where}: says {shown} where results-{key}.json's {path} is {value:.{digits}f}")
+  return found
+
+
+def rewrite(text: str) -> str:
+  """``text`` with every known block regenerated."""
+  return BLOCK.sub(
+    lambda m: (
+      m.group(1) + (BLOCKS[m.group(2)]() if m.group(2) in BLOCKS else m.group(3)) + m.group(4)
+    ),
+    text,
+  )
+
+
+def main(argv: list[str]) -> int:
+  check = "--check" in argv
+  stale = []
+  for name in CHECKED_FILES:
+    path = ROOT / name
+    if not path.exists():
+      continue
+    text = path.read_text()
+    if check:
+      stale += problems(text, name)
+    elif rewrite(text) != text:
+      path.write_text(rewrite(text))
+      print(f"rewrote the cost blocks of {name}")
+  for line in stale:
+    print(line, file=sys.stderr)
+  return 1 if stale else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
