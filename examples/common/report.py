@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from examples.common.errors import UserError
 from examples.common.metrics import read_metrics
-from examples.common.optimizers import has_residual
-from examples.common.views import parse_views, trajectory
+from examples.common.optimizers import has_residual, parse_views, trajectory
 
 CONFIG_FILE = "config.json"
 
@@ -249,7 +249,7 @@ def paired_gains(
     name = run.config.get("optimizer")
     try:
       return parse_views(str(name))[0].optimizer if name is not None else None
-    except ValueError:
+    except UserError:
       return None
 
   out = []
