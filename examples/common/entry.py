@@ -26,6 +26,8 @@ import tokenize
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import ml_collections
+
 from examples.common import cpu_runtime, errors
 
 HELP_ARGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
@@ -61,11 +63,16 @@ def field_help(config_module: str) -> dict[str, str]:
   return fields
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _is_dict(value: Any) -> bool:
+  return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+  """Every field of a config by dotted name, nested ``ConfigDict`` s and their fields alike."""
   out = {}
   for key, value in config.items():
     out[f"{prefix}{key}"] = value
-    if isinstance(value, Mapping):
+    if _is_dict(value):
       out.update(_flat(value, f"{prefix}{key}."))
   return out
 
@@ -84,8 +91,7 @@ def help_text(doc: str, config_module: str) -> str:
     "",
     f"Config fields (defaults from {path}; a config file may change them):",
   ]
-  shown = {name: repr(value) for name, value in defaults.items() if not isinstance(value, Mapping)}
-  shown.update({name: "{...}" for name, value in defaults.items() if isinstance(value, Mapping)})
+  shown = {name: "{...}" if _is_dict(value) else repr(value) for name, value in defaults.items()}
   width = max(len(f"{name} = {value}") for name, value in shown.items())
   for name in defaults:
     left = f"{name} = {shown[name]}"
@@ -100,6 +106,16 @@ def _config_path(argv: Sequence[str]) -> str | None:
     if arg == "--config" and index + 1 < len(argv):
       return argv[index + 1]
   return None
+
+
+def _is_config_path(argv: Sequence[str], index: int) -> bool:
+  """Whether ``argv[index]`` is ``--config=FILE``, or ``--config`` or the ``FILE`` after it."""
+  arg = argv[index]
+  return (
+    arg.startswith("--config=")
+    or arg == "--config"
+    or (index > 0 and argv[index - 1] == "--config")
+  )
 
 
 def _overrides(argv: Sequence[str]) -> list[str]:
@@ -149,7 +165,7 @@ def run(
     config_module: the family's default config module (dotted), whose fields ``--help`` lists.
     argv: the command line (default ``sys.argv``).
   """
-  from absl import app, flags
+  from absl import flags
   from absl import logging as absl_logging
   from ml_collections import config_flags
 
@@ -157,45 +173,45 @@ def run(
   if any(arg in HELP_ARGS for arg in argv[1:]):
     sys.stdout.write(help_text(doc, config_module))
     sys.exit(0)
+  path = _config_path(argv)
+  if path is None or not any(a.startswith("--workdir") for a in argv):
+    _fail("give --config=FILE and --workdir=DIR (--help lists every config field).")
+  # The config file is loaded here, once; absl parses the --config.FIELD overrides into it.
   # Defined here, not at import, so that importing a main module claims no flag names.
+  rest_argv = [a for i, a in enumerate(argv) if not _is_config_path(argv, i)]
   flag_values = flags.FlagValues()
-  workdir = flags.DEFINE_string(
-    "workdir", None, "Checkpoints, metrics and TensorBoard.", flag_values=flag_values
-  )
-  config_flag = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py).", flag_values=flag_values, lock_config=True
-  )
-
-  def parse(args: list[str]) -> list[str]:
-    path = _config_path(args)
-    if path is None or not any(a.startswith("--workdir") for a in args):
-      _fail("give --config=FILE and --workdir=DIR (--help lists every config field).")
-    try:
-      check_overrides(args, _load_config(path))
-      return flag_values(args)
-    except errors.UserError as error:
-      _fail(str(error))
-    except flags.Error as error:
-      _fail(f"{error} (--help lists every config field).")
-    raise AssertionError("unreachable")
-
-  def main(rest: list[str]) -> None:
-    if len(rest) > 1:
-      _fail(f"unexpected arguments {rest[1:]}; fields are set as --config.FIELD=VALUE.")
-    cpu_runtime.prefer_small_temporaries()
-    absl_logging.set_verbosity(absl_logging.INFO)
-    drop = _DropOrbaxInfo()
-    absl_logging.get_absl_handler().addFilter(drop)
-    logging.getLogger("examples").setLevel(logging.INFO)
-    config = config_flag.value
-    try:
-      if "distributed" in config:
-        _start_processes(config)
-      train_and_evaluate(config, workdir.value)
-    except errors.user_errors() as error:
-      _fail(str(error))
-
-  app.run(main, argv=argv, flags_parser=parse)
+  try:
+    config = _load_config(path)
+    check_overrides(argv, config)
+    workdir = flags.DEFINE_string(
+      "workdir", None, "Checkpoints, metrics and TensorBoard.", flag_values=flag_values
+    )
+    config_flag = config_flags.DEFINE_config_dict(
+      "config", config, "The config.", flag_values=flag_values, sys_argv=rest_argv
+    )
+    rest = flag_values(rest_argv)
+  except errors.UserError as error:
+    _fail(str(error))
+  except flags.Error as error:
+    _fail(f"{error} (--help lists every config field).")
+  if len(rest) > 1:
+    _fail(f"unexpected arguments {rest[1:]}; fields are set as --config.FIELD=VALUE.")
+  if not flags.FLAGS.is_parsed():  # absl's own flags (logging): their defaults
+    flags.FLAGS.mark_as_parsed()
+  cpu_runtime.prefer_small_temporaries()
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+    handler.addFilter(_DropOrbaxInfo())
+  logging.getLogger("examples").setLevel(logging.INFO)
+  config = config_flag.value
+  try:
+    if "distributed" in config:
+      _start_processes(config)
+    train_and_evaluate(config, workdir.value)
+  except errors.user_errors() as error:
+    _fail(str(error))
 
 
 def _start_processes(config: Any) -> None:

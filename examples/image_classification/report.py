@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from examples.common import report
-from examples.common.metrics import METRICS_FILE
 from examples.common.errors import UserError
+from examples.common.metrics import METRICS_FILE
 from examples.common.optimizers import OPTIMIZER_NAMES, lookup, split_setting
 
 FLAGS = flags.FLAGS

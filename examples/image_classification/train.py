@@ -384,7 +384,7 @@ CONFIG_RANGES = {
   "alpha": FRACTION,
   "topk_fraction": FRACTION,
   "lr_decay_epochs": AT_LEAST_1,
-  "lr_decay_factor": FRACTION,
+  "lr_decay_factor": POSITIVE,
   "num_epochs": AT_LEAST_1,
   "batch_size": AT_LEAST_1,  # and at most the training set: checked once the data is loaded
   "num_devices": AT_LEAST_0,

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from examples.common import optimizers
 from examples.common.checkpoint import Checkpointer
 from examples.common.errors import UserError
-from examples.common import optimizers
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.image_classification import input_pipeline, testdata, train
