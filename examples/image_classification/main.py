@@ -1,6 +1,6 @@
 """Trains an image classifier with the configured optimizer.
 
-  python -m examples.image_classification.main \
+  python -m examples.image_classification.main \\
     --config=examples/image_classification/configs/fashion_mnist_cnn.py --workdir=runs/fmnist
 
 Rerunning the same command resumes from the last checkpoint in ``--workdir``; a workdir resumes

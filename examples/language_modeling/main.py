@@ -1,6 +1,6 @@
 """Trains AWD-LSTM on Penn Treebank.
 
-  python -m examples.language_modeling.main \
+  python -m examples.language_modeling.main \\
     --config=examples/language_modeling/configs/small.py --workdir=/tmp/lm
 
 Rerunning the same command resumes from the last checkpoint in ``--workdir``; a workdir resumes

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.alpha = 1 / 16  # scaling scheme
   config.topk_fraction = 0.01  # top-k scheme
   config.lr_decay_epochs = (100, 200)  # epochs at whose start the learning rate decays
-  config.lr_decay_factor = 0.1  # learning rate multiplier at each decay epoch, in (0, 1]
+  config.lr_decay_factor = 0.1  # learning rate multiplier at each decay epoch (> 0)
   # Training.
   config.num_epochs = 300  # epochs to train (may grow on resume)
   config.batch_size = 128  # global batch, split over devices and processes
