@@ -46,8 +46,9 @@ Record = dict[str, Any]
 
 # Fields that do not change a run's results, so a resumed run may set them differently: how it
 # shows progress, how often it saves, where the data lies, how many processes and devices share the
-# work (the trainers' results do not depend on the device count or layout). ``num_epochs`` may
-# grow. Every other field is locked to the workdir.
+# work (the trainers' results do not depend on the device count or layout, up to float rounding),
+# and the sweep around a training (``sweep``: its grid of seeds and names). ``num_epochs`` may grow.
+# Every other field is locked to the workdir.
 MAY_CHANGE = frozenset(
   {
     "progress_bar",
@@ -64,6 +65,7 @@ MAY_CHANGE = frozenset(
     "process_id",
     "distributed_timeout_s",
     "collective_timeout_s",
+    "sweep",
   }
 )
 

@@ -80,8 +80,12 @@ def test_records_per_view_and_checkpointed_models(tmp_path):
 
 
 def test_a_grown_run_resumes_where_it_stopped(tmp_path):
-  _train(tmp_path, _config(num_epochs=2))
-  records = _train(tmp_path, _config(num_epochs=3, progress_bar=True))
+  # More epochs, and fields that do not change results: the progress bar, the sweep around it.
+  _train(tmp_path, _config(num_epochs=2, sweep=ml_collections.ConfigDict({"seeds": (0,)})))
+  grown = _config(
+    num_epochs=3, progress_bar=True, sweep=ml_collections.ConfigDict({"seeds": (0, 1)})
+  )
+  records = _train(tmp_path, grown)
   assert records == _train(tmp_path / "whole", _config(num_epochs=3))
   machines = json.loads((tmp_path / "machine.json").read_text())
   assert [m["epoch_started"] for m in machines] == [0, 2]

@@ -258,10 +258,10 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
   # Plain dicts of arrays, not nnx.State: the Variable leaves of an nnx.State are flattened and
   # rebuilt in Python on every jitted call, a host cost per array that grows with the optimizer
   # state (benchmarks/BENCHMARKS.md).
-  params = params.to_pure_dict()
+  params = nnx.to_pure_dict(params)
   state = {
     "params": params,
-    "batch_stats": batch_stats.to_pure_dict(),
+    "batch_stats": nnx.to_pure_dict(batch_stats),
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
   }
@@ -324,7 +324,7 @@ def evaluate_views(
   def reference() -> tuple[float, float]:
     return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding)
 
-  recompute = config.recompute_bn_stats
+  recompute = config.get("recompute_bn_stats", False)
   results = {}
   for view in view_list:
     if view.has_residual:
