@@ -1,15 +1,18 @@
 """Pieces shared by every example family (image classification, language modeling, graphs).
 
-* :mod:`~examples.common.optimizers`: ``make_optimizer(name, learning_rate, ...)`` for the paper's
-  optimizers by name (``sgdm``, ``rsgdm-scale``, ``ef-signsgd``, ``adam-topk``, ...),
-  ``has_residual(name)`` and ``step_decay_schedule``.
-* :mod:`~examples.common.runloop`: ``run(config, workdir, views=, state=, train_epoch=, evaluate=,
-  ...)``, the run skeleton of every family (resume from the newest readable checkpoint, config
-  record, per-view records, checkpoints, progress, the non-finite stop, Orbax INFO filtered), and
-  ``StepLosses``.
-* :mod:`~examples.common.views`: ``parse_views("sgdm,rsgdm-scale@0.25,...")`` (refuses names of
-  different trajectories), ``make_optimizer(views, ...)`` (one chain with every residual),
-  ``group_by_trajectory``.
+* :mod:`~examples.common.optimizers`: the one registry of optimizer names (``REGISTRY``: each name's
+  base, trajectory, tail and residual scheme), ``parse_views("sgdm,rsgdm-scale@0.25,...")`` (refuses
+  names of different trajectories), ``make_optimizer(views or name, ...)`` (one chain layout for one
+  view or many), ``group_by_trajectory`` and ``step_decay_schedule``.
+* :mod:`~examples.common.rundir`: ``RunDirectory(config, workdir, views, template=state)``, the
+  context manager a trainer's loop runs in (config lock, resume from the newest readable checkpoint,
+  ``config.json``/``machine.json``, per-view records, checkpoints, every writer closed on exit).
+* :mod:`~examples.common.progress`: ``StepLosses`` (progress bar and non-finite stop).
+* :mod:`~examples.common.config_checks`: ranges of config values, checked before anything is
+  written.
+* :mod:`~examples.common.entry`: the one entry point of the three ``main.py`` (flags, ``--help``,
+  logging, ``UserError`` as one ``error:`` line).
+* :mod:`~examples.common.errors`: ``UserError`` and the errors printed as one line.
 * :mod:`~examples.common.metrics`: ``MetricsWriter`` (one JSON line per epoch in
   ``<workdir>/metrics.jsonl`` plus TensorBoard scalars, resume-safe) and ``read_metrics``.
 * :mod:`~examples.common.checkpoint`: ``Checkpointer`` (Orbax, one checkpoint of named items per

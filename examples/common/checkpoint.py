@@ -67,7 +67,9 @@ class Checkpointer:
     try:
       restored = self._manager.restore(epoch, args=ocp.args.Composite(**args))
     except ValueError as error:
-      if "tree structures do not match" not in str(error):
+      # Another tree, or the same tree with other shapes (another model width, say): both mean
+      # the checkpoint belongs to another config, not that it is corrupt.
+      if not any(m in str(error) for m in ("tree structures do not match", "stored shape")):
         raise
       raise CheckpointMismatchError(
         f"The checkpoint of epoch {epoch} in {self.directory} holds a different tree than this run "

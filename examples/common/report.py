@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from examples.common.errors import UserError
 from examples.common.machine import MACHINE_FILE, summary
 from examples.common.metrics import read_metrics
-from examples.common.optimizers import has_residual
-from examples.common.views import parse_views, trajectory
+from examples.common.optimizers import has_residual, parse_views, trajectory
 
 CONFIG_FILE = "config.json"
 
@@ -45,9 +45,25 @@ def find_machine(workdir: str) -> dict[str, Any]:
     path = os.path.join(directory, MACHINE_FILE)
     if os.path.exists(path):
       with open(path) as f:
-        return json.load(f)
+        return _one_machine(json.load(f))
     directory = os.path.dirname(directory)
   return {}
+
+
+def _one_machine(record: Any) -> dict[str, Any]:
+  """A trainer's ``machine.json`` lists every start of the run (``{epoch_started, machine}``); a
+  committed sweep's is one machine. A run resumed on another machine says so in its ``note``."""
+  if not isinstance(record, list):
+    return record
+  machines = [entry["machine"] for entry in record]
+  distinct = [m for i, m in enumerate(machines) if m not in machines[:i]]
+  if not distinct:
+    return {}
+  machine = dict(distinct[-1])
+  if len(distinct) > 1:
+    earlier = "; ".join(summary(m) for m in distinct[:-1])
+    machine["note"] = f"resumed on it; earlier epochs on {earlier}"
+  return machine
 
 
 def load_run(workdir: str) -> Run:
@@ -401,7 +417,7 @@ def paired_gains(
     name = run.config.get("optimizer")
     try:
       return parse_views(str(name))[0].optimizer if name is not None else None
-    except ValueError:
+    except UserError:
       return None
 
   out = []

@@ -192,3 +192,19 @@ def test_machine_caption_says_what_is_recorded(tmp_path):
   assert report.describe_machine(partial) == (
     "AMD EPYC, 2 cores, jax and jaxlib versions not recorded (from the run's notes)"
   )
+
+
+def test_a_trainers_machine_list_reads_as_one_machine_and_names_earlier_ones(tmp_path):
+  epyc = {"cpu": "AMD EPYC", "cpu_cores": 2, "platform": "cpu", "jax": "0.10.2", "jaxlib": "0.10.2"}
+  xeon = {**epyc, "cpu": "Intel Xeon"}
+  run_dir = tmp_path / "views-sgdm" / "seed0" / "sgdm"
+  run_dir.mkdir(parents=True)
+  # The trainer writes one entry per start in the training's workdir, above each view's folder.
+  record = [{"epoch_started": 0, "machine": epyc}, {"epoch_started": 2, "machine": epyc}]
+  (tmp_path / "views-sgdm" / "seed0" / "machine.json").write_text(json.dumps(record))
+  assert report.find_machine(str(run_dir)) == epyc
+  record.append({"epoch_started": 4, "machine": xeon})
+  (tmp_path / "views-sgdm" / "seed0" / "machine.json").write_text(json.dumps(record))
+  found = report.find_machine(str(run_dir))
+  assert found["cpu"] == "Intel Xeon"
+  assert "earlier epochs on AMD EPYC" in report.describe_machine(found)

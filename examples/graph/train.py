@@ -5,8 +5,9 @@ subgraph into clusters, trains a :class:`~examples.graph.models.ClusterGCN` on r
 clusters, and after every ``eval_every`` epochs scores the RSGD point ``x = y + r``
 (``rsgd.eval_params``) on the validation and test nodes of the whole graph. It writes
 ``config.json``, ``metrics.jsonl`` (one line per epoch) and TensorBoard scalars into ``workdir``,
-and an Orbax checkpoint per ``checkpoint_every`` epochs, from which a rerun resumes (the run
-skeleton is :func:`examples.common.runloop.run`). ``config.optimizer`` may list views of one
+and an Orbax checkpoint per ``checkpoint_every`` epochs, from which a rerun resumes.
+:func:`train_and_evaluate` holds the epoch loop; the run directory (config lock, resume, records,
+checkpoints) is :class:`examples.common.rundir.RunDirectory`. ``config.optimizer`` may list views of one
 trajectory (``adam,adam-scale,adam-sign,adam-topk``): one training, each view evaluated at its own
 point, with its own ``<workdir>/<name>/metrics.jsonl``.
 
@@ -16,6 +17,7 @@ the graph induced by the training nodes; evaluation runs on the whole graph.
 
 import collections
 import dataclasses
+import time
 from typing import Any
 
 import jax
@@ -27,7 +29,8 @@ from absl import logging
 from flax import nnx
 
 import rsgd_optax as rsgd
-from examples.common import runloop, views
+from examples.common import config_checks, optimizers, progress, rundir
+from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
 from examples.graph import batching, partition, scores
 from examples.graph.graphsage_data import GraphData, load_graphsage
 from examples.graph.models import ClusterGCN
@@ -46,28 +49,38 @@ class PreparedGraph:
   in_features: int
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-  checks = {
-    "num_layers": config.num_layers >= 1,
-    "hidden": config.hidden >= 1,
-    "num_epochs": config.num_epochs >= 1,
-    "eval_every": config.eval_every >= 1,
-    "checkpoint_every": config.checkpoint_every >= 1,
-    "num_clusters": config.num_clusters >= 1,
-    "num_clusters_val": config.num_clusters_val >= 1,
-    "num_clusters_test": config.num_clusters_test >= 1,
-    "clusters_per_batch": 1 <= config.clusters_per_batch <= config.num_clusters,
-    "dropout": 0.0 <= config.dropout < 1.0,
-    "diag_lambda": config.diag_lambda >= 0,
-    "learning_rate": config.learning_rate > 0,
-    "partition_method": config.partition_method in partition.PARTITION_METHODS,
-    "precalc_adjacency": config.get("precalc_adjacency", "normalized")
-    in batching.PRECALC_ADJACENCIES,
-  }
-  bad = [name for name, ok in checks.items() if not ok]
-  if bad:
-    values = ", ".join(f"{name}={config[name]!r}" for name in bad)
-    raise ValueError(f"Invalid config value(s): {values}. See examples/graph/configs/ppi.py.")
+# Every numeric field with its valid range; checked before anything is loaded or written.
+CONFIG_RANGES = {
+  "learning_rate": POSITIVE,
+  "momentum": PROBABILITY,
+  "weight_decay": AT_LEAST_0,
+  "alpha": FRACTION,
+  "topk_fraction": FRACTION,
+  "num_layers": AT_LEAST_1,
+  "hidden": AT_LEAST_1,
+  "dropout": PROBABILITY,
+  "diag_lambda": AT_LEAST_0,
+  "num_clusters": AT_LEAST_1,
+  "clusters_per_batch": AT_LEAST_1,
+  "num_clusters_val": AT_LEAST_1,
+  "num_clusters_test": AT_LEAST_1,
+  "num_epochs": AT_LEAST_1,
+  "eval_every": AT_LEAST_1,
+  "checkpoint_every": AT_LEAST_1,
+  "log_every_steps": AT_LEAST_1,
+}
+CONFIG_CHOICES = {
+  "partition_method": partition.PARTITION_METHODS,
+  "precalc_adjacency": batching.PRECALC_ADJACENCIES,
+}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every field in its range; ``clusters_per_batch`` at most ``num_clusters`` (the batch size)."""
+  config_checks.check(config, CONFIG_RANGES, CONFIG_CHOICES)
+  config_checks.check_batch_size(
+    config.clusters_per_batch, config.num_clusters, field="clusters_per_batch", of="clusters"
+  )
 
 
 def prepare_graph(config: ml_collections.ConfigDict) -> PreparedGraph:
@@ -77,7 +90,7 @@ def prepare_graph(config: ml_collections.ConfigDict) -> PreparedGraph:
   train_nodes = data.train_nodes
   train_adj = full_adj[train_nodes][:, train_nodes]
   if config.precalc:
-    adjacency = config.get("precalc_adjacency", "normalized")
+    adjacency = config.precalc_adjacency
     train_inputs = batching.precompute_first_layer(
       train_adj, data.features[train_nodes], config.diag_lambda, adjacency=adjacency
     )
@@ -137,8 +150,8 @@ def build_model(config: ml_collections.ConfigDict, graph: PreparedGraph) -> Clus
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The one optimizer of ``config.optimizer``'s views (one name: that optimizer)."""
-  return views.make_optimizer(
-    views.parse_views(config.optimizer),
+  return optimizers.make_optimizer(
+    config.optimizer,
     config.learning_rate,
     momentum=config.momentum,
     weight_decay=config.weight_decay,
@@ -154,7 +167,7 @@ TrainState = dict[str, Any]  # params, opt_state, step: plain dicts of arrays
 class Steps:
   """The jitted functions of one run.
 
-  The state passes through ``jax.jit`` as plain dicts of arrays (``nnx.State.to_pure_dict()``), as
+  The state passes through ``jax.jit`` as plain dicts of arrays (``nnx.to_pure_dict``), as
   in the image trainer: an ``nnx.Optimizer`` would be flattened and rebuilt in Python on every call,
   a host cost per array that grows with every residual view (benchmarks/BENCHMARKS.md).
   """
@@ -176,7 +189,7 @@ def make_steps(
     def loss_fn(params):
       model = nnx.merge(train_graphdef, params, rest, copy=True)
       loss = scores.masked_loss(model(batch), batch.labels, batch.label_mask, multilabel=multilabel)
-      return loss, nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+      return loss, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -194,7 +207,7 @@ def make_steps(
   return Steps(train=jax.jit(train_step, donate_argnums=(0, 1)), predict=jax.jit(predict))
 
 
-def view_params(state: TrainState, view: views.View) -> dict:
+def view_params(state: TrainState, view: optimizers.View) -> dict:
   """The parameters to evaluate and ship: ``params`` for the base, ``eval_params`` for a residual."""
   if view.has_residual:
     return rsgd.eval_params(state["opt_state"], state["params"], which=view.which)
@@ -228,6 +241,57 @@ def evaluate(
   }
 
 
+def train_epoch(
+  config: ml_collections.ConfigDict,
+  steps: Steps,
+  state: TrainState,
+  model: ClusterGCN,
+  graph: PreparedGraph,
+  epoch: int,
+) -> tuple[TrainState, dict[str, Any]]:
+  """One pass over the cluster batches; stops on a non-finite loss."""
+  # Per-epoch randomness derives from (seed, epoch), so a resumed run repeats it exactly.
+  rng = np.random.default_rng([config.seed, epoch])
+  nnx.reseed(model, dropout=int(rng.integers(2**31)))
+  rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+  num_batches = graph.train.num_batches
+  with progress.StepLosses(
+    epoch,
+    epoch * num_batches,
+    num_batches,
+    check_every=config.log_every_steps,
+    progress_bar=config.progress_bar,
+  ) as tracker:
+    for batch in graph.train.epoch(rng):
+      state, rest, loss = steps.train(state, rest, batching.to_device(batch))
+      tracker.add(loss)
+    losses, _ = tracker.finish()
+  return state, {"step": (epoch + 1) * num_batches, "train_loss": float(losses.mean())}
+
+
+def evaluate_views(
+  steps: Steps,
+  state: TrainState,
+  eval_rest: dict,
+  graph: PreparedGraph,
+  view_list: list[optimizers.View],
+) -> dict[str, tuple[dict[str, float], dict]]:
+  """Each view's metrics on every held-out split at its own point, and the parameters it ships."""
+  results = {}
+  for view in view_list:
+    params = view_params(state, view)
+    metrics = {}
+    for split, batcher in graph.evaluation.items():
+      for key, value in evaluate(steps, params, eval_rest, batcher, graph.data.multilabel).items():
+        metrics[f"{split}_{key}"] = value
+    if view.has_residual:
+      metrics["proximity"] = float(
+        rsgd.proximity(state["opt_state"], state["params"], which=view.which)
+      )
+    results[view.name] = (metrics, params)
+  return results
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any] | dict[str, dict[str, Any]]:
@@ -240,9 +304,10 @@ def train_and_evaluate(
     The last epoch's metrics record (what ``metrics.jsonl`` ends with); with several views, a dict
     from each name to its last record.
   """
-  _validate(config)
-  view_list = views.parse_views(config.optimizer)  # fails fast on a bad name or a mixed list
-  tx = build_optimizer(config)  # and on a bad hyperparameter
+  view_list = optimizers.parse_views(config.optimizer)  # fails fast on a bad name or a mixed list
+  check_config(config)
+  tx = build_optimizer(config)
+  rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
   graph = prepare_graph(config)  # data errors surface before anything is written to workdir
   logging.info(
     "Graph: %d nodes, %d edges, %d classes (%s); %d train clusters, batch pad %d nodes/%d edges.",
@@ -255,60 +320,34 @@ def train_and_evaluate(
     graph.train.max_edges,
   )
   model = build_model(config, graph)
-  multilabel = graph.data.multilabel
   model.train()
   train_graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   model.eval()  # no dropout
   eval_graphdef, _, eval_rest = nnx.split(model, nnx.Param, ...)
-  eval_rest = eval_rest.to_pure_dict()
-  params = params.to_pure_dict()
+  eval_rest = nnx.to_pure_dict(eval_rest)
+  params = nnx.to_pure_dict(params)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  steps = make_steps(train_graphdef, eval_graphdef, tx, multilabel)
-
-  def train_epoch(state: TrainState, epoch: int):
-    # Per-epoch randomness derives from (seed, epoch), so a resumed run repeats it exactly.
-    rng = np.random.default_rng([config.seed, epoch])
-    nnx.reseed(model, dropout=int(rng.integers(2**31)))
-    rest = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
-    first_step = epoch * graph.train.num_batches
-    with runloop.StepLosses(
-      epoch, first_step, graph.train.num_batches, progress_bar=config.get("progress_bar", False)
-    ) as tracker:
-      for batch in graph.train.epoch(rng):
-        state, rest, loss = steps.train(state, rest, batching.to_device(batch))
-        tracker.add(loss)
-      losses, _ = tracker.finish()
-    fields = {"step": (epoch + 1) * graph.train.num_batches, "train_loss": float(losses.mean())}
-    return state, fields
-
-  def evaluate_epoch(state: TrainState, epoch: int, history):
-    del history
-    if (epoch + 1) % config.eval_every and epoch + 1 != config.num_epochs:
-      return state, {view.name: ({}, None) for view in view_list}
-    results = {}
-    for view in view_list:
-      params = view_params(state, view)
-      metrics = {}
-      for split, batcher in graph.evaluation.items():
-        for key, value in evaluate(steps, params, eval_rest, batcher, multilabel).items():
-          metrics[f"{split}_{key}"] = value
-      if view.has_residual:
-        metrics["proximity"] = float(
-          rsgd.proximity(state["opt_state"], state["params"], which=view.which)
-        )
-      results[view.name] = (metrics, params)
-    return state, results
-
-  result = runloop.run(
-    config,
-    workdir,
-    views=view_list,
-    state=state,
-    train_epoch=train_epoch,
-    evaluate=evaluate_epoch,
-    num_epochs=config.num_epochs,
-    checkpoint_every=config.checkpoint_every,
-    log_fields=("train_loss", "val_micro_f1", "test_micro_f1", "proximity"),
-  )
-  last = {name: (records[-1] if records else {}) for name, records in result.records.items()}
-  return last[view_list[0].name] if len(view_list) == 1 else last
+  steps = make_steps(train_graphdef, eval_graphdef, tx, graph.data.multilabel)
+  log_fields = ("train_loss", "val_micro_f1", "test_micro_f1", "proximity")
+  with rundir.RunDirectory(
+    config, workdir, view_list, template=state, log_fields=log_fields
+  ) as run:
+    state = run.state
+    for epoch in range(run.start_epoch, config.num_epochs):
+      started = time.time()
+      state, fields = train_epoch(config, steps, state, model, graph, epoch)
+      last = epoch + 1 == config.num_epochs
+      if (epoch + 1) % config.eval_every == 0 or last:
+        results = evaluate_views(steps, state, eval_rest, graph, view_list)
+      else:
+        results = {view.name: ({}, None) for view in view_list}
+      seconds = time.time() - started
+      run.write(
+        epoch,
+        {name: {**fields, **metrics, "seconds": seconds} for name, (metrics, _) in results.items()},
+      )
+      if (epoch + 1) % config.checkpoint_every == 0 or last:
+        run.save(epoch, state, {name: shipped for name, (_, shipped) in results.items()})
+    records = run.records
+  last_records = {name: (records[-1] if records else {}) for name, records in records.items()}
+  return last_records[view_list[0].name] if len(view_list) == 1 else last_records

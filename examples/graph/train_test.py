@@ -10,8 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
-from examples.common import views
+from examples.common import optimizers
 from examples.common.checkpoint import Checkpointer
+from examples.common.errors import UserError
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.graph import train
@@ -130,7 +131,7 @@ def test_evaluates_the_rsgd_point_an_ema_of_the_adam_iterates(data_dir, tmp_path
 
 
 def test_plain_adam_evaluates_its_own_parameters():
-  (view,) = views.parse_views("adam")
+  (view,) = optimizers.parse_views("adam")
   params = {"w": np.ones(3)}
   state = {"params": params, "opt_state": optax.adam(0.01).init(params)}
   assert train.view_params(state, view) is params
@@ -153,9 +154,10 @@ def test_multiclass_graph_reports_accuracy_equal_to_micro_f1(tmp_path):
 @pytest.mark.parametrize(
   ("overrides", "error", "message"),
   [
-    ({"optimizer": "adamw"}, ValueError, "Unknown optimizer 'adamw'"),
-    ({"dropout": 1.5}, ValueError, "dropout=1.5"),
-    ({"clusters_per_batch": 9}, ValueError, "clusters_per_batch=9"),
+    ({"optimizer": "adamw"}, UserError, "Unknown optimizer 'adamw'"),
+    ({"dropout": 1.5}, UserError, r"config\.dropout=1\.5 \(must be in \[0, 1\)\)"),
+    ({"clusters_per_batch": 9}, UserError, "clusters_per_batch=9 .* between 1 and the 4 clusters"),
+    ({"num_epochs": 0, "learning_rate": -1.0}, UserError, "learning_rate=-1.0 .*num_epochs=0"),
     ({"dataset": "nope"}, GraphDataError, "nope-G.json"),
   ],
 )
@@ -169,7 +171,7 @@ def test_user_errors_leave_no_workdir(data_dir, tmp_path, overrides, error, mess
 @pytest.mark.parametrize("name", ["ppi", "ppi_small", "wordnet"])
 def test_shipped_configs_are_valid(name):
   config = importlib.import_module(f"examples.graph.configs.{name}").get_config()
-  train._validate(config)
+  train.check_config(config)
   train.build_optimizer(config)
   assert config.optimizer == "adam"
 
@@ -199,10 +201,10 @@ def test_views_equal_separate_runs_field_for_field(data_dir, tmp_path):
   with Checkpointer(str(tmp_path / "views" / "checkpoints")) as ckpt:
     shared = ckpt.restore({f"model-{n}": None for n in GRAPH_VIEWS}, epoch=2)
   for name in GRAPH_VIEWS:
-    optimizer, _, setting = name.partition("@")
+    optimizer, setting = optimizers.split_setting(name)
     alone_config = tiny_config(data_dir, optimizer=optimizer, eval_every=2, num_epochs=3)
-    if setting:
-      alone_config.topk_fraction = float(setting)
+    if setting is not None:
+      alone_config.topk_fraction = setting
     train.train_and_evaluate(alone_config, str(tmp_path / name))
     got = read_metrics(str(tmp_path / "views" / name))
     want = read_metrics(str(tmp_path / name))
@@ -216,12 +218,15 @@ def test_views_equal_separate_runs_field_for_field(data_dir, tmp_path):
 
 
 def test_a_mixed_list_is_refused(data_dir, tmp_path):
-  with pytest.raises(ValueError, match=r"adam follows Adam's trajectory; sgdm follows SGD with"):
+  with pytest.raises(UserError, match=r"adam follows Adam's trajectory; sgdm follows SGD with"):
     train.train_and_evaluate(tiny_config(data_dir, optimizer="adam,sgdm"), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
-def test_the_trainer_runs_through_the_shared_loop(data_dir, tmp_path, run_loop_calls):
-  calls = run_loop_calls
-  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(tmp_path))
-  assert calls == [["adam-scale"]]
+def test_a_finished_run_refuses_a_new_learning_rate(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(data_dir, num_epochs=1), str(workdir))
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  with pytest.raises(UserError, match=r"Differing: learning_rate: 0\.01 -> 0\.02\."):
+    train.train_and_evaluate(tiny_config(data_dir, num_epochs=1, learning_rate=0.02), str(workdir))
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before

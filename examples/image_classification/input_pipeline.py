@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from absl import flags as absl_flags
 
+from examples.common import config_checks
+from examples.common.errors import UserError
 from examples.image_classification import datasets
 
 Batch = tuple[np.ndarray, np.ndarray]  # images, labels
@@ -43,7 +45,10 @@ class Shard:
 
   def local(self, global_batch: int) -> slice:
     if global_batch % self.count:
-      raise ValueError(f"Batch size {global_batch} does not divide over {self.count} processes.")
+      raise UserError(
+        f"config.batch_size={global_batch} does not divide over {self.count} processes; make it a "
+        "multiple of the process count."
+      )
     size = global_batch // self.count
     return slice(self.index * size, (self.index + 1) * size)
 
@@ -138,8 +143,7 @@ class ArrayInput(Input):
     train_eval_examples: int = 0,
     shard: Shard | None = None,
   ):
-    if len(train) < batch_size:
-      raise ValueError(f"Batch size {batch_size} exceeds the {len(train)} training examples.")
+    config_checks.check_batch_size(batch_size, len(train))
     self.train, self.test = train, test
     self.num_classes = num_classes
     self.image_shape = train.images.shape[1:]
@@ -314,9 +318,8 @@ class ImageFolderInput(Input):
     self.num_workers = num_workers
     self.shard = shard or Shard.current()
     self._local_size = len(range(*self.shard.local(batch_size).indices(batch_size)))
+    config_checks.check_batch_size(batch_size, len(self.train_items))
     self.steps_per_epoch = len(self.train_items) // batch_size
-    if self.steps_per_epoch == 0:
-      raise ValueError(f"Batch size {batch_size} exceeds the {len(self.train_items)} images.")
     chosen = np.random.default_rng([seed, 2**31 - 1]).permutation(len(self.train_items))
     self.train_eval_items = [self.train_items[i] for i in sorted(chosen[:train_eval_examples])]
 
@@ -387,9 +390,7 @@ def create_input(config, shard: Shard | None = None) -> Input:
       **common,
     )
   else:
-    raise ValueError(
-      f"Unknown dataset {name!r}. Valid: cifar100, imagenet, fashion_mnist, mnist5k."
-    )
+    raise UserError(f"Unknown dataset {name!r}. Valid: cifar100, imagenet, fashion_mnist, mnist5k.")
   train = subset(train, config.get("train_subset", 0))
   test = subset(test, config.get("test_subset", 0))
   return ArrayInput(

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from examples.common.errors import UserError
 from examples.image_classification import datasets, input_pipeline, testdata
 
 
@@ -53,7 +54,7 @@ def test_shards_split_each_global_batch():
     whole.train_batches(0), parts[0].train_batches(0), parts[1].train_batches(0), strict=True
   ):
     np.testing.assert_array_equal(y, np.concatenate([y0, y1]))
-  with pytest.raises(ValueError, match="does not divide"):
+  with pytest.raises(UserError, match="does not divide"):
     input_pipeline.Shard(0, 3).local(8)
 
 

@@ -28,7 +28,9 @@ def test_main_with_config_overrides(tmp_path):
     f"--workdir={workdir}",
     f"--config.data_dir={data_dir}",
     "--config.optimizer=rsgdm-topk",
-    "--config.num_epochs=0",  # builds everything, trains nothing: the flag handling is the point
+    "--config.num_epochs=1",
+    "--config.train_eval_examples=16",
+    "--config.progress_bar=False",
     "--config.seed=3",
     "--config.batch_size=16",
     "--config.model_kwargs.width=4",
@@ -36,9 +38,9 @@ def test_main_with_config_overrides(tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((tmp_path / "run" / "config.json").read_text())
-  assert (config["optimizer"], config["seed"], config["num_epochs"]) == ("rsgdm-topk", 3, 0)
+  assert (config["optimizer"], config["seed"], config["num_epochs"]) == ("rsgdm-topk", 3, 1)
   assert config["model_kwargs"] == {"width": 4, "hidden": 8, "use_batch_norm": True}
-  assert read_metrics(workdir) == []
+  assert [r["epoch"] for r in read_metrics(workdir)] == [0]
 
 
 def test_main_reports_a_bad_optimizer_name(tmp_path):

@@ -18,8 +18,9 @@ import numpy as np
 from absl import app, flags
 
 from examples.common import report
+from examples.common.errors import UserError
 from examples.common.metrics import METRICS_FILE
-from examples.common.optimizers import OPTIMIZER_NAMES
+from examples.common.optimizers import OPTIMIZER_NAMES, lookup, split_setting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -169,8 +170,11 @@ def scale_alphas(groups: dict[str, list[report.Run]]) -> dict[str, float]:
   """The alpha of every ``*-scale`` group: its ``@`` setting, else its runs' ``config.alpha``."""
   alphas = {}
   for label, runs in groups.items():
-    optimizer, _, setting = label.partition("@")
-    if optimizer.endswith("-scale"):
+    try:
+      optimizer, setting = split_setting(label)
+    except UserError:  # a label that is not an optimizer name
+      continue
+    if lookup(optimizer).setting == "alpha":
       alpha = setting or runs[0].config.get("alpha")
       if alpha is not None:
         alphas[label] = float(alpha)

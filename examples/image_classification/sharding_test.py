@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from examples.common.errors import UserError
 from examples.image_classification import input_pipeline, train
 from examples.image_classification.train_test import fmnist_dir, tiny_config  # noqa: F401
 
@@ -60,5 +61,5 @@ def test_fsdp_holds_about_a_quarter_of_the_state_per_device(fmnist_dir):  # noqa
 
 def test_unknown_layout_is_refused_before_any_data_is_read(tmp_path):
   config = tiny_config(str(tmp_path / "no-data"), sharding="zero3")
-  with pytest.raises(ValueError, match=r"config.sharding='zero3' is not a layout"):
+  with pytest.raises(UserError, match=r"config.sharding='zero3' \(must be one of replicated, fsdp"):
     train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -2,7 +2,7 @@
 
 ``config.sweep.optimizers`` and ``config.sweep.seeds`` name the grid. Optimizers that share a
 trajectory (a base and its residual variants, with the same learning rate) are one training
-(:mod:`examples.common.views`): ``sgdm, rsgdm-scale, rsgdm-sign, rsgdm-topk`` of one seed train
+(:mod:`examples.common.optimizers`): ``sgdm, rsgdm-scale, rsgdm-sign, rsgdm-topk`` of one seed train
 once, in ``<workdir>/views-<base>/seed<seed>``, each view writing
 ``<workdir>/views-<base>/seed<seed>/<name>/metrics.jsonl``. An optimizer alone on its trajectory
 (SignSGD, EF, Adam) keeps ``<workdir>/<optimizer>/seed<seed>``. Seeds are the outer loop, so an
@@ -18,7 +18,7 @@ import time
 
 import ml_collections
 
-from examples.common import views
+from examples.common import optimizers
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.image_classification import train
@@ -46,7 +46,7 @@ def run_config(config: ml_collections.ConfigDict, optimizer: str, seed: int):
 def trainings(config: ml_collections.ConfigDict) -> list[list[str]]:
   """The sweep's optimizers grouped into trainings: by trajectory, then by learning rate."""
   groups = []
-  for group in views.group_by_trajectory(config.sweep.optimizers):
+  for group in optimizers.group_by_trajectory(config.sweep.optimizers):
     by_rate: dict[float, list[str]] = {}
     for name in group:
       by_rate.setdefault(_learning_rate(config, name), []).append(name)
@@ -58,7 +58,7 @@ def training_workdir(workdir: str, group: list[str], seed: int) -> str:
   """Where one training of the sweep lives."""
   if len(group) == 1:
     return os.path.join(workdir, group[0], f"seed{seed}")
-  label = f"views-{views.trajectory(views.parse_views(group[0])[0].optimizer)}"
+  label = f"views-{optimizers.parse_views(group[0])[0].trajectory}"
   return os.path.join(workdir, label, f"seed{seed}")
 
 

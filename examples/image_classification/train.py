@@ -9,8 +9,10 @@ Views: ``config.optimizer`` may list several names that share one trajectory
 (``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``, ``rsgdm-scale@0.25``; :mod:`examples.common.views`).
 The run trains the base trajectory once with every residual in one chain and evaluates each name at
 its own point, writing ``<workdir>/<name>/metrics.jsonl`` equal (on the CPU, bit for bit) to a run
-of that name alone. The run skeleton (resume, records, checkpoints, progress, the non-finite stop)
-is :func:`examples.common.runloop.run`; this module keeps the model, data, loss and evaluation.
+of that name alone. :func:`train_and_evaluate` holds the epoch loop (train, evaluate every view,
+record, save); the run directory (config lock, resume, records, checkpoints) is
+:class:`examples.common.rundir.RunDirectory` and the progress bar and non-finite stop are
+:class:`examples.common.progress.StepLosses`.
 
 Batch normalization: the running statistics are gathered along the reference trajectory (the only
 forward passes in train mode are at ``params``). By default ``eval_params`` is evaluated with those
@@ -33,6 +35,7 @@ the global batch, so the result does not depend on the device count or the layou
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,9 +49,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from examples.common import optimizers, runloop, sharding, views
+from examples.common import config_checks, optimizers, progress, rundir, sharding
+from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
+from examples.common.errors import UserError
 from examples.image_classification import input_pipeline
-from examples.image_classification.models import create_model
+from examples.image_classification.models import MODELS, create_model
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +68,16 @@ def create_mesh(num_devices: int = 0, platform: str | None = None) -> Mesh:
   try:
     devices = jax.devices(platform)
   except RuntimeError as error:
-    raise ValueError(
+    raise UserError(
       f"config.platform={platform!r} has no devices here ({error}); set it to '' for the default "
       "backend."
     ) from error
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist.")
+      raise UserError(
+        f"config.num_devices={num_devices} but only {len(devices)} devices exist; set it to 0 "
+        "for all of them."
+      )
     devices = devices[:num_devices]
   return Mesh(np.array(devices), ("data",))
 
@@ -107,8 +115,8 @@ class OptimizerSpec:
     schedule = optimizers.step_decay_schedule(
       self.learning_rate, self.steps_per_epoch, self.decay_epochs, self.decay_factor
     )
-    tx = views.make_optimizer(
-      views.parse_views(self.name),
+    tx = optimizers.make_optimizer(
+      self.name,
       schedule,
       momentum=self.momentum,
       weight_decay=self.weight_decay,
@@ -239,7 +247,7 @@ def recompute_batch_stats(
 
 def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef, TrainState]:
   """Builds the model and the training state, laid out on ``mesh`` as ``config.sharding`` says."""
-  kwargs = dict(config.get("model_kwargs", {}))
+  kwargs = dict(config.model_kwargs)
   kwargs.setdefault("in_channels", image_shape[-1])
   if config.model == "small_cnn":
     kwargs.setdefault("image_size", image_shape[0])
@@ -250,14 +258,14 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
   # Plain dicts of arrays, not nnx.State: the Variable leaves of an nnx.State are flattened and
   # rebuilt in Python on every jitted call, a host cost per array that grows with the optimizer
   # state (benchmarks/BENCHMARKS.md).
-  params = params.to_pure_dict()
+  params = nnx.to_pure_dict(params)
   state = {
     "params": params,
-    "batch_stats": batch_stats.to_pure_dict(),
+    "batch_stats": nnx.to_pure_dict(batch_stats),
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
   }
-  layout = config.get("sharding", "replicated")
+  layout = config.sharding
   return graphdef, jax.device_put(state, sharding.shardings(state, mesh, layout))
 
 
@@ -276,7 +284,7 @@ def train_epoch(
   progress_bar: bool,
 ) -> tuple[TrainState, dict[str, float]]:
   """One pass over the training batches; stops on a non-finite loss (checked every few steps)."""
-  tracker = runloop.StepLosses(
+  tracker = progress.StepLosses(
     epoch,
     int(state["step"]),
     data.steps_per_epoch,
@@ -301,7 +309,7 @@ def evaluate_views(
   state: TrainState,
   data: input_pipeline.Input,
   sharding: NamedSharding,
-  view_list: list[views.View],
+  view_list: list[optimizers.View],
 ) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
   """Each view's metrics at its own point, and the model it ships.
 
@@ -361,6 +369,37 @@ def evaluate_views(
   return results
 
 
+# Every numeric field with its valid range; checked before anything is loaded or written.
+CONFIG_RANGES = {
+  "train_subset": AT_LEAST_0,
+  "test_subset": AT_LEAST_0,
+  "train_eval_examples": AT_LEAST_0,
+  "crop_padding": AT_LEAST_0,
+  "image_size": AT_LEAST_1,
+  "resize_size": AT_LEAST_1,
+  "num_workers": AT_LEAST_0,
+  "learning_rate": POSITIVE,
+  "momentum": PROBABILITY,
+  "weight_decay": AT_LEAST_0,
+  "alpha": FRACTION,
+  "topk_fraction": FRACTION,
+  "lr_decay_epochs": AT_LEAST_1,
+  "lr_decay_factor": POSITIVE,
+  "num_epochs": AT_LEAST_1,
+  "batch_size": AT_LEAST_1,  # and at most the training set: checked once the data is loaded
+  "num_devices": AT_LEAST_0,
+  "num_processes": AT_LEAST_0,
+  "distributed_timeout_s": POSITIVE,
+  "bn_recompute_batches": AT_LEAST_1,
+  "log_every_steps": AT_LEAST_1,
+}
+CONFIG_CHOICES = {
+  "dataset": ("cifar100", "imagenet", "fashion_mnist", "mnist5k"),
+  "sharding": sharding.SHARDINGS,
+  "model": tuple(sorted(MODELS)),
+}
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> list[dict[str, Any]] | dict[str, list[dict[str, Any]]]:
@@ -368,66 +407,60 @@ def train_and_evaluate(
 
   ``config.optimizer`` is one name, or a comma-separated list of names that share one trajectory
   (``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``): one training, one record per view
-  (``<workdir>/<name>/metrics.jsonl``); see :mod:`examples.common.views`.
+  (``<workdir>/<name>/metrics.jsonl``); see :mod:`examples.common.optimizers`.
 
   Returns:
     One name: its per-epoch records (also in ``<workdir>/metrics.jsonl``). Several: a dict from
     each name to its records (also in ``<workdir>/<name>/metrics.jsonl``).
 
   Raises:
+    examples.common.errors.UserError: a config value out of range, or a workdir trained with
+      another config (nothing is written).
     examples.common.nonfinite.NonFiniteLossError: the training loss became NaN or infinite; the
       last good checkpoint is kept.
   """
-  view_list = views.parse_views(config.optimizer)  # fails fast, before loading data
-  if config.get("sharding", "replicated") not in sharding.SHARDINGS:
-    raise ValueError(
-      f"config.sharding={config.sharding!r} is not a layout: choose one of "
-      f"{', '.join(sharding.SHARDINGS)}."
-    )
-  data = input_pipeline.create_input(config)
-  mesh = create_mesh(config.get("num_devices", 0), config.get("platform") or None)
+  view_list = optimizers.parse_views(config.optimizer)  # fails fast, before loading data
+  config_checks.check(config, CONFIG_RANGES, CONFIG_CHOICES)
+  rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
+  data = input_pipeline.create_input(config)  # checks batch_size against the training set
+  mesh = create_mesh(config.num_devices, config.platform or None)
   if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size {config.batch_size} does not split over {mesh.size} devices.")
+    raise UserError(
+      f"config.batch_size={config.batch_size} does not split over {mesh.size} devices; make it "
+      "a multiple of the device count."
+    )
   batch_sharding = NamedSharding(mesh, P("data"))
   spec = OptimizerSpec.from_config(config, data.steps_per_epoch)
   tx, schedule = spec.build()
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
-  steps = make_steps(
-    graphdef,
-    spec,
-    _floats(data.mean),
-    _floats(data.std),
-    mesh,
-    config.get("sharding", "replicated"),
-  )
-
-  def one_epoch(state: TrainState, epoch: int):
-    state, running = train_epoch(
-      steps,
-      state,
-      data,
-      epoch,
-      batch_sharding,
-      check_every=max(1, config.get("log_every_steps", 50)),
-      progress_bar=config.get("progress_bar", True),
-    )
-    step = int(state["step"])
-    return state, {"step": step, "lr": float(schedule(step - 1)), **running}
-
-  def evaluate_epoch(state: TrainState, epoch: int, history):
-    del epoch, history
-    return state, evaluate_views(config, steps, state, data, batch_sharding, view_list)
-
-  result = runloop.run(
-    config,
-    workdir,
-    views=view_list,
-    state=state,
-    train_epoch=one_epoch,
-    evaluate=evaluate_epoch,
-    num_epochs=config.num_epochs,
-    log_fields=("train_loss", "test_accuracy", "reference_test_accuracy", "proximity"),
-  )
+  steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh, config.sharding)
+  log_fields = ("train_loss", "test_accuracy", "reference_test_accuracy", "proximity")
+  with rundir.RunDirectory(
+    config, workdir, view_list, template=state, log_fields=log_fields
+  ) as run:
+    state = run.state
+    for epoch in range(run.start_epoch, config.num_epochs):
+      started = time.time()
+      # A divergence raises inside train_epoch, before anything of this epoch is written.
+      state, running = train_epoch(
+        steps,
+        state,
+        data,
+        epoch,
+        batch_sharding,
+        check_every=config.log_every_steps,
+        progress_bar=config.progress_bar,
+      )
+      results = evaluate_views(config, steps, state, data, batch_sharding, view_list)
+      step = int(state["step"])
+      fields = {"step": step, "lr": float(schedule(step - 1)), **running}
+      seconds = time.time() - started
+      run.write(
+        epoch,
+        {name: {**fields, **metrics, "seconds": seconds} for name, (metrics, _) in results.items()},
+      )
+      run.save(epoch, state, {name: shipped for name, (_, shipped) in results.items()})
+    records = run.records
   if len(view_list) == 1:
-    return result.records[view_list[0].name]
-  return result.records
+    return records[view_list[0].name]
+  return records

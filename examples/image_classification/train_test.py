@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from examples.common import optimizers
 from examples.common.checkpoint import Checkpointer
+from examples.common.errors import UserError
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.image_classification import input_pipeline, testdata, train
@@ -84,7 +86,7 @@ def test_metrics_fields_and_values(fmnist_dir, tmp_path):
   with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     restored = ckpt.restore({"state": None, "model": None}, epoch=1)
   state, model = restored["state"], restored["model"]
-  # Restored without a target: plain containers; opt_state is chain(decay, sgd, residual).
+  # Restored without a target: plain containers; opt_state is chain(chain(decay, sgd), residual).
   residual = _flat(state["opt_state"][-1]["residual"])
   params = _flat(state["params"])
   assert records[1]["proximity"] == pytest.approx(
@@ -194,7 +196,7 @@ def test_recompute_bn_stats_matches_batch_moments_at_eval_params(fmnist_dir, tmp
 
 
 def test_unknown_optimizer_fails_before_training(fmnist_dir, tmp_path):
-  with pytest.raises(ValueError, match="Unknown optimizer 'rsgdm-foo'"):
+  with pytest.raises(UserError, match="Unknown optimizer 'rsgdm-foo'"):
     train.train_and_evaluate(tiny_config(fmnist_dir, optimizer="rsgdm-foo"), str(tmp_path))
 
 
@@ -223,7 +225,7 @@ def test_one_epoch_on_imagenet_folders(tmp_path):
 
 
 def test_an_unknown_platform_is_named_in_the_error():
-  with pytest.raises(ValueError, match=r"config.platform='bogus' has no devices here"):
+  with pytest.raises(UserError, match=r"config.platform='bogus' has no devices here"):
     train.create_mesh(platform="bogus")
 
 
@@ -255,9 +257,9 @@ def test_views_equal_separate_runs_field_for_field(fmnist_dir, tmp_path, recompu
     alone_dir = tmp_path / name
     alone_config = tiny_config(fmnist_dir, recompute_bn_stats=recompute, bn_recompute_batches=2)
     # The name alone, its @ setting given the ordinary way (config.alpha).
-    alone_config.optimizer, _, setting = name.partition("@")
-    if setting:
-      alone_config.alpha = float(setting)
+    alone_config.optimizer, setting = optimizers.split_setting(name)
+    if setting is not None:
+      alone_config.alpha = setting
     alone = train.train_and_evaluate(alone_config, str(alone_dir))
     view_records = read_metrics(str(workdir / name))
     assert view_records == records[name]
@@ -275,7 +277,7 @@ def test_views_equal_separate_runs_field_for_field(fmnist_dir, tmp_path, recompu
 
 def test_a_mixed_list_is_refused_before_anything_is_written(fmnist_dir, tmp_path):
   config = tiny_config(fmnist_dir, optimizer="sgdm,rsgdm-scale,signsgdm")
-  with pytest.raises(ValueError, match=r"signsgdm moves the model by its compressed step"):
+  with pytest.raises(UserError, match=r"signsgdm moves the model by its compressed step"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
@@ -314,7 +316,25 @@ def test_truncated_newest_checkpoint_falls_back_to_the_one_before(fmnist_dir, tm
     assert ckpt.all_epochs() == [1, 2]
 
 
-def test_the_trainer_runs_through_the_shared_loop(fmnist_dir, tmp_path, run_loop_calls):
-  calls = run_loop_calls
-  train.train_and_evaluate(tiny_config(fmnist_dir, num_epochs=1), str(tmp_path))
-  assert calls == [["rsgdm-scale"]]
+def test_config_out_of_range_is_refused_before_anything_is_written(fmnist_dir, tmp_path):
+  for overrides, message in (
+    ({"num_epochs": 0}, r"config\.num_epochs=0 \(must be >= 1\)"),
+    ({"batch_size": 0}, r"config\.batch_size=0 \(must be >= 1\)"),
+    ({"batch_size": 65}, r"config\.batch_size=65 .* between 1 and the 64 training examples"),
+    ({"learning_rate": -0.1}, r"config\.learning_rate=-0\.1 \(must be > 0\)"),
+    ({"alpha": 0.0, "topk_fraction": 2.0}, r"alpha=0\.0 \(must be in \(0, 1\]\).*topk_fraction"),
+  ):
+    with pytest.raises(UserError, match=message):
+      train.train_and_evaluate(tiny_config(fmnist_dir, **overrides), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_refuses_a_new_width_naming_the_field(fmnist_dir, tmp_path):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(fmnist_dir, num_epochs=1), str(workdir))
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  config = tiny_config(fmnist_dir, num_epochs=1)
+  config.model_kwargs.width = 8
+  with pytest.raises(UserError, match=r"Differing: model_kwargs\.width: 4 -> 8\."):
+    train.train_and_evaluate(config, str(workdir))
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before

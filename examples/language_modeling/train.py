@@ -16,17 +16,23 @@ Views: SGD + ASGD and (RSGD + RASGD)-{sign, topk, scale} take the same plain SGD
 NT-ASGD trigger on its own validation loss, its own switch epoch, its own average of its own point
 and its own best model, and writes ``<workdir>/<name>/`` as a run of that name alone would.
 
-Everything a resumed run needs is in the Orbax checkpoint of the last finished epoch (model,
-optimizer state with the averaging switches, best models so far) and in ``metrics.jsonl`` (the
-validation losses the triggers look at).
+:func:`train_and_evaluate` holds the epoch loop (train, evaluate and switch each view, record,
+save) over the model and optimizer, its only state: the nnx objects, passed to ``nnx.jit`` as they
+are and checkpointed as ``nnx.state``. Everything a resumed run needs is in the Orbax checkpoint of
+the last finished epoch (model, optimizer state with the averaging switches, best models so far)
+and in ``metrics.jsonl`` (each view's validation losses so far, which its trigger list starts from
+on resume). The run directory (config lock, resume, records, checkpoints) is
+:class:`examples.common.rundir.RunDirectory`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -38,7 +44,9 @@ from absl import logging
 from flax import nnx
 
 import rsgd_optax as rsgd
-from examples.common import optimizers, runloop, views
+from examples.common import config_checks, optimizers, progress, rundir
+from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
+from examples.common.errors import UserError
 from examples.language_modeling import input_pipeline, models
 from rsgd_optax import (
   averaging_started,
@@ -78,35 +86,24 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> models.AW
 
 
 def build_optimizer(
-  config: ml_collections.ConfigDict, view_list: list[views.View] | None = None
+  config: ml_collections.ConfigDict, view_list: list[optimizers.View] | None = None
 ) -> optax.GradientTransformation:
   """The optimizer of the views in ``config.optimizer``, learning rate injected so that each batch
   can scale it by ``seq_len / bptt``; averaging is off until a trigger fires.
 
-  One view: ``clip -> weight decay -> SGD [-> residual]`` wrapped in iterate averaging. Several:
-  ``clip -> weight decay -> SGD``, then one iterate averaging per view in list order, around the
-  view's residual (or ``optax.identity()`` for the base), so ``which=i`` names view ``i``.
+  ``clip -> weight decay -> SGD``, then one iterate averaging per view in list order (one view or
+  many: one layout), around the view's residual (or ``optax.identity()`` for the base), so
+  ``which=i`` names view ``i``.
   """
-  view_list = views.parse_views(config.optimizer) if view_list is None else view_list
-  settings = {"alpha": config.rsgd_alpha, "topk_fraction": config.topk_fraction}
+  view_list = optimizers.parse_views(config.optimizer) if view_list is None else view_list
 
   def make(learning_rate: float) -> optax.GradientTransformation:
-    clip = optax.clip_by_global_norm(config.clip)
-    if len(view_list) == 1:
-      base = views.make_optimizer(
-        view_list, learning_rate, weight_decay=config.weight_decay, **settings
-      )
-      return iterate_averaging(optax.chain(clip, base))
-    base = optimizers.make_optimizer(
-      views.trajectory(view_list[0].optimizer), learning_rate, weight_decay=config.weight_decay
+    base = optimizers.base_optimizer(view_list, learning_rate, weight_decay=config.weight_decay)
+    tails = optimizers.view_tails(
+      view_list, alpha=config.rsgd_alpha, topk_fraction=config.topk_fraction
     )
-    averaged = [
-      iterate_averaging(
-        rsgd.residual(views.scheme(view, **settings)) if view.has_residual else optax.identity()
-      )
-      for view in view_list
-    ]
-    return optax.chain(clip, base, *averaged)
+    averaged = [iterate_averaging(tail or optax.identity()) for tail in tails]
+    return optax.chain(optax.clip_by_global_norm(config.clip), base, *averaged)
 
   return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
 
@@ -192,14 +189,20 @@ def _snapshot(tree: Any) -> Any:
   return jax.tree.map(jnp.copy, tree)
 
 
-def _history(records: list[dict[str, Any]]) -> tuple[list[float], float, int | None]:
-  """From earlier epochs' records: the validation losses measured before averaging started (the
-  trigger's input), the best validation loss and its epoch."""
-  before_switch = [r["val_loss"] for r in records if not r["averaging"]]
-  best = min(records, key=lambda r: r["val_loss"], default=None)
-  if best is None:
-    return before_switch, math.inf, None
-  return before_switch, best["val_loss"], best["epoch"]
+@dataclasses.dataclass
+class Trigger:
+  """One view's NT-ASGD input: its validation losses before averaging, and its best one so far."""
+
+  val_losses: list[float] = dataclasses.field(default_factory=list)
+  best_val: float = math.inf
+
+  @classmethod
+  def from_records(cls, records: list[dict[str, Any]]) -> Trigger:
+    """The state after the restored epochs (a resumed run carries on where it stopped)."""
+    return cls(
+      [r["val_loss"] for r in records if not r["averaging"]],
+      min((r["val_loss"] for r in records), default=math.inf),
+    )
 
 
 def _switch_now(config: ml_collections.ConfigDict, epoch: int, val_history: list[float]) -> bool:
@@ -222,21 +225,87 @@ def _switched_by(
   return "start_epoch"
 
 
-def _check_config(config: ml_collections.ConfigDict) -> list[views.View]:
-  names = [name.strip().partition("@")[0] for name in str(config.optimizer).split(",")]
-  for name in names:
-    if name and name not in optimizers.OPTIMIZER_NAMES:
-      raise ValueError(
-        f"Unknown optimizer {name!r}; this example runs {', '.join(TABLE_NAMES)} "
-        f"(any of {', '.join(optimizers.OPTIMIZER_NAMES)} works)."
+# Every numeric field with its valid range; checked before anything is loaded or written.
+CONFIG_RANGES = {
+  "max_train_tokens": AT_LEAST_0,
+  "max_eval_rows": AT_LEAST_0,
+  "embed_dim": AT_LEAST_1,
+  "hidden": AT_LEAST_1,
+  "num_layers": AT_LEAST_1,
+  "dropout": PROBABILITY,
+  "dropouth": PROBABILITY,
+  "dropouti": PROBABILITY,
+  "dropoute": PROBABILITY,
+  "wdrop": PROBABILITY,
+  "learning_rate": POSITIVE,
+  "clip": POSITIVE,
+  "weight_decay": AT_LEAST_0,
+  "ar": AT_LEAST_0,
+  "tar": AT_LEAST_0,
+  "batch_size": AT_LEAST_1,  # and at most half the training tokens: checked once they are read
+  "eval_batch_size": AT_LEAST_1,
+  "test_batch_size": AT_LEAST_1,
+  "bptt": AT_LEAST_1,
+  "bptt_bucket": AT_LEAST_1,
+  "num_epochs": AT_LEAST_1,
+  "nonmono": AT_LEAST_1,
+  "averaging_start_epoch": config_checks.Range(-1),
+  "rsgd_alpha": FRACTION,
+  "topk_fraction": FRACTION,
+}
+
+
+def _batchify(tokens: np.ndarray, batch_size: int, field: str) -> np.ndarray:
+  if len(tokens) // batch_size < 2:
+    raise UserError(
+      f"config.{field}={batch_size} is too large for the {len(tokens)} tokens of its split "
+      f"(each column needs two tokens at least): use at most {len(tokens) // 2}."
+    )
+  return input_pipeline.batchify(tokens, batch_size)
+
+
+def train_epoch(
+  config: ml_collections.ConfigDict,
+  model: models.AWDLSTM,
+  optimizer: nnx.Optimizer,
+  train_data: np.ndarray,
+  epoch: int,
+) -> dict[str, Any]:
+  """One pass over the training windows (updates ``model`` and ``optimizer`` in place)."""
+  rng = np.random.default_rng([config.seed, epoch])
+  base_key = jax.random.key(config.seed)
+  carries = model.initial_carry(config.batch_size)
+  first_step = int(optimizer.step[...])
+  lengths = []
+  with progress.StepLosses(
+    epoch, first_step, None, check_every=config.log_every_steps, progress_bar=config.progress_bar
+  ) as tracker:
+    for window in input_pipeline.train_windows(
+      train_data, bptt=config.bptt, rng=rng, bucket=config.bptt_bucket, max_len=config.bptt + 20
+    ):
+      step = first_step + len(lengths)
+      learning_rate = jnp.float32(config.learning_rate * window.seq_len / config.bptt)
+      raw, carries = train_step(
+        model,
+        optimizer,
+        carries,
+        window.inputs,
+        window.targets,
+        window.mask,
+        learning_rate,
+        jax.random.fold_in(base_key, step),
+        ar=config.ar,
+        tar=config.tar,
       )
-  view_list = views.parse_views(config.optimizer)
-  for name in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "num_epochs"):
-    if int(config[name]) < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
-  if config.learning_rate <= 0 or config.clip <= 0:
-    raise ValueError("config.learning_rate and config.clip must be positive.")
-  return view_list
+      tracker.add(raw)
+      lengths.append(window.seq_len)
+    losses, _ = tracker.finish()
+  train_loss = float(np.average(losses.astype(np.float64), weights=lengths))
+  return {
+    "step": int(optimizer.step[...]),
+    "train_loss": train_loss,
+    "train_ppl": math.exp(train_loss),
+  }
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -245,17 +314,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the run's results (also written to ``results.json`` in the view's folder): best
   validation and test perplexity, the epoch of the best model and the epoch at which averaging
   started. With several views (``sgd,rsgd-sign,...``), a dict from each name to its results.
-
-  The run skeleton is :func:`examples.common.runloop.run`; each view keeps its own trigger history
-  (its records), switch epoch, average and best model.
+  Each view keeps its own trigger (its validation losses), switch epoch, average and best model.
   """
-  view_list = _check_config(config)
-  # With several views, ``which=i`` names view i's averaging; with one there is one to find.
-  which = {view.name: (None if len(view_list) == 1 else i) for i, view in enumerate(view_list)}
+  view_list = optimizers.parse_views(config.optimizer)
+  config_checks.check(config, CONFIG_RANGES)
+  rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
   corpus = input_pipeline.load_corpus(config.data_source, max_train_tokens=config.max_train_tokens)
-  train_data = input_pipeline.batchify(corpus.train, config.batch_size)
-  valid_data = input_pipeline.batchify(corpus.valid, config.eval_batch_size)
-  test_data = input_pipeline.batchify(corpus.test, config.test_batch_size)
+  train_data = _batchify(corpus.train, config.batch_size, "batch_size")
+  valid_data = _batchify(corpus.valid, config.eval_batch_size, "eval_batch_size")
+  test_data = _batchify(corpus.test, config.test_batch_size, "test_batch_size")
   if config.max_eval_rows > 0:
     valid_data = valid_data[: config.max_eval_rows]
     test_data = test_data[: config.max_eval_rows]
@@ -263,110 +330,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # This family passes nnx objects through ``nnx.jit`` rather than plain dicts of arrays (the
   # image and graph trainers): its step writes the per-batch learning rate into the optimizer's
   # injected hyperparameters in place, and its state is a handful of large LSTM matrices, so the
-  # per-array host cost measured in benchmarks/BENCHMARKS.md is small next to the step. The loop
-  # sees the objects' state as a pytree, synced in and out once per epoch.
+  # per-array host cost measured in benchmarks/BENCHMARKS.md is small next to the step.
   model = build_model(config, corpus.vocab_size)
   optimizer = nnx.Optimizer(model, build_optimizer(config, view_list), wrt=nnx.Param)
+  best = {view.name: _snapshot(nnx.state(model, nnx.Param)) for view in view_list}
 
-  def as_state(best_params: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint's ``state`` holds: model and optimizer (with the averaging switches) and
-    each view's best evaluation point so far."""
-    return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best_params}
+  def checkpoint_state() -> dict[str, Any]:
+    return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best}
 
-  def load(state: dict[str, Any]) -> None:
-    nnx.update(model, state["model"])
-    nnx.update(optimizer, state["optimizer"])
-
-  base_key = jax.random.key(config.seed)
-  max_len = config.bptt + 20
-
-  def train_epoch(state: dict[str, Any], epoch: int):
-    load(state)
-    rng = np.random.default_rng([config.seed, epoch])
-    carries = model.initial_carry(config.batch_size)
-    first_step = int(optimizer.step[...])
-    lengths = []
-    with runloop.StepLosses(
-      epoch, first_step, None, progress_bar=config.get("progress_bar", False)
-    ) as tracker:
-      for window in input_pipeline.train_windows(
-        train_data, bptt=config.bptt, rng=rng, bucket=config.bptt_bucket, max_len=max_len
-      ):
-        step = first_step + len(lengths)
-        learning_rate = jnp.float32(config.learning_rate * window.seq_len / config.bptt)
-        raw, carries = train_step(
-          model,
-          optimizer,
-          carries,
-          window.inputs,
-          window.targets,
-          window.mask,
-          learning_rate,
-          jax.random.fold_in(base_key, step),
-          ar=config.ar,
-          tar=config.tar,
-        )
-        tracker.add(raw)
-        lengths.append(window.seq_len)
-      losses, _ = tracker.finish()
-    train_loss = float(np.average(losses.astype(np.float64), weights=lengths))
-    fields = {
-      "step": int(optimizer.step[...]),
-      "train_loss": train_loss,
-      "train_ppl": math.exp(train_loss),
-    }
-    return as_state(state["best"]), fields
-
-  def evaluate_view(view: views.View, epoch: int, records: list, best: Any) -> tuple[dict, Any]:
-    """One view's record and best point; switches its averaging on when its trigger fires."""
-    val_history, best_val, _ = _history(records)
-    params = nnx.state(model, nnx.Param)
-    shipped = eval_params(optimizer.opt_state, params, which=which[view.name])
-    averaging = bool(averaging_started(optimizer.opt_state, which=which[view.name]))
-    val_loss = evaluate(_with_params(model, shipped), valid_data, config)
-    record = {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "averaging": averaging}
-    if view.has_residual:
-      inner = find_averaging_state(optimizer.opt_state, which=which[view.name]).inner_state
-      record["proximity"] = float(rsgd.proximity(inner, params))
-    if val_loss < best_val:
-      best = _snapshot(shipped)
-    if not averaging:
-      val_history.append(val_loss)
-      if _switch_now(config, epoch, val_history):
-        optimizer.opt_state = start_averaging(optimizer.opt_state, which=which[view.name])
-        record["switched"] = True
-        logging.info("Epoch %d: %s switches to averaging.", epoch, view.name)
-    return record, best
-
-  def evaluate_epoch(state: dict[str, Any], epoch: int, history):
-    load(state)
-    best, results = dict(state["best"]), {}
-    for view in view_list:
-      record, best[view.name] = evaluate_view(view, epoch, history[view.name], best[view.name])
-      results[view.name] = (record, best[view.name])
-    return as_state(best), results
-
-  result = runloop.run(
-    config,
-    workdir,
-    views=view_list,
-    state=as_state({v.name: _snapshot(nnx.state(model, nnx.Param)) for v in view_list}),
-    train_epoch=train_epoch,
-    evaluate=evaluate_epoch,
-    num_epochs=config.num_epochs,
-    log_fields=("train_ppl", "val_ppl", "proximity"),
-  )
-  load(result.state)
+  log_fields = ("train_ppl", "val_ppl", "proximity")
+  with rundir.RunDirectory(
+    config, workdir, view_list, template=checkpoint_state(), log_fields=log_fields
+  ) as run:
+    nnx.update(model, run.state["model"])
+    nnx.update(optimizer, run.state["optimizer"])
+    best = dict(run.state["best"])
+    triggers = {view.name: Trigger.from_records(run.records[view.name]) for view in view_list}
+    for epoch in range(run.start_epoch, config.num_epochs):
+      started = time.time()
+      fields = train_epoch(config, model, optimizer, train_data, epoch)
+      records = {}
+      for which, view in enumerate(view_list):
+        params = nnx.state(model, nnx.Param)
+        shipped = eval_params(optimizer.opt_state, params, which=which)
+        averaging = bool(averaging_started(optimizer.opt_state, which=which))
+        val_loss = evaluate(_with_params(model, shipped), valid_data, config)
+        record = {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "averaging": averaging}
+        if view.has_residual:
+          inner = find_averaging_state(optimizer.opt_state, which=which).inner_state
+          record["proximity"] = float(rsgd.proximity(inner, params))
+        trigger = triggers[view.name]
+        if val_loss < trigger.best_val:
+          best[view.name], trigger.best_val = _snapshot(shipped), val_loss
+        if not averaging:
+          trigger.val_losses.append(val_loss)
+          if _switch_now(config, epoch, trigger.val_losses):
+            optimizer.opt_state = start_averaging(optimizer.opt_state, which=which)
+            record["switched"] = True
+            logging.info("Epoch %d: %s switches to averaging.", epoch, view.name)
+        records[view.name] = record
+      seconds = time.time() - started
+      run.write(epoch, {name: {**fields, **r, "seconds": seconds} for name, r in records.items()})
+      run.save(epoch, checkpoint_state(), best)
+    records_by_view = run.records
   results = {
     view.name: _final_results(
       config,
       view,
-      result.records[view.name],
-      result.state["best"][view.name],
+      records_by_view[view.name],
+      best[view.name],
       lambda params, data: evaluate(_with_params(model, params), data, config),
       valid_data,
       test_data,
-      runloop.view_workdir(workdir, view_list, view),
+      rundir.view_workdir(workdir, view_list, view),
     )
     for view in view_list
   }
@@ -375,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _final_results(config, view, records, best_params, evaluate_at, valid_data, test_data, folder):
   """A view's results (also written to ``<folder>/results.json``), its best model on test."""
-  _, _, best_epoch = _history(records)
+  best_epoch = min(records, key=lambda r: r["val_loss"])["epoch"] if records else None
   switch_epoch = next((r["epoch"] for r in records if r.get("switched")), None)
   test_loss = evaluate_at(best_params, test_data)
   best_val = evaluate_at(best_params, valid_data)
@@ -394,4 +410,7 @@ def _final_results(config, view, records, best_params, evaluate_at, valid_data, 
   if jax.process_index() == 0:
     with open(os.path.join(folder, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
+  logging.info(
+    "%s: validation ppl %.2f | test ppl %.2f", view.name, results["val_ppl"], results["test_ppl"]
+  )
   return results

@@ -24,35 +24,37 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Data: <data_dir>/<dataset>-{G.json,feats.npy,id_map.json,class_map.json}.
-  config.data_dir = "data/ppi"
-  config.dataset = "ppi"
+  config.data_dir = "data/ppi"  # folder of <dataset>-G.json, -feats.npy, ...
+  config.dataset = "ppi"  # the files' prefix
   # Optimizer: adam, adam-scale, adam-sign, adam-topk, sgdm, rsgdm-scale (examples.common.optimizers).
-  config.optimizer = "adam"
-  config.learning_rate = 0.02
+  config.optimizer = "adam"  # a name, or views: adam,adam-scale@0.25,... (see README)
+  config.learning_rate = 0.02  # learning rate (> 0)
   config.momentum = 0.9  # sgdm / rsgdm-*
-  config.weight_decay = 0.0
+  config.weight_decay = 0.0  # L2 added to the gradient (>= 0)
   config.alpha = 1 / 16  # *-scale: the paper's alpha
   config.topk_fraction = 0.01  # *-topk: the paper's top 1%
   # Model.
-  config.num_layers = 5
-  config.hidden = 2048
-  config.dropout = 0.2
-  config.layer_norm = True
-  config.precalc = True
+  config.num_layers = 5  # graph convolution layers
+  config.hidden = 2048  # hidden units per layer
+  config.dropout = 0.2  # dropout rate, in [0, 1)
+  config.layer_norm = True  # layer normalization after each hidden layer
+  config.precalc = True  # precompute the first layer's aggregation
   # The precomputed first layer multiplies X by the raw adjacency, as the public run_ppi.sh does
   # (utils.preprocess); "normalized" uses the layers' normalized, diagonally enhanced adjacency.
-  config.precalc_adjacency = "raw"
+  config.precalc_adjacency = "raw"  # "raw" or "normalized" (see the comment above)
   # Cluster-GCN batching.
-  config.diag_lambda = 1.0
-  config.num_clusters = 50
-  config.clusters_per_batch = 1
-  config.num_clusters_val = 2
-  config.num_clusters_test = 1
-  config.partition_method = "metis"
-  config.partition_seed = 1
+  config.diag_lambda = 1.0  # diagonal enhancement lambda (>= 0)
+  config.num_clusters = 50  # clusters of the training graph
+  config.clusters_per_batch = 1  # clusters joined into one batch
+  config.num_clusters_val = 2  # clusters of the whole graph for validation
+  config.num_clusters_test = 1  # clusters of the whole graph for test
+  config.partition_method = "metis"  # how the graph is cut into clusters
+  config.partition_seed = 1  # seed of the partition
   # Schedule.
-  config.num_epochs = 400
-  config.eval_every = 1
-  config.checkpoint_every = 10
-  config.seed = 0
+  config.num_epochs = 400  # epochs to train (may grow on resume)
+  config.eval_every = 1  # epochs between evaluations (and after the last)
+  config.checkpoint_every = 10  # epochs between checkpoints (and after the last)
+  config.seed = 0  # initialization, dropout and batch order
+  config.log_every_steps = 50  # steps between loss checks (non-finite stop, progress bar)
+  config.progress_bar = False  # show a tqdm bar per epoch
   return config

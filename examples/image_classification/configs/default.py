@@ -10,43 +10,43 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Data.
   config.dataset = "cifar100"  # cifar100 | imagenet | fashion_mnist | mnist5k
-  config.data_dir = ""
+  config.data_dir = ""  # folder of the data set files (may change on resume)
   config.train_subset = 0  # training examples to use, 0: all (in-memory data sets only)
-  config.test_subset = 0
+  config.test_subset = 0  # test examples to use, 0: all
   config.train_eval_examples = 10_000  # fixed training subset for train loss/accuracy each epoch
   config.crop_padding = 0  # Fashion-MNIST/MNIST augmentation (CIFAR always pads 4 and flips)
-  config.flip = False
+  config.flip = False  # random horizontal flips (Fashion-MNIST/MNIST)
   config.image_size = 224  # ImageNet crop
   config.resize_size = 256  # ImageNet evaluation resize
   config.num_workers = 8  # ImageNet decoding processes (Grain)
   # Model.
   config.model = "densenet121"  # densenet121 | googlenet | resnet18 | resnet50 | small_cnn
-  config.model_kwargs = ml_collections.ConfigDict()
+  config.model_kwargs = ml_collections.ConfigDict()  # the model's own arguments (width, ...)
   # Optimizer (paper, section 7.1).
-  config.optimizer = "rsgdm-scale"
-  config.learning_rate = 0.1
-  config.momentum = 0.9
+  config.optimizer = "rsgdm-scale"  # a name, or views: sgdm,rsgdm-scale@0.25,... (see README)
+  config.learning_rate = 0.1  # initial learning rate (> 0)
+  config.momentum = 0.9  # heavy-ball momentum of the *m optimizers, in [0, 1)
   config.weight_decay = 5e-4  # added to the gradient, as PyTorch's SGD does
   config.alpha = 1 / 16  # scaling scheme
   config.topk_fraction = 0.01  # top-k scheme
-  config.lr_decay_epochs = (100, 200)
-  config.lr_decay_factor = 0.1
+  config.lr_decay_epochs = (100, 200)  # epochs at whose start the learning rate decays
+  config.lr_decay_factor = 0.1  # learning rate multiplier at each decay epoch (> 0)
   # Training.
-  config.num_epochs = 300
-  config.batch_size = 128
-  config.seed = 0
+  config.num_epochs = 300  # epochs to train (may grow on resume)
+  config.batch_size = 128  # global batch, split over devices and processes
+  config.seed = 0  # model initialization, data order and augmentation
   config.num_devices = 0  # 0: every device
   config.platform = ""  # "": the default backend; or "cpu", "gpu", "tpu"
   config.sharding = "replicated"  # or "fsdp": params and optimizer state split along "data"
   # Several processes (examples/common/distributed.py): with the three below left empty, JAX detects
   # the cluster (SLURM, Open MPI, TPU); set all three on plain machines.
-  config.distributed = False
+  config.distributed = False  # start several processes (jax.distributed)
   config.coordinator_address = ""  # host:port of process 0
-  config.num_processes = 0
-  config.process_id = -1
-  config.distributed_timeout_s = 300
+  config.num_processes = 0  # how many processes (with distributed)
+  config.process_id = -1  # this process's index in [0, num_processes)
+  config.distributed_timeout_s = 300  # seconds to wait for the other processes at start-up
   config.recompute_bn_stats = False  # re-estimate BN statistics at eval_params (see train.py)
-  config.bn_recompute_batches = 50
-  config.log_every_steps = 50
-  config.progress_bar = True
+  config.bn_recompute_batches = 50  # training batches used by recompute_bn_stats
+  config.log_every_steps = 50  # steps between loss checks (non-finite stop, progress bar)
+  config.progress_bar = True  # show a tqdm bar per epoch
   return config

@@ -1,0 +1,223 @@
+"""The one entry point of the example families: ``python -m examples.<family>.main``.
+
+Each family's ``main.py`` is ``entry.run(__doc__, train.train_and_evaluate, DEFAULT_CONFIG)``; this
+module does, once for all of them:
+
+* flags: ``--config`` (a config file, ``--config.FIELD=VALUE`` overrides) and ``--workdir``.
+  ``--help`` prints every config field with its default and one-line meaning, taken from the
+  family's default config file (the trailing comment of each ``config.FIELD = ...`` line), and
+  exits 0. A misspelt ``--config.FIELD`` is one ``error:`` line naming the nearest valid fields.
+* the CPU runtime flags (:func:`examples.common.cpu_runtime.prefer_small_temporaries`), logging
+  (the examples' INFO lines shown, Orbax's INFO filtered once), and the start of several processes
+  (:func:`examples.common.distributed.initialize`) for a config that has ``distributed``.
+* errors: :class:`~examples.common.errors.UserError` and the listed data and IO errors
+  (:func:`examples.common.errors.user_errors`) print as one ``error: ...`` line with exit status 1;
+  any other exception is a bug and keeps its traceback.
+"""
+
+import difflib
+import importlib
+import importlib.util
+import io
+import logging
+import re
+import sys
+import tokenize
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from examples.common import cpu_runtime, errors
+
+HELP_ARGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+_FIELD_LINE = re.compile(r"^\s*config\.([A-Za-z_][\w.]*)\s*=")
+
+
+class _DropOrbaxInfo(logging.Filter):
+  """Drops Orbax's records below WARNING (dozens of INFO lines per save), keeps everything else."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def field_help(config_module: str) -> dict[str, str]:
+  """Each field of ``config_module`` (a dotted module name) and the comment that ends its line.
+
+  ``config.model_kwargs = ml_collections.ConfigDict()  # the model's keyword arguments`` gives
+  ``{"model_kwargs": "the model's keyword arguments"}``; a field without a comment maps to ``""``.
+  """
+  spec = importlib.util.find_spec(config_module)
+  assert spec is not None and spec.origin is not None, config_module
+  with open(spec.origin) as f:
+    source = f.read()
+  comments: dict[int, str] = {}
+  for token in tokenize.generate_tokens(io.StringIO(source).readline):
+    if token.type == tokenize.COMMENT:
+      comments[token.start[0]] = token.string.lstrip("#").strip()
+  fields = {}
+  for number, line in enumerate(source.splitlines(), start=1):
+    match = _FIELD_LINE.match(line)
+    if match and not line.lstrip().startswith("#"):
+      fields[match.group(1)] = comments.get(number, "")
+  return fields
+
+
+def _is_dict(value: Any) -> bool:
+  return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+  """Every field of a config by dotted name, nested ``ConfigDict`` s and their fields alike."""
+  out = {}
+  for key, value in config.items():
+    out[f"{prefix}{key}"] = value
+    if _is_dict(value):
+      out.update(_flat(value, f"{prefix}{key}."))
+  return out
+
+
+def help_text(doc: str, config_module: str) -> str:
+  """Usage, the flags, and every config field with its default and meaning."""
+  defaults = _flat(importlib.import_module(config_module).get_config())
+  meanings = field_help(config_module)
+  path = config_module.replace(".", "/") + ".py"
+  lines = [
+    doc.strip(),
+    "",
+    "Flags:",
+    "  --config=FILE     a config file (configs/*.py); --config.FIELD=VALUE overrides one field",
+    "  --workdir=DIR     checkpoints, metrics.jsonl and TensorBoard; rerunning resumes from it",
+    "",
+    f"Config fields (defaults from {path}; a config file may change them):",
+  ]
+  shown = {name: "{...}" if _is_dict(value) else repr(value) for name, value in defaults.items()}
+  width = max(len(f"{name} = {value}") for name, value in shown.items())
+  for name in defaults:
+    left = f"{name} = {shown[name]}"
+    lines.append(f"  {left:<{width}}  {meanings.get(name, '')}".rstrip())
+  return "\n".join(lines) + "\n"
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+  for index, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and index + 1 < len(argv):
+      return argv[index + 1]
+  return None
+
+
+def _is_config_path(argv: Sequence[str], index: int) -> bool:
+  """Whether ``argv[index]`` is ``--config=FILE``, or ``--config`` or the ``FILE`` after it."""
+  arg = argv[index]
+  return (
+    arg.startswith("--config=")
+    or arg == "--config"
+    or (index > 0 and argv[index - 1] == "--config")
+  )
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+  return [arg[len("--config.") :].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+
+
+def check_overrides(argv: Sequence[str], config: Mapping[str, Any]) -> None:
+  """Raises :class:`UserError` for a ``--config.FIELD`` that ``config`` does not have."""
+  fields = _flat(config)
+  for name in _overrides(argv):
+    if name not in fields:
+      near = difflib.get_close_matches(name, list(fields), n=3, cutoff=0.6)
+      hint = f"did you mean {' or '.join(near)}? " if near else ""
+      raise errors.UserError(
+        f"--config.{name} is not a config field; {hint}--help lists every field."
+      )
+
+
+def _load_config(path: str) -> Any:
+  spec = importlib.util.spec_from_file_location("_entry_config", path)
+  if spec is None or spec.loader is None:
+    raise errors.UserError(f"--config={path}: not a Python config file (configs/*.py).")
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except FileNotFoundError as error:
+    raise errors.UserError(f"--config={path}: no such file.") from error
+  return module.get_config()
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def run(
+  doc: str,
+  train_and_evaluate: Callable[[Any, str], Any],
+  config_module: str,
+  argv: Sequence[str] | None = None,
+) -> None:
+  """Parses the command line and trains; see the module docstring.
+
+  Args:
+    doc: the family's usage text (its ``main.py`` docstring).
+    train_and_evaluate: the family's ``train.train_and_evaluate(config, workdir)``.
+    config_module: the family's default config module (dotted), whose fields ``--help`` lists.
+    argv: the command line (default ``sys.argv``).
+  """
+  from absl import flags
+  from absl import logging as absl_logging
+  from ml_collections import config_flags
+
+  argv = list(sys.argv if argv is None else argv)
+  if any(arg in HELP_ARGS for arg in argv[1:]):
+    sys.stdout.write(help_text(doc, config_module))
+    sys.exit(0)
+  path = _config_path(argv)
+  if path is None or not any(a.startswith("--workdir") for a in argv):
+    _fail("give --config=FILE and --workdir=DIR (--help lists every config field).")
+  # The config file is loaded here, once; absl parses the --config.FIELD overrides into it.
+  # Defined here, not at import, so that importing a main module claims no flag names.
+  rest_argv = [a for i, a in enumerate(argv) if not _is_config_path(argv, i)]
+  flag_values = flags.FlagValues()
+  try:
+    config = _load_config(path)
+    check_overrides(argv, config)
+    workdir = flags.DEFINE_string(
+      "workdir", None, "Checkpoints, metrics and TensorBoard.", flag_values=flag_values
+    )
+    config_flag = config_flags.DEFINE_config_dict(
+      "config", config, "The config.", flag_values=flag_values, sys_argv=rest_argv
+    )
+    rest = flag_values(rest_argv)
+  except errors.UserError as error:
+    _fail(str(error))
+  except flags.Error as error:
+    _fail(f"{error} (--help lists every config field).")
+  if len(rest) > 1:
+    _fail(f"unexpected arguments {rest[1:]}; fields are set as --config.FIELD=VALUE.")
+  if not flags.FLAGS.is_parsed():  # absl's own flags (logging): their defaults
+    flags.FLAGS.mark_as_parsed()
+  cpu_runtime.prefer_small_temporaries()
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+    handler.addFilter(_DropOrbaxInfo())
+  logging.getLogger("examples").setLevel(logging.INFO)
+  config = config_flag.value
+  try:
+    if "distributed" in config:
+      _start_processes(config)
+    train_and_evaluate(config, workdir.value)
+  except errors.user_errors() as error:
+    _fail(str(error))
+
+
+def _start_processes(config: Any) -> None:
+  from examples.common import distributed
+
+  try:
+    distributed.initialize(config)
+  except ValueError as error:  # its checks of the coordinator settings (before any JAX call)
+    raise errors.UserError(str(error)) from error

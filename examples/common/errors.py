@@ -1,0 +1,35 @@
+"""The errors a user can cause, which the entry point prints as one ``error: ...`` line.
+
+Raise :class:`UserError` for anything a user can fix (a bad config value, a workdir of another
+config, an unknown optimizer name); its message says what is wrong and what to do. Every other
+exception is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+  """Something the user can fix; the message says what is wrong and what to do."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """What the entry point prints as one line: :class:`UserError` and the listed data/IO errors.
+
+  A missing file (FileNotFoundError: missing data), a diverged run, no readable checkpoint, a
+  checkpoint of another tree, and each family's data-format errors (imported here, not at the top, so
+  that importing :class:`UserError` stays light).
+  """
+  from examples.common.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
+  from examples.common.nonfinite import NonFiniteLossError
+  from examples.graph.graphsage_data import GraphDataError
+  from examples.graph.wordnet import WordNetFormatError
+  from examples.image_classification.datasets import DataFormatError
+
+  return (
+    UserError,
+    NonFiniteLossError,
+    NoReadableCheckpointError,
+    CheckpointMismatchError,
+    FileNotFoundError,
+    DataFormatError,
+    GraphDataError,
+    WordNetFormatError,
+  )

@@ -1,0 +1,287 @@
+"""A run's directory: its config lock, its records, its checkpoints, opened and closed as one.
+
+``with RunDirectory(config, workdir, views, template=state) as run:`` does, in this order:
+
+1. **The config lock** (nothing is written before it passes): a workdir that holds a
+   ``config.json`` resumes only with the same config. A field that changes results (optimizer list
+   or settings, model, data, learning rate and schedule, seed, ...) is refused with one
+   :class:`~examples.common.errors.UserError` naming each differing field with both values. The
+   fields in :data:`MAY_CHANGE` may change on resume (``num_epochs`` may only grow: a shorter run is
+   another run). To change anything else, train in a new ``--workdir``.
+2. **Resume** from the newest readable checkpoint (``checkpoints/``; an unreadable newer one is
+   named, set aside and skipped). A checkpoint whose arrays do not fit the config's state is
+   reported as a config mismatch, never as unreadable.
+3. **The records**: ``config.json`` (and with several views ``<workdir>/<name>/config.json``, whose
+   ``optimizer`` is that view's name, so reports read both layouts alike), ``machine.json`` (the
+   machines the run has trained on, one entry per start), and per view ``metrics.jsonl`` and
+   TensorBoard scalars (one view: in ``<workdir>``; several: in ``<workdir>/<name>/``), cut back to
+   the restored epoch.
+
+Leaving the ``with`` block closes every writer and the checkpointer on every exit (a non-finite
+loss, an error, ``KeyboardInterrupt``). Only process 0 writes files. The trainer keeps the loop;
+nothing here calls back into it.
+"""
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from examples.common import machine
+from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
+from examples.common.errors import UserError
+from examples.common.metrics import MetricsWriter
+from examples.common.optimizers import View
+from examples.common.report import CONFIG_FILE
+
+logger = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+# Fields that do not change a run's results, so a resumed run may set them differently: how it
+# shows progress, how often it saves, where the data lies, how many processes and devices share the
+# work (the trainers' results do not depend on the device count or layout, up to float rounding),
+# and the sweep around a training (``sweep``: its grid of seeds and names). ``num_epochs`` may grow.
+# Every other field is locked to the workdir.
+MAY_CHANGE = frozenset(
+  {
+    "progress_bar",
+    "log_every_steps",
+    "checkpoint_every",
+    "data_dir",
+    "num_workers",
+    "num_devices",
+    "platform",
+    "sharding",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "distributed_timeout_s",
+    "collective_timeout_s",
+    "sweep",
+  }
+)
+
+
+def view_workdir(workdir: str, views: Sequence[View], view: View) -> str:
+  """Where a view's records go: ``workdir`` itself for one view, ``<workdir>/<name>`` for several."""
+  return workdir if len(views) == 1 else os.path.join(workdir, view.name)
+
+
+def model_item(views: Sequence[View], view: View) -> str:
+  """The checkpoint item holding a view's shippable model."""
+  return "model" if len(views) == 1 else f"model-{view.name}"
+
+
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in record.items():
+    if isinstance(value, Mapping):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as ``config.json`` holds it (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def config_differences(recorded: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """Each locked field whose value differs from the recorded one, as ``field: old -> new``."""
+  old, new = _flat(recorded), _flat(_as_json(config))
+  differences = []
+  for field in sorted(old.keys() | new.keys()):
+    if field.split(".")[0] in MAY_CHANGE or old.get(field) == new.get(field):
+      continue
+    if field not in old:
+      # A field this version added: the recorded run used what was then the only behaviour.
+      logger.info("%s is not in the recorded config (an older version wrote it).", field)
+      continue
+    if field == "num_epochs" and new[field] > old[field]:
+      continue
+    differences.append(f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}")
+  return differences
+
+
+def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a config that differs from ``<workdir>/config.json`` in a locked field.
+
+  Raises:
+    UserError: naming each differing field with the recorded and the new value.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (OSError, json.JSONDecodeError) as error:
+    raise UserError(
+      f"{path} cannot be read ({error}); it records the config this workdir was trained with. "
+      "Restore it, or train in a new --workdir."
+    ) from error
+  differences = config_differences(recorded, config)
+  if differences:
+    raise UserError(
+      f"{workdir} was trained with another config ({path}); it resumes only with the same values. "
+      f"Differing: {'; '.join(differences)}. Resume with the recorded values, or train in a new "
+      f"--workdir. Fields that may change on resume: num_epochs (more), "
+      f"{', '.join(sorted(MAY_CHANGE))}."
+    )
+
+
+def _write_json(path: str, data: Any) -> None:
+  """Replaces ``path`` atomically; the file gets the user's umask (``open``, not ``mkstemp``)."""
+  directory = os.path.dirname(path) or "."
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "w") as f:
+      json.dump(data, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str, views: Sequence[View]) -> None:
+  """``config.json`` in ``workdir``, and with several views one per view folder."""
+  record = _as_json(config)
+  _write_json(os.path.join(workdir, CONFIG_FILE), record)
+  if len(views) > 1:
+    for view in views:
+      _write_json(
+        os.path.join(view_workdir(workdir, views, view), CONFIG_FILE),
+        {**record, "optimizer": view.name, "views": [v.name for v in views]},
+      )
+
+
+def record_machine(workdir: str, epoch_started: int) -> None:
+  """Appends this machine to ``machine.json`` (a list: a resumed run keeps the earlier ones)."""
+  path = os.path.join(workdir, machine.MACHINE_FILE)
+  entries = []
+  if os.path.exists(path):
+    with open(path) as f:
+      entries = json.load(f)
+  entries.append({"epoch_started": epoch_started, "machine": machine.describe()})
+  _write_json(path, entries)
+
+
+def _shape_mismatch(
+  config: ml_collections.ConfigDict, checkpointer: Checkpointer, epoch: int, error: Exception
+) -> UserError:
+  return UserError(
+    f"The checkpoint of epoch {epoch} in {checkpointer.directory} does not fit this config's "
+    f"model and optimizer ({str(error).splitlines()[0][:200]}): it was written with another "
+    f"config (model, optimizer list or settings, data) or by an older version of this example "
+    f"(one optimizer chain layout since issue 20). Resume with the config that wrote it "
+    f"({CONFIG_FILE} of that run), or train in a new --workdir."
+  )
+
+
+class RunDirectory:
+  """One run's workdir, opened by ``with``: see the module docstring.
+
+  Args:
+    config: the run's config (locked to the workdir).
+    workdir: the run's directory.
+    views: the views of ``config.optimizer`` (one record folder each when several).
+    template: the initial training state, the tree a checkpoint's ``state`` is restored into.
+    log_fields: record fields shown in each epoch's log line.
+
+  Attributes (after ``__enter__``):
+    start_epoch: the first epoch to train (0, or the restored epoch + 1).
+    state: the restored ``state`` item, or ``template`` for a fresh run.
+    records: each view's records so far (restored ones included), by view name.
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    views: Sequence[View],
+    *,
+    template: Any,
+    log_fields: Sequence[str] = (),
+  ):
+    self.config, self.workdir, self.views = config, workdir, list(views)
+    self.template, self.log_fields = template, tuple(log_fields)
+    self.primary = jax.process_index() == 0
+    self._stack = contextlib.ExitStack()
+    self.start_epoch = 0
+    self.state: Any = template
+    self._writers: dict[str, MetricsWriter] = {}
+
+  def __enter__(self) -> "RunDirectory":
+    check_config_lock(self.config, self.workdir)
+    with self._stack as stack:
+      os.makedirs(self.workdir, exist_ok=True)
+      self.checkpointer = stack.enter_context(
+        Checkpointer(os.path.join(self.workdir, "checkpoints"))
+      )
+      latest = self._restore()
+      if self.primary:
+        write_config(self.config, self.workdir, self.views)
+        record_machine(self.workdir, self.start_epoch)
+      for view in self.views:
+        self._writers[view.name] = stack.enter_context(
+          MetricsWriter(
+            view_workdir(self.workdir, self.views, view),
+            resume_epoch=latest,
+            write_files=self.primary,
+          )
+        )
+      self._stack = stack.pop_all()
+    return self
+
+  def _restore(self) -> int | None:
+    try:
+      latest, restored = self.checkpointer.restore_newest_readable(
+        {"state": abstract_like(self.template)}
+      )
+    except CheckpointMismatchError as error:
+      epoch = self.checkpointer.latest_epoch()
+      raise _shape_mismatch(self.config, self.checkpointer, epoch, error) from None
+    if latest is not None:
+      self.state = restored["state"]
+      self.start_epoch = latest + 1
+      logger.info("Resumed from the checkpoint of epoch %d in %s.", latest, self.workdir)
+    return latest
+
+  def __exit__(self, *exc: object) -> None:
+    self._stack.close()
+
+  @property
+  def records(self) -> dict[str, list[Record]]:
+    return {name: writer.records for name, writer in self._writers.items()}
+
+  def write(self, epoch: int, records: Mapping[str, Mapping[str, Any]]) -> None:
+    """Writes each view's record of ``epoch`` (``{"epoch": epoch}`` is added) and logs it."""
+    for view in self.views:
+      record = {"epoch": epoch, **records[view.name]}
+      self._writers[view.name].write(record)
+      shown = " ".join(
+        f"{k} {record[k]:.4g}" for k in self.log_fields if isinstance(record.get(k), (int, float))
+      )
+      logger.info("epoch %d %s: %s", epoch, view.name, shown)
+
+  def save(self, epoch: int, state: Any, models: Mapping[str, Any] | None = None) -> None:
+    """Checkpoints ``state`` and each view's shippable model (by view name) as epoch ``epoch``.
+
+    Write the epoch's records first: a run killed in between resumes from the previous checkpoint
+    and cuts these records back, so the two always agree.
+    """
+    items = {"state": state}
+    for view in self.views:
+      if models and models.get(view.name) is not None:
+        items[model_item(self.views, view)] = models[view.name]
+    self.checkpointer.save(epoch, items)

@@ -1,0 +1,173 @@
+"""The run directory on a toy family: records, resume, unreadable checkpoints, stops, the config
+lock, file modes and the machine record. The toy trainer owns its loop, as the real ones do."""
+
+import hashlib
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from examples.common import optimizers, rundir
+from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError
+from examples.common.errors import UserError
+from examples.common.metrics import MetricsWriter, read_metrics
+from examples.common.nonfinite import NonFiniteLossError
+from examples.common.progress import StepLosses
+
+
+def _config(num_epochs=3, optimizer="sgdm,rsgdm-scale", **fields):
+  config = ml_collections.ConfigDict()
+  config.optimizer = optimizer
+  config.num_epochs = num_epochs
+  config.learning_rate = 0.1
+  config.width = 4
+  config.progress_bar = False
+  config.update(fields)
+  return config
+
+
+def _train(workdir, config, fail_at_epoch=None):
+  """A toy trainer: a counter that doubles each step; each view reports it plus an offset."""
+  views = optimizers.parse_views(config.optimizer)
+  template = {"x": jnp.ones(config.width), "step": jnp.int32(0)}
+  with rundir.RunDirectory(config, str(workdir), views, template=template) as run:
+    state = run.state
+    for epoch in range(run.start_epoch, config.num_epochs):
+      with StepLosses(epoch, int(state["step"]), 2, progress_bar=False) as tracker:
+        for _ in range(2):
+          state = {"x": state["x"] * 2, "step": state["step"] + 1}
+          tracker.add(jnp.nan if epoch == fail_at_epoch else state["x"].sum())
+        tracker.finish()
+      records, models = {}, {}
+      for offset, view in enumerate(views):
+        records[view.name] = {"step": int(state["step"]), "value": float(state["x"].sum()) + offset}
+        models[view.name] = {"w": state["x"] + offset}
+      run.write(epoch, records)
+      run.save(epoch, state, models)
+    return run.records
+
+
+def _tree_digest(directory) -> dict[str, str]:
+  """Every file's bytes and mode, and every folder, under ``directory``."""
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs:
+      out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = (
+          f"{hashlib.sha256(f.read()).hexdigest()} {os.stat(path).st_mode:o}"
+        )
+  return out
+
+
+def test_records_per_view_and_checkpointed_models(tmp_path):
+  records = _train(tmp_path, _config())
+  for offset, name in enumerate(("sgdm", "rsgdm-scale")):
+    assert read_metrics(str(tmp_path / name)) == records[name]
+    # x doubles twice per epoch from ones(4): sum 16, 64, 256.
+    assert [r["value"] for r in records[name]] == [16.0 + offset, 64.0 + offset, 256.0 + offset]
+    assert set(records[name][0]) == {"epoch", "step", "value"}
+    assert json.loads((tmp_path / name / "config.json").read_text())["optimizer"] == name
+  with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+    restored = ckpt.restore({"model-rsgdm-scale": None, "state": None}, epoch=2)
+  np.testing.assert_array_equal(restored["model-rsgdm-scale"]["w"], np.full(4, 65.0))
+  assert int(restored["state"]["step"]) == 6
+
+
+def test_a_grown_run_resumes_where_it_stopped(tmp_path):
+  # More epochs, and fields that do not change results: the progress bar, the sweep around it.
+  _train(tmp_path, _config(num_epochs=2, sweep=ml_collections.ConfigDict({"seeds": (0,)})))
+  grown = _config(
+    num_epochs=3, progress_bar=True, sweep=ml_collections.ConfigDict({"seeds": (0, 1)})
+  )
+  records = _train(tmp_path, grown)
+  assert records == _train(tmp_path / "whole", _config(num_epochs=3))
+  machines = json.loads((tmp_path / "machine.json").read_text())
+  assert [m["epoch_started"] for m in machines] == [0, 2]
+  assert all(m["machine"]["cpu_cores"] >= 1 for m in machines)
+  assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 3
+
+
+def test_no_readable_checkpoint_stops_saying_what_to_do(tmp_path):
+  _train(tmp_path, _config(num_epochs=2))
+  for epoch in ("0", "1"):
+    for directory, _, files in os.walk(tmp_path / "checkpoints" / epoch / "state"):
+      for name in files:
+        if os.path.basename(directory) == "d":
+          open(os.path.join(directory, name), "wb").close()  # emptied array files
+  with pytest.raises(NoReadableCheckpointError, match=r"None of the checkpoints .* move .* away"):
+    _train(tmp_path, _config(num_epochs=3))
+  # Nothing was moved or cut back: the records and the checkpoints are as they were.
+  assert [r["epoch"] for r in read_metrics(str(tmp_path / "sgdm"))] == [0, 1]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "1"]
+
+
+def test_non_finite_loss_stops_and_closes_the_writers(tmp_path, monkeypatch):
+  closed = []
+  original = MetricsWriter.close
+
+  def close(self):
+    closed.append(self.path)
+    original(self)
+
+  monkeypatch.setattr(MetricsWriter, "close", close)
+  with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2\b"):
+    _train(tmp_path, _config(), fail_at_epoch=1)
+  assert sorted(closed) == sorted(
+    str(tmp_path / n / "metrics.jsonl") for n in ("rsgdm-scale", "sgdm")
+  )
+  assert [r["epoch"] for r in read_metrics(str(tmp_path / "sgdm"))] == [0]
+  with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+    assert ckpt.all_epochs() == [0]
+
+
+def test_one_view_keeps_the_flat_layout(tmp_path):
+  _train(tmp_path, _config(num_epochs=1, optimizer="sgdm"))
+  assert [r["value"] for r in read_metrics(str(tmp_path))] == [16.0]
+  assert not (tmp_path / "sgdm").exists()
+  with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+    assert ckpt.restore({"model": None})["model"]["w"].shape == (4,)
+
+
+@pytest.mark.parametrize(
+  ("change", "named"),
+  [
+    ({"learning_rate": 0.2}, r"learning_rate: 0\.1 -> 0\.2"),
+    ({"optimizer": "sgdm,rsgdm-scale@0.25"}, r"optimizer: 'sgdm,rsgdm-scale' -> 'sgdm,rsgdm-sc"),
+    ({"optimizer": "sgdm,rsgdm-sign,rsgdm-topk"}, r"optimizer: .* -> 'sgdm,rsgdm-sign,rsgdm-topk'"),
+    ({"num_epochs": 1}, r"num_epochs: 2 -> 1"),
+    ({"width": 8, "learning_rate": 1.0}, r"learning_rate: 0\.1 -> 1\.0; width: 4 -> 8"),
+  ],
+)
+def test_a_changed_config_is_refused_and_the_workdir_left_byte_for_byte(tmp_path, change, named):
+  _train(tmp_path, _config(num_epochs=2))
+  before = _tree_digest(tmp_path)
+  config = _config(num_epochs=2)
+  config.update(change)
+  with pytest.raises(UserError, match=rf"trained with another config .*Differing: {named}"):
+    _train(tmp_path, config)
+  assert _tree_digest(tmp_path) == before  # no empty view folders, no rewritten config.json
+  # The documented way to change a locked field: a new workdir.
+  assert _train(tmp_path / "new", config)
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_config_mismatch(tmp_path):
+  _train(tmp_path, _config(num_epochs=1))
+  os.remove(tmp_path / "config.json")  # a workdir from before the lock: only the shapes tell
+  with pytest.raises(UserError, match=r"checkpoint of epoch 0 .* does not fit this config"):
+    _train(tmp_path, _config(num_epochs=2, width=8))
+
+
+def test_files_get_the_users_umask(tmp_path):
+  previous = os.umask(0o022)
+  try:
+    _train(tmp_path, _config(num_epochs=1))
+  finally:
+    os.umask(previous)
+  for name in ("config.json", "machine.json", "sgdm/config.json"):
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
