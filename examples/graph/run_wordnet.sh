@@ -7,6 +7,7 @@
 # epochs. Seed-major order, so a run stopped early still has every optimizer for the first seeds.
 set -euo pipefail
 runs=${1:-/tmp/graph_runs}
+mkdir -p "$runs"
 shift || true
 seeds=("${@:-0 1 2}")
 python=${PYTHON:-python}
