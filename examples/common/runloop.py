@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError, abstract_like
-from examples.common.metrics import MetricsWriter
+from examples.common.metrics import MetricsWriter, RunIOError
 from examples.common.nonfinite import NonFiniteLossError, check_losses
 from examples.common.report import CONFIG_FILE
 from examples.common.views import View
@@ -54,7 +54,13 @@ Record = dict[str, Any]
 
 # What a user can cause (a diverged run, no readable checkpoint, a bad config value, missing or
 # corrupt data): each family's main.py prints the message, which says what to do, not a traceback.
-USER_ERRORS = (NonFiniteLossError, NoReadableCheckpointError, ValueError, FileNotFoundError)
+USER_ERRORS = (
+  NonFiniteLossError,
+  NoReadableCheckpointError,
+  ValueError,
+  FileNotFoundError,
+  RunIOError,
+)
 
 
 class _DropOrbaxInfo(logging.Filter):

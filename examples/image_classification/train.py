@@ -33,7 +33,7 @@ the global batch, so the result does not depend on the device count or the layou
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -46,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from examples.common import optimizers, runloop, sharding, views
+from examples.common import optimizers, runloop, sharding, views, watchdog
 from examples.image_classification import input_pipeline
 from examples.image_classification.models import create_model
 
@@ -125,6 +125,11 @@ class Steps:
   train: Any
   evaluate: Any
   batch_moments: Any
+  # Everything else computed on the (possibly sharded) state is jitted too: an eager op on arrays
+  # of several processes is a collective of its own, and those hung multi-process runs.
+  mean_moments: Any
+  view_point: Any
+  proximity: Any
 
 
 def _standardize(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Array:
@@ -178,12 +183,13 @@ def make_steps(
       )
     return new_state, loss, accuracy
 
-  def eval_step(params, batch_stats, images, labels, mask):
+  def eval_step(totals, params, batch_stats, images, labels, mask):
+    """``totals`` plus this batch's loss sum, correct count and example count."""
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
     logits = model(_standardize(images, mean, std), train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    return jnp.stack([jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)])
+    return totals + jnp.stack([jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)])
 
   def batch_moments(params, batch_stats, images):
     """Each batch-norm layer's exact batch mean and variance at ``params`` (momentum 0)."""
@@ -201,6 +207,12 @@ def make_steps(
     else jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
     evaluate=jax.jit(eval_step, out_shardings=replicated),
     batch_moments=jax.jit(batch_moments, out_shardings=replicated),
+    mean_moments=jax.jit(
+      lambda moments: jax.tree.map(lambda *m: sum(m) / len(m), *moments),
+      out_shardings=replicated,
+    ),
+    view_point=jax.jit(rsgd.eval_params, static_argnames="which"),
+    proximity=jax.jit(rsgd.proximity, static_argnames="which", out_shardings=replicated),
   )
 
 
@@ -209,14 +221,20 @@ def _put(sharding: NamedSharding, *arrays: np.ndarray) -> list[jax.Array]:
 
 
 def evaluate(
-  steps: Steps, params, batch_stats, batches: Iterator, sharding: NamedSharding
+  steps: Steps,
+  params,
+  batch_stats,
+  batches: Iterator,
+  sharding: NamedSharding,
+  beat: Callable[[], None] = lambda: None,
 ) -> tuple[float, float]:
   """Mean loss and accuracy over ``batches`` (padding masked out)."""
-  total = jnp.zeros(3)
+  total = np.zeros(3, np.float32)
   for images, labels, mask in batches:
-    total = total + steps.evaluate(
-      params, batch_stats, *_put(sharding, images, labels, mask.astype(np.float32))
+    total = steps.evaluate(
+      total, params, batch_stats, *_put(sharding, images, labels, mask.astype(np.float32))
     )
+    beat()
   loss_sum, correct, count = np.asarray(jax.device_get(total), np.float64)
   return float(loss_sum / count), float(correct / count)
 
@@ -234,7 +252,7 @@ def recompute_batch_stats(
     moments.append(steps.batch_moments(params, batch_stats, *_put(sharding, images)))
   if not moments:
     return batch_stats
-  return jax.tree.map(lambda *m: sum(m) / len(m), *moments)
+  return steps.mean_moments(moments)
 
 
 def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef, TrainState]:
@@ -274,6 +292,7 @@ def train_epoch(
   *,
   check_every: int,
   progress_bar: bool,
+  beat: Callable[[], None] = lambda: None,
 ) -> tuple[TrainState, dict[str, float]]:
   """One pass over the training batches; stops on a non-finite loss (checked every few steps)."""
   tracker = runloop.StepLosses(
@@ -287,6 +306,7 @@ def train_epoch(
     for images, labels in data.train_batches(epoch):
       state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
       tracker.add(loss, accuracy=accuracy)
+      beat()  # the stall watchdog (examples/common/watchdog.py)
     losses, extras = tracker.finish()
   running = {
     "running_train_loss": float(np.mean(losses)),
@@ -302,6 +322,7 @@ def evaluate_views(
   data: input_pipeline.Input,
   sharding: NamedSharding,
   view_list: list[views.View],
+  beat: Callable[[], None] = lambda: None,
 ) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
   """Each view's metrics at its own point, and the model it ships.
 
@@ -314,13 +335,13 @@ def evaluate_views(
 
   @functools.cache
   def reference() -> tuple[float, float]:
-    return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding)
+    return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding, beat)
 
   recompute = config.get("recompute_bn_stats", False)
   results = {}
   for view in view_list:
     if view.has_residual:
-      eval_params = rsgd.eval_params(opt_state, params, which=view.which)
+      eval_params = steps.view_point(opt_state, params, which=view.which)
     else:
       eval_params = params
     eval_stats = state["batch_stats"]
@@ -335,16 +356,16 @@ def evaluate_views(
       )
     if view.has_residual or recompute:
       test_loss, test_accuracy = evaluate(
-        steps, eval_params, eval_stats, data.eval_batches("test"), sharding
+        steps, eval_params, eval_stats, data.eval_batches("test"), sharding, beat
       )
     else:
       test_loss, test_accuracy = reference()
     train_loss, train_accuracy = evaluate(
-      steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
+      steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding, beat
     )
     if view.has_residual:
       reference_loss, reference_accuracy = reference()
-      proximity = float(rsgd.proximity(opt_state, params, which=view.which))
+      proximity = float(steps.proximity(opt_state, params, which=view.which))
     else:
       reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
     metrics = {
@@ -410,24 +431,26 @@ def train_and_evaluate(
       batch_sharding,
       check_every=max(1, config.get("log_every_steps", 50)),
       progress_bar=config.get("progress_bar", True),
+      beat=dog.beat,
     )
     step = int(state["step"])
     return state, {"step": step, "lr": float(schedule(step - 1)), **running}
 
   def evaluate_epoch(state: TrainState, epoch: int, history):
     del epoch, history
-    return state, evaluate_views(config, steps, state, data, batch_sharding, view_list)
+    return state, evaluate_views(config, steps, state, data, batch_sharding, view_list, dog.beat)
 
-  result = runloop.run(
-    config,
-    workdir,
-    views=view_list,
-    state=state,
-    train_epoch=one_epoch,
-    evaluate=evaluate_epoch,
-    num_epochs=config.num_epochs,
-    log_fields=("train_loss", "test_accuracy", "reference_test_accuracy", "proximity"),
-  )
+  with watchdog.for_run(config) as dog:
+    result = runloop.run(
+      config,
+      workdir,
+      views=view_list,
+      state=state,
+      train_epoch=one_epoch,
+      evaluate=evaluate_epoch,
+      num_epochs=config.num_epochs,
+      log_fields=("train_loss", "test_accuracy", "reference_test_accuracy", "proximity"),
+    )
   if len(view_list) == 1:
     return result.records[view_list[0].name]
   return result.records

@@ -44,7 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.coordinator_address = ""  # host:port of process 0
   config.num_processes = 0
   config.process_id = -1
-  config.distributed_timeout_s = 300
+  config.distributed_timeout_s = 300  # start-up only: how long to wait for every process to join
+  # A stalled collective (a dead or stuck peer) ends the run after this long without progress, with
+  # a message to relaunch every process (examples/common/watchdog.py); 0: wait forever.
+  config.collective_timeout_s = 600
   config.recompute_bn_stats = False  # re-estimate BN statistics at eval_params (see train.py)
   config.bn_recompute_batches = 50
   config.log_every_steps = 50
