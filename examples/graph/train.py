@@ -154,7 +154,7 @@ TrainState = dict[str, Any]  # params, opt_state, step: plain dicts of arrays
 class Steps:
   """The jitted functions of one run.
 
-  The state passes through ``jax.jit`` as plain dicts of arrays (``nnx.State.to_pure_dict()``), as
+  The state passes through ``jax.jit`` as plain dicts of arrays (``nnx.to_pure_dict``), as
   in the image trainer: an ``nnx.Optimizer`` would be flattened and rebuilt in Python on every call,
   a host cost per array that grows with every residual view (benchmarks/BENCHMARKS.md).
   """
@@ -176,7 +176,7 @@ def make_steps(
     def loss_fn(params):
       model = nnx.merge(train_graphdef, params, rest, copy=True)
       loss = scores.masked_loss(model(batch), batch.labels, batch.label_mask, multilabel=multilabel)
-      return loss, nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+      return loss, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -260,8 +260,8 @@ def train_and_evaluate(
   train_graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   model.eval()  # no dropout
   eval_graphdef, _, eval_rest = nnx.split(model, nnx.Param, ...)
-  eval_rest = eval_rest.to_pure_dict()
-  params = params.to_pure_dict()
+  eval_rest = nnx.to_pure_dict(eval_rest)
+  params = nnx.to_pure_dict(params)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   steps = make_steps(train_graphdef, eval_graphdef, tx, multilabel)
 
@@ -269,7 +269,7 @@ def train_and_evaluate(
     # Per-epoch randomness derives from (seed, epoch), so a resumed run repeats it exactly.
     rng = np.random.default_rng([config.seed, epoch])
     nnx.reseed(model, dropout=int(rng.integers(2**31)))
-    rest = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+    rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
     first_step = epoch * graph.train.num_batches
     with runloop.StepLosses(
       epoch, first_step, graph.train.num_batches, progress_bar=config.get("progress_bar", False)

@@ -164,7 +164,7 @@ def make_steps(
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       logits = model(x, train=True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, nnx.state(model, nnx.BatchStat).to_pure_dict())
+      return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state["params"], state["batch_stats"]
@@ -198,7 +198,7 @@ def make_steps(
       if isinstance(module, nnx.BatchNorm):
         module.momentum = 0.0
     model(_standardize(images, mean, std), train=True)
-    return nnx.state(model, nnx.BatchStat).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
   return Steps(
     # The state's layout comes from the constraint inside the step; the two scalars replicate.
@@ -268,10 +268,10 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
   # Plain dicts of arrays, not nnx.State: the Variable leaves of an nnx.State are flattened and
   # rebuilt in Python on every jitted call, a host cost per array that grows with the optimizer
   # state (benchmarks/BENCHMARKS.md).
-  params = params.to_pure_dict()
+  params = nnx.to_pure_dict(params)
   state = {
     "params": params,
-    "batch_stats": batch_stats.to_pure_dict(),
+    "batch_stats": nnx.to_pure_dict(batch_stats),
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
   }
