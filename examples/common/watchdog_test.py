@@ -83,3 +83,30 @@ def test_a_single_process_run_gets_an_inactive_watchdog():
 
 def test_the_message_names_the_silence():
   assert watchdog.stall_message(61.2).startswith("error: no progress for 61 s ")
+
+
+def test_a_failed_collective_is_the_relaunch_line_not_a_traceback():
+  # What the survivor's next step raises when its gloo peer was killed.
+  child, _ = _run_child(
+    """
+    import jax
+    with watchdog.Watchdog(100):
+      raise jax.errors.JaxRuntimeError(
+        "UNKNOWN: Gloo all-reduce failed: [pair.cc:547] Connection closed by peer [127.0.0.1]:1"
+      )
+    """
+  )
+  assert child.returncode == watchdog.EXIT_CODE, child.stderr
+  assert "Traceback" not in child.stderr
+  (line,) = [line for line in child.stderr.splitlines() if line.startswith("error:")]
+  assert "Connection closed by peer" in line and "relaunched with the same command" in line
+
+
+def test_other_errors_pass_through_the_watchdog():
+  child, _ = _run_child(
+    """
+    with watchdog.Watchdog(100):
+      raise ValueError("a bug")
+    """
+  )
+  assert child.returncode == 1 and "ValueError: a bug" in child.stderr

@@ -129,8 +129,8 @@ def run_processes(
   """
   port = free_port()
   env = process_env(num_processes)
-  os.makedirs(workdir, exist_ok=True)
-  logs = [os.path.join(workdir, f"process{i}.log") for i in range(num_processes)]
+  os.makedirs(os.path.dirname(os.path.abspath(workdir)), exist_ok=True)
+  logs = [f"{workdir}-process{i}.log" for i in range(num_processes)]  # outside the workdir
   procs = [
     start(
       trainer_command(
