@@ -32,8 +32,16 @@ def _without_seconds(records):
   return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-def _assert_resumes_to(config, workdir, uninterrupted):
-  assert not [p for p in os.listdir(workdir / "checkpoints") if TMP_SUFFIX in p]
+def _fails_then_resumes(monkeypatch, os_function, fake, message, data_and_uninterrupted, workdir):
+  """Trains with ``os.<os_function>`` faked: one RunIOError; then, undone, the rerun resumes."""
+  data_dir, uninterrupted = data_and_uninterrupted
+  config = tiny_config(data_dir, optimizer=VIEWS)
+  monkeypatch.setattr(os, os_function, fake)
+  with pytest.raises(RunIOError, match=message):
+    train.train_and_evaluate(config, str(workdir))
+  monkeypatch.undo()
+  # Epoch 1 was not checkpointed, and no temporary checkpoint is left.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["0"]
   resumed = train.train_and_evaluate(config, str(workdir))
   for name, records in uninterrupted.items():
     assert _without_seconds(resumed[name]) == _without_seconds(records)
@@ -41,8 +49,6 @@ def _assert_resumes_to(config, workdir, uninterrupted):
 
 
 def test_a_full_disk_at_a_metrics_write(tmp_path, monkeypatch, data_and_uninterrupted):
-  data_dir, uninterrupted = data_and_uninterrupted
-  config, workdir = tiny_config(data_dir, optimizer=VIEWS), tmp_path / "run"
   real_replace = os.replace
 
   def replace(src, dst, *args, **kwargs):
@@ -52,17 +58,13 @@ def test_a_full_disk_at_a_metrics_write(tmp_path, monkeypatch, data_and_uninterr
           raise _no_space()
     return real_replace(src, dst, *args, **kwargs)
 
-  monkeypatch.setattr(os, "replace", replace)
-  with pytest.raises(RunIOError, match=r"cannot write .*metrics\.jsonl: No space left on device"):
-    train.train_and_evaluate(config, str(workdir))
-  monkeypatch.undo()
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["0"]  # epoch 1 was not checkpointed
-  _assert_resumes_to(config, workdir, uninterrupted)
+  message = r"cannot write .*metrics\.jsonl: No space left on device"
+  _fails_then_resumes(
+    monkeypatch, "replace", replace, message, data_and_uninterrupted, tmp_path / "run"
+  )
 
 
 def test_a_full_disk_at_a_checkpoint(tmp_path, monkeypatch, data_and_uninterrupted):
-  data_dir, uninterrupted = data_and_uninterrupted
-  config, workdir = tiny_config(data_dir, optimizer=VIEWS), tmp_path / "run"
   real_rename = os.rename
 
   def rename(src, dst, *args, **kwargs):
@@ -70,9 +72,7 @@ def test_a_full_disk_at_a_checkpoint(tmp_path, monkeypatch, data_and_uninterrupt
       raise _no_space()
     return real_rename(src, dst, *args, **kwargs)
 
-  monkeypatch.setattr(os, "rename", rename)
-  with pytest.raises(RunIOError, match=r"cannot write the checkpoint .*checkpoints/1: No space"):
-    train.train_and_evaluate(config, str(workdir))
-  monkeypatch.undo()
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["0"]
-  _assert_resumes_to(config, workdir, uninterrupted)
+  message = r"cannot write the checkpoint .*checkpoints/1: No space"
+  _fails_then_resumes(
+    monkeypatch, "rename", rename, message, data_and_uninterrupted, tmp_path / "run"
+  )
