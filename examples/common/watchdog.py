@@ -34,8 +34,6 @@ import threading
 import time
 from typing import Any
 
-logger = logging.getLogger(__name__)
-
 EXIT_CODE = 75  # EX_TEMPFAIL: a relaunch is expected to succeed
 DEFAULT_TIMEOUT_S = 600
 
@@ -67,8 +65,8 @@ def _is_runtime_failure(error: BaseException | None) -> bool:
 
 
 def _exit_with(message: str) -> None:
-  # Through logging (the run's log) and straight to stderr: logging may be configured to drop it.
-  logger.error(message.removeprefix("error: "))
+  # Straight to stderr, as the entry point prints its error lines (logging might drop it or print
+  # it twice); what the log handlers hold is flushed first, since os._exit skips every cleanup.
   for handler in logging.getLogger().handlers:
     handler.flush()
   sys.stdout.flush()
