@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -88,6 +89,36 @@ class NoReadableCheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be read."""
 
 
+def _is_abandoned_read(unraisable: Any) -> bool:
+  """Whether an unraisable error is a late read calling back into Orbax's closed event loop."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(error.__traceback__)
+  return any(frame.name == "call_soon_threadsafe" for frame in frames)
+
+
+def _absorb_abandoned_reads() -> None:
+  """Drops the "Event loop is closed" errors of the reads a failed restore abandoned.
+
+  Orbax runs a restore's reads in an event loop of its own and closes it as soon as one read
+  fails; the other TensorStore reads finish later (possibly after this run's Checkpointer closed)
+  and call back into the closed loop, which Python reports as an unraisable ``RuntimeError`` per
+  read: harmless, their results are not wanted. From the first failed restore on, exactly that
+  error is dropped; every other one goes on to the hook that was there.
+  """
+  if getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook._drops_abandoned_reads = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+
+
 class Checkpointer:
   """Saves named pytrees once per epoch and restores the latest ones.
 
@@ -101,7 +132,6 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
-    self._previous_hook: Any = None
     # What a run killed mid-save left (Orbax's own cleanup option runs in the background, so a
     # listing right after start-up could still see it).
     self._remove_temporary("*")
@@ -193,7 +223,7 @@ class Checkpointer:
       except CheckpointMismatchError:
         raise
       except Exception as error:  # Orbax/TensorStore raise many types for unreadable files.
-        self._absorb_abandoned_reads()
+        _absorb_abandoned_reads()
         reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         logger.warning(
           "Skipping the checkpoint of epoch %d in %s: it cannot be read (%s). Trying the one "
@@ -229,31 +259,8 @@ class Checkpointer:
       logger.warning("Moved the unreadable checkpoint of epoch %d to %s.", epoch, target)
     self._manager.reload()
 
-  def _absorb_abandoned_reads(self) -> None:
-    """Drops the "Event loop is closed" errors of the reads a failed restore abandoned.
-
-    Orbax runs a restore's reads in an event loop of its own and closes it as soon as one read
-    fails; the other TensorStore reads finish later and call back into the closed loop, which
-    Python reports as an unraisable ``RuntimeError`` per read (harmless: their results are not
-    wanted). Exactly that error is dropped until :meth:`close`; every other one goes on to the
-    hook that was there.
-    """
-    if self._previous_hook is not None:
-      return
-    previous = self._previous_hook = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-      error = unraisable.exc_value
-      if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-        return
-      previous(unraisable)
-
-    sys.unraisablehook = hook
-
   def close(self) -> None:
     self._manager.close()
-    if self._previous_hook is not None:
-      sys.unraisablehook, self._previous_hook = self._previous_hook, None
 
   def __enter__(self) -> "Checkpointer":
     return self

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.common.checkpoint import TMP_SUFFIX, Checkpointer, abstract_like
+from examples.common.checkpoint import TMP_SUFFIX, Checkpointer, _os_error_in, abstract_like
 from examples.common.metrics import RunIOError
 
 
@@ -105,6 +105,18 @@ def test_a_temporary_checkpoint_left_by_a_killed_run_is_removed_at_the_next_star
   assert sorted(os.listdir(tmp_path)) == ["0"]
 
 
-def test_a_failure_that_is_not_an_io_fault_keeps_its_traceback(tmp_path):
-  with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(ValueError, match="Unsupported type"):
-    ckpt.save(0, {"state": {"w": object()}})
+def test_only_operating_system_errors_become_one_line():
+  # TensorStore's message for a full disk (as Orbax raises it), a chained OSError, and a bug.
+  tensorstore = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "w/0": Failed to write 495997 bytes to file 4: No space '
+    "left on device [os error 28]"
+  )
+  assert _os_error_in(tensorstore).errno == errno.ENOSPC
+  try:
+    try:
+      raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as error:
+      raise RuntimeError("save failed") from error
+  except RuntimeError as chained:
+    assert _os_error_in(chained).errno == errno.EACCES
+  assert _os_error_in(ValueError("Unsupported type: <class 'object'> for key: ('w',).")) is None

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,7 +41,12 @@ import numpy as np
 from tqdm import tqdm
 
 from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError, abstract_like
-from examples.common.metrics import MetricsWriter, RunIOError
+from examples.common.metrics import (
+  MetricsWriter,
+  RunIOError,
+  atomic_write_text,
+  reporting_io_errors,
+)
 from examples.common.nonfinite import NonFiniteLossError, check_losses
 from examples.common.report import CONFIG_FILE
 from examples.common.views import View
@@ -154,16 +158,9 @@ def model_item(views: Sequence[View], view: View) -> str:
 
 def _atomic_json(path: str, data: Any) -> None:
   directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with reporting_io_errors(directory):
+    os.makedirs(directory, exist_ok=True)
+  atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str, views: Sequence[View]) -> None:
