@@ -31,8 +31,9 @@ from examples.common.metrics import run_io_error
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a checkpoint still being written
-# TensorStore reports the operating system's error inside its message: "... [os error 28]".
-_OS_ERROR = re.compile(r"\[os error (\d+)\]|\[Errno (\d+)\]")
+# TensorStore reports the operating system's error inside its message ("No space left on device
+# [os_error_code='28']"), Python in its own ("[Errno 28]").
+_OS_ERROR = re.compile(r"os_error_code='(\d+)'|\[Errno (\d+)\]")
 
 
 def _os_error_in(error: BaseException) -> OSError | None:
@@ -147,20 +148,24 @@ class Checkpointer:
   def save(self, epoch: int, items: Mapping[str, Any]) -> None:
     """Saves ``items`` (name -> pytree) as epoch ``epoch``; returns once finalized on disk."""
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    failure: Exception | None = None
     with _holding_orbax_logs() as held:
       try:
         self._manager.save(epoch, args=ocp.args.Composite(**args))
         self._manager.wait_until_finished()
       except Exception as error:
-        cause = _os_error_in(error)
-        if cause is None:  # not an IO fault: a bug, keep Orbax's account of it
-          self._replay(held.held)
-          raise
-        self._remove_temporary(epoch)
-        raise run_io_error(
-          os.path.join(self.directory, str(epoch)), cause, "the checkpoint"
-        ) from error
-    self._replay(held.held)
+        failure = error
+    # Replayed only now that the hold is off (inside it, each record would be held again).
+    cause = None if failure is None else _os_error_in(failure)
+    if cause is None:  # saved, or not an IO fault (a bug): Orbax's account of it is kept
+      self._replay(held.held)
+      if failure is not None:
+        raise failure
+      return
+    self._remove_temporary(epoch)
+    raise run_io_error(
+      os.path.join(self.directory, str(epoch)), cause, "the checkpoint"
+    ) from failure
 
   @staticmethod
   def _replay(records: list[logging.LogRecord]) -> None:

@@ -108,8 +108,9 @@ def test_a_temporary_checkpoint_left_by_a_killed_run_is_removed_at_the_next_star
 def test_only_operating_system_errors_become_one_line():
   # TensorStore's message for a full disk (as Orbax raises it), a chained OSError, and a bug.
   tensorstore = ValueError(
-    'RESOURCE_EXHAUSTED: Error writing "w/0": Failed to write 495997 bytes to file 4: No space '
-    "left on device [os error 28]"
+    'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/c/1.orbax-checkpoint-'
+    'tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: "/c/d/8c56": Failed to '
+    "write 495997 bytes to file 4: No space left on device [os_error_code='28']"
   )
   assert _os_error_in(tensorstore).errno == errno.ENOSPC
   try:
