@@ -162,6 +162,7 @@ class Checkpointer:
       if failure is not None:
         raise failure
       return
+    _absorb_abandoned_reads()  # the writes Orbax abandoned call back into its closed loop too
     self._remove_temporary(epoch)
     raise run_io_error(
       os.path.join(self.directory, str(epoch)), cause, "the checkpoint"
