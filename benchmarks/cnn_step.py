@@ -64,7 +64,7 @@ def _train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       logits = model(images, train=True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, nnx.state(model, nnx.BatchStat).to_pure_dict()
+      return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state["params"], state["batch_stats"]
@@ -93,7 +93,7 @@ def cnn_rows(name: str, batch: int, rounds: int) -> dict[str, Any]:
   """
   model, source = build_model(name)
   graphdef, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  params, batch_stats = params.to_pure_dict(), batch_stats.to_pure_dict()
+  params, batch_stats = nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
   images = jax.random.normal(jax.random.key(0), (batch, *IMAGE_SHAPE), jnp.float32)
   labels = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
   sgdm = optax.sgd(0.1, momentum=0.9)

@@ -3,19 +3,83 @@
 Orbax writes each checkpoint into a temporary directory and renames it only when complete (its
 atomic finalize), so a run killed mid-save leaves the previous checkpoint as the latest one. A run
 stopped on a non-finite loss simply does not save the bad epoch, so the last good one stays.
+
+A save that fails for lack of space or permissions raises
+:class:`~examples.common.metrics.RunIOError` (one message: the directory and the cause) instead of
+Orbax's hundreds of log lines, and removes its temporary directory; temporary directories left by a
+killed run are removed when the next run opens the directory. Either way the previous checkpoint
+stays the latest, so rerunning the same command once there is space resumes from it.
 """
 
+import contextlib
+import glob
 import logging
 import os
+import re
 import shutil
+import sys
 import time
-from collections.abc import Mapping
+import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from examples.common.metrics import run_io_error
+
 logger = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a checkpoint still being written
+# TensorStore reports the operating system's error inside its message ("No space left on device
+# [os_error_code='28']"), Python in its own ("[Errno 28]").
+_OS_ERROR = re.compile(r"os_error_code='(\d+)'|\[Errno (\d+)\]")
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+  """The operating-system error behind ``error`` (its chain or TensorStore's message), if any."""
+  seen: set[int] = set()
+  current: BaseException | None = error
+  while current is not None and id(current) not in seen:
+    seen.add(id(current))
+    if isinstance(current, OSError) and current.errno:
+      return current
+    match = _OS_ERROR.search(str(current))
+    if match:
+      code = int(match.group(1) or match.group(2))
+      return OSError(code, os.strerror(code))
+    current = current.__cause__ or current.__context__
+  return None
+
+
+class _HoldOrbaxErrors(logging.Filter):
+  """Holds back Orbax's log records while a save runs (a failed write logs hundreds of lines)."""
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[logging.LogRecord] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" in record.pathname:
+      self.held.append(record)
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def _holding_orbax_logs() -> Iterator[_HoldOrbaxErrors]:
+  hold = _HoldOrbaxErrors()
+  targets = [logging.getLogger(name) for name in ("absl", "orbax", "")]
+  handlers = [h for target in targets for h in target.handlers]
+  if logging.lastResort is not None:  # what prints when no handler is configured
+    handlers.append(logging.lastResort)
+  for handler in handlers:  # handler filters also see records propagated from child loggers
+    handler.addFilter(hold)
+  try:
+    yield hold
+  finally:
+    for handler in handlers:
+      handler.removeFilter(hold)
 
 
 class CheckpointMismatchError(ValueError):
@@ -24,6 +88,36 @@ class CheckpointMismatchError(ValueError):
 
 class NoReadableCheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be read."""
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+  """Whether an unraisable error is a late read calling back into Orbax's closed event loop."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(error.__traceback__)
+  return any(frame.name == "call_soon_threadsafe" for frame in frames)
+
+
+def _absorb_abandoned_reads() -> None:
+  """Drops the "Event loop is closed" errors of the reads a failed restore abandoned.
+
+  Orbax runs a restore's reads in an event loop of its own and closes it as soon as one read
+  fails; the other TensorStore reads finish later (possibly after this run's Checkpointer closed)
+  and call back into the closed loop, which Python reports as an unraisable ``RuntimeError`` per
+  read: harmless, their results are not wanted. From the first failed restore on, exactly that
+  error is dropped; every other one goes on to the hook that was there.
+  """
+  if getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook._drops_abandoned_reads = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -39,6 +133,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    # What a run killed mid-save left (Orbax's own cleanup option runs in the background, so a
+    # listing right after start-up could still see it).
+    self._remove_temporary("*")
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -51,8 +148,38 @@ class Checkpointer:
   def save(self, epoch: int, items: Mapping[str, Any]) -> None:
     """Saves ``items`` (name -> pytree) as epoch ``epoch``; returns once finalized on disk."""
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    self._manager.save(epoch, args=ocp.args.Composite(**args))
-    self._manager.wait_until_finished()
+    failure: Exception | None = None
+    with _holding_orbax_logs() as held:
+      try:
+        self._manager.save(epoch, args=ocp.args.Composite(**args))
+        self._manager.wait_until_finished()
+      except Exception as error:
+        failure = error
+    # Replayed only now that the hold is off (inside it, each record would be held again).
+    cause = None if failure is None else _os_error_in(failure)
+    if cause is None:  # saved, or not an IO fault (a bug): Orbax's account of it is kept
+      self._replay(held.held)
+      if failure is not None:
+        raise failure
+      return
+    _absorb_abandoned_reads()  # the writes Orbax abandoned call back into its closed loop too
+    self._remove_temporary(epoch)
+    raise run_io_error(
+      os.path.join(self.directory, str(epoch)), cause, "the checkpoint"
+    ) from failure
+
+  @staticmethod
+  def _replay(records: list[logging.LogRecord]) -> None:
+    for record in records:
+      if record.levelno >= logging.WARNING:
+        logging.getLogger(record.name).handle(record)
+
+  def _remove_temporary(self, epoch: int | str) -> None:
+    """Removes what a failed save of ``epoch`` (``"*"``: any) left; process 0 owns the directory."""
+    if jax.process_index() != 0:
+      return
+    for path in glob.glob(os.path.join(self.directory, f"{epoch}{TMP_SUFFIX}*")):
+      shutil.rmtree(path, ignore_errors=True)
 
   def restore(self, abstract_items: Mapping[str, Any], epoch: int | None = None) -> dict[str, Any]:
     """Restores the named items of epoch ``epoch`` (default: the latest).
@@ -104,6 +231,7 @@ class Checkpointer:
       except CheckpointMismatchError:
         raise
       except Exception as error:  # Orbax/TensorStore raise many types for unreadable files.
+        _absorb_abandoned_reads()
         reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         logger.warning(
           "Skipping the checkpoint of epoch %d in %s: it cannot be read (%s). Trying the one "

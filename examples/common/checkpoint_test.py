@@ -1,12 +1,15 @@
 """Checkpoint save/restore round trip, latest-epoch bookkeeping and pruning."""
 
+import errno
+import logging
 import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.common.checkpoint import Checkpointer, abstract_like
+from examples.common.checkpoint import TMP_SUFFIX, Checkpointer, _os_error_in, abstract_like
+from examples.common.metrics import RunIOError
 
 
 def _state(value: float):
@@ -51,3 +54,70 @@ def test_restore_into_a_different_tree_is_a_clear_error(tmp_path):
     pytest.raises(ValueError, match=r"epoch 0 .* holds a different tree .* fresh workdir"),
   ):
     ckpt.restore({"state": abstract_like({"params": {"w": jnp.ones(3)}})})
+
+
+def _full_disk_at_finalize(monkeypatch):
+  """Orbax's final rename of the temporary checkpoint fails as on a full disk."""
+  real_rename = os.rename
+
+  def rename(src, dst, *args, **kwargs):
+    if TMP_SUFFIX in str(src):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+    return real_rename(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(os, "rename", rename)
+
+
+def test_a_save_on_a_full_disk_is_one_message_and_leaves_no_temporary(
+  tmp_path, monkeypatch, caplog
+):
+  directory = tmp_path / "ckpt"
+  with Checkpointer(str(directory)) as ckpt:
+    ckpt.save(0, {"state": _state(1.0)})
+    _full_disk_at_finalize(monkeypatch)
+    with pytest.raises(RunIOError) as raised:
+      ckpt.save(1, {"state": _state(2.0)})
+    monkeypatch.undo()
+  message = str(raised.value)
+  assert message.startswith(
+    f"cannot write the checkpoint {directory / '1'}: No space left on device (ENOSPC)."
+  ), message
+  assert "\n" not in message and "rerun the same command" in message
+  assert sorted(os.listdir(directory)) == ["0"]  # no orphan *.orbax-checkpoint-tmp
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+  # The space is back: the same directory resumes from epoch 0 and saves epoch 1.
+  with Checkpointer(str(directory)) as ckpt:
+    assert ckpt.latest_epoch() == 0
+    restored = ckpt.restore({"state": abstract_like(_state(0.0))})["state"]
+    np.testing.assert_array_equal(restored["params"]["w"], np.full((3,), 1.0))
+    ckpt.save(1, {"state": _state(2.0)})
+    assert ckpt.all_epochs() == [0, 1]
+
+
+def test_a_temporary_checkpoint_left_by_a_killed_run_is_removed_at_the_next_start(tmp_path):
+  with Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(0, {"state": _state(1.0)})
+  orphan = tmp_path / f"1{TMP_SUFFIX}"
+  (orphan / "state").mkdir(parents=True)
+  (orphan / "state" / "partial").write_bytes(b"\0" * 16)
+  with Checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.latest_epoch() == 0
+  assert sorted(os.listdir(tmp_path)) == ["0"]
+
+
+def test_only_operating_system_errors_become_one_line():
+  # TensorStore's message for a full disk (as Orbax raises it), a chained OSError, and a bug.
+  tensorstore = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/c/1.orbax-checkpoint-'
+    'tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: "/c/d/8c56": Failed to '
+    "write 495997 bytes to file 4: No space left on device [os_error_code='28']"
+  )
+  assert _os_error_in(tensorstore).errno == errno.ENOSPC
+  try:
+    try:
+      raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as error:
+      raise RuntimeError("save failed") from error
+  except RuntimeError as chained:
+    assert _os_error_in(chained).errno == errno.EACCES
+  assert _os_error_in(ValueError("Unsupported type: <class 'object'> for key: ('w',).")) is None

@@ -46,9 +46,10 @@ def initialize(config: Any) -> None:
       )
     return
   timeout = int(config.get("distributed_timeout_s", 300))
+  heartbeat = heartbeat_timeout_s(config)
   if not given:
     _use_gloo_on_cpu()
-    jax.distributed.initialize(initialization_timeout=timeout)
+    jax.distributed.initialize(initialization_timeout=timeout, heartbeat_timeout_seconds=heartbeat)
     return
   missing = [name for name in _EXPLICIT if name not in given]
   if missing:
@@ -74,7 +75,22 @@ def initialize(config: Any) -> None:
     int(process_id),
     cluster_detection_method="deactivate",
     initialization_timeout=timeout,
+    heartbeat_timeout_seconds=heartbeat,
   )
+
+
+JAX_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's default
+
+
+def heartbeat_timeout_s(config: Any) -> int:
+  """JAX's heartbeat timeout: past the stall watchdog's bound (``config.collective_timeout_s``).
+
+  When a peer stops sending heartbeats, JAX aborts the survivors with a C++ stack and no word on
+  what to do; with the watchdog's bound below JAX's, the watchdog ends a stalled run first, with
+  the line that says to relaunch every process (:mod:`examples.common.watchdog`).
+  """
+  bound = int(config.get("collective_timeout_s", 0) or 0)
+  return max(JAX_HEARTBEAT_TIMEOUT_S, bound + 60) if bound > 0 else JAX_HEARTBEAT_TIMEOUT_S
 
 
 def _use_gloo_on_cpu() -> None:

@@ -34,3 +34,8 @@ def test_bad_settings_are_named_before_anything_starts(settings, message):
 
 def test_not_distributed_starts_nothing():
   distributed.initialize(ConfigDict({"distributed": False, "coordinator_address": ""}))
+
+
+@pytest.mark.parametrize(("bound", "heartbeat"), [(0, 100), (10, 100), (600, 660)])
+def test_jax_heartbeat_timeout_comes_after_the_stall_watchdog(bound, heartbeat):
+  assert distributed.heartbeat_timeout_s(ConfigDict({"collective_timeout_s": bound})) == heartbeat

@@ -13,15 +13,18 @@ class UserError(Exception):
 def user_errors() -> tuple[type[BaseException], ...]:
   """What the entry point prints as one line: :class:`UserError` and the listed data/IO errors.
 
-  A missing file (FileNotFoundError: missing data), a diverged run, no readable checkpoint, a
+  A missing file (FileNotFoundError: missing data), a full disk or unwritable workdir
+  (RunIOError), a diverged run, no readable checkpoint, a
   checkpoint of another tree, and each family's data-format errors (imported here, not at the top, so
   that importing :class:`UserError` stays light).
   """
   from examples.common.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
+  from examples.common.metrics import RunIOError
   from examples.common.nonfinite import NonFiniteLossError
   from examples.graph.graphsage_data import GraphDataError
   from examples.graph.wordnet import WordNetFormatError
   from examples.image_classification.datasets import DataFormatError
+  from examples.language_modeling.input_pipeline import CorpusError
 
   return (
     UserError,
@@ -32,4 +35,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     DataFormatError,
     GraphDataError,
     WordNetFormatError,
+    CorpusError,
+    RunIOError,
   )

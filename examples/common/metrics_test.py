@@ -1,5 +1,6 @@
 """metrics.jsonl writing, resume truncation and TensorBoard mirroring."""
 
+import errno
 import glob
 import json
 import math
@@ -63,3 +64,48 @@ def test_memory_only_writer_touches_no_files(tmp_path):
     writer.write({"epoch": 0, "train_loss": 1.0})
     assert writer.records == [{"epoch": 0, "train_loss": 1.0}]
   assert not workdir.exists()
+
+
+def test_files_get_the_umask_mode_not_0600(tmp_path):
+  old = os.umask(0o022)
+  try:
+    with metrics.MetricsWriter(str(tmp_path)) as writer:
+      writer.write({"epoch": 0, "train_loss": 1.0})
+  finally:
+    os.umask(old)
+  # What open(path, "w") gives under umask 022: readable by the group and others.
+  assert os.stat(tmp_path / "metrics.jsonl").st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_one_message_naming_the_file_and_keeps_the_old_records(
+  tmp_path, monkeypatch
+):
+  with metrics.MetricsWriter(str(tmp_path)) as writer:
+    writer.write({"epoch": 0, "train_loss": 1.0})
+
+    def full_disk(src, dst):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(metrics.RunIOError) as raised:
+      writer.write({"epoch": 1, "train_loss": 0.5})
+  message = str(raised.value)
+  assert message.startswith(f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device")
+  assert "ENOSPC" in message and "rerun the same command" in message
+  assert "\n" not in message and raised.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert metrics.read_metrics(str(tmp_path)) == [{"epoch": 0, "train_loss": 1.0}]
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "tensorboard"]  # no temporary file left
+
+
+def test_an_unwritable_workdir_is_one_message(tmp_path, monkeypatch):
+  real_open = os.open
+
+  def refuse(path, flags, mode=0o777, **kwargs):
+    if str(path).startswith(str(tmp_path)):
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    return real_open(path, flags, mode, **kwargs)
+
+  monkeypatch.setattr(os, "open", refuse)
+  with pytest.raises(metrics.RunIOError, match=r"cannot write .*metrics.jsonl: Permission denied"):
+    metrics.MetricsWriter(str(tmp_path))

@@ -35,7 +35,7 @@ import ml_collections
 from examples.common import machine
 from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
 from examples.common.errors import UserError
-from examples.common.metrics import MetricsWriter
+from examples.common.metrics import MetricsWriter, atomic_write_text, reporting_io_errors
 from examples.common.optimizers import View
 from examples.common.report import CONFIG_FILE
 
@@ -139,18 +139,11 @@ def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _write_json(path: str, data: Any) -> None:
-  """Replaces ``path`` atomically; the file gets the user's umask (``open``, not ``mkstemp``)."""
+  """Replaces ``path`` atomically with the user's umask; a full disk is one :class:`RunIOError`."""
   directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "w") as f:
-      json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with reporting_io_errors(directory):
+    os.makedirs(directory, exist_ok=True)
+  atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str, views: Sequence[View]) -> None:

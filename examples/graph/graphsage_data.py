@@ -70,6 +70,13 @@ def file_paths(data_dir: str, prefix: str) -> dict[str, str]:
   }
 
 
+# Said with every corrupt or truncated file: the files carry no checksum, so a good copy is the fix.
+GET_A_GOOD_COPY = (
+  "Replace it with a good copy: extract the dataset's archive again (PPI: ppi.zip of the GraphSAGE "
+  "data), or rerun the converter that wrote it (python -m examples.graph.wordnet)."
+)
+
+
 def _read_json(path: str) -> Any:
   if not os.path.exists(path):
     raise GraphDataError(
@@ -81,7 +88,7 @@ def _read_json(path: str) -> Any:
       return json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise GraphDataError(
-      f"{path} is not valid JSON ({e}); the file is corrupt or truncated."
+      f"{path} is not valid JSON ({e}); the file is corrupt or truncated. {GET_A_GOOD_COPY}"
     ) from e
 
 
@@ -182,7 +189,10 @@ def _load_features(path: str) -> np.ndarray:
     # allow_pickle=False: an .npy file from elsewhere must not be able to run code.
     features = np.load(path, allow_pickle=False)
   except (ValueError, OSError, EOFError) as e:
-    raise GraphDataError(f"{path} is not a readable .npy array of numbers ({e}).") from e
+    raise GraphDataError(
+      f"{path} is not a readable .npy array of numbers ({e}); the file is corrupt or truncated. "
+      f"{GET_A_GOOD_COPY}"
+    ) from e
   if features.ndim != 2 or not np.issubdtype(features.dtype, np.number):
     raise GraphDataError(
       f"{path}: expected a 2-D numeric array, got shape {features.shape}, dtype {features.dtype}."

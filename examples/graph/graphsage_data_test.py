@@ -81,7 +81,15 @@ def test_truncated_json_is_named(tmp_path):
   write_ppi_like(str(tmp_path))
   path = tmp_path / "ppi-class_map.json"
   path.write_text(path.read_text()[:50])
-  with pytest.raises(GraphDataError, match=r"ppi-class_map\.json.*not valid JSON"):
+  with pytest.raises(GraphDataError, match=r"ppi-class_map\.json.*not valid JSON.*good copy"):
+    load_graphsage(str(tmp_path), "ppi")
+
+
+def test_truncated_features_are_named_with_how_to_get_a_good_copy(tmp_path):
+  write_ppi_like(str(tmp_path))
+  path = tmp_path / "ppi-feats.npy"
+  path.write_bytes(path.read_bytes()[:-7])
+  with pytest.raises(GraphDataError, match=r"ppi-feats\.npy .*corrupt or truncated.*good copy"):
     load_graphsage(str(tmp_path), "ppi")
 
 

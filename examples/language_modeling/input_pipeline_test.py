@@ -48,7 +48,7 @@ def test_missing_or_wrong_sources_say_what_to_do(tmp_path):
     input_pipeline.load_corpus(str(tmp_path / "nowhere"))
   write_ptb(tmp_path)
   (tmp_path / "ptb.valid.txt").write_bytes(b"\xff\xfe\x00 binary")
-  with pytest.raises(ValueError, match="not UTF-8"):
+  with pytest.raises(ValueError, match=r"ptb\.valid\.txt is not UTF-8 .*good copy"):
     input_pipeline.load_corpus(str(tmp_path))
 
 
