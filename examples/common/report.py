@@ -267,7 +267,7 @@ LOG_SPAN = 3.0
 def _trajectory_of(label: str) -> str:
   try:
     return trajectory(parse_views(label)[0].optimizer)
-  except ValueError:
+  except UserError:  # a label that is no optimizer name ("SGD + ASGD") is its own trajectory
     return label
 
 
