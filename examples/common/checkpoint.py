@@ -6,20 +6,25 @@ stopped on a non-finite loss simply does not save the bad epoch, so the last goo
 
 A save that fails for lack of space or permissions raises
 :class:`~examples.common.metrics.RunIOError` (one message: the directory and the cause) instead of
-Orbax's hundreds of log lines, and removes its temporary directory; temporary directories left by a
-killed run are removed when the next run opens the directory. Either way the previous checkpoint
+Orbax's hundreds of log lines: it first waits for the writes Orbax abandoned (their threads keep
+writing and logging after the first failure), keeps quiet exactly the reports they leave behind
+(see :func:`_absorb_abandoned_work`), and removes its temporary directory; temporary directories
+left by a killed run are removed when the next run opens the directory. Either way the previous checkpoint
 stays the latest, so rerunning the same command once there is space resumes from it.
 """
 
 import contextlib
+import gc
 import glob
 import logging
 import os
 import re
 import shutil
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -90,9 +95,8 @@ class NoReadableCheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be read."""
 
 
-def _is_abandoned_read(unraisable: Any) -> bool:
-  """Whether an unraisable error is a late read calling back into Orbax's closed event loop."""
-  error = unraisable.exc_value
+def _is_abandoned_read(error: BaseException | None) -> bool:
+  """Whether an error is a late read or write calling back into Orbax's closed event loop."""
   if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
     return False
   frames = traceback.extract_tb(error.__traceback__)
@@ -104,20 +108,93 @@ def _absorb_abandoned_reads() -> None:
 
   Orbax runs a restore's reads in an event loop of its own and closes it as soon as one read
   fails; the other TensorStore reads finish later (possibly after this run's Checkpointer closed)
-  and call back into the closed loop, which Python reports as an unraisable ``RuntimeError`` per
-  read: harmless, their results are not wanted. From the first failed restore on, exactly that
-  error is dropped; every other one goes on to the hook that was there.
+  and call back into the closed loop, which Python reports (as an unraisable error, or through
+  ``sys.excepthook`` when TensorStore prints it) as a ``RuntimeError`` per read: harmless, their
+  results are not wanted. Failed saves leave such writes too. From the first Checkpointer on,
+  exactly that error is dropped; every other one goes on to the hook that was there.
   """
-  if getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
-    return
-  previous = sys.unraisablehook
+  if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+    previous = sys.unraisablehook
 
-  def hook(unraisable: Any) -> None:
-    if not _is_abandoned_read(unraisable):
-      previous(unraisable)
+    def hook(unraisable: Any) -> None:
+      if not _is_abandoned_read(unraisable.exc_value):
+        previous(unraisable)
 
-  hook._drops_abandoned_reads = True  # type: ignore[attr-defined]
-  sys.unraisablehook = hook
+    hook._drops_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+  if not getattr(sys.excepthook, "_drops_abandoned_reads", False):
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind: Any, value: Any, tb: Any) -> None:
+      if not _is_abandoned_read(value):
+        previous_excepthook(kind, value, tb)
+
+    excepthook._drops_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
+
+
+def _is_orbax_thread(thread: threading.Thread) -> bool:
+  target = getattr(thread, "_target", None)  # a plain Thread running an Orbax function
+  modules = (type(thread).__module__, getattr(target, "__module__", None) or "")
+  return any(module.startswith("orbax") for module in modules)
+
+
+def _join_orbax_threads(running_before: set[threading.Thread], timeout_s: float = 120.0) -> None:
+  """Waits (at most ``timeout_s`` in all) for the Orbax threads started since ``running_before``."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if thread in running_before or thread is threading.current_thread():
+      continue
+    if _is_orbax_thread(thread):
+      # Thread.join itself: Orbax's own join re-raises the thread's error.
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+
+
+class _DropAbandonedWrites(logging.Filter):
+  """Drops asyncio's "exception was never retrieved" records of writes into a failed checkpoint."""
+
+  def __init__(self):
+    super().__init__()
+    self.paths: set[str] = set()
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    if "exception was never retrieved" not in text:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None and _os_error_in(error) is not None and _through_orbax(error):
+      return False  # an Orbax write that met the same IO fault (its message names no path)
+    return not any(path in text for path in self.paths)
+
+
+def _through_orbax(error: BaseException) -> bool:
+  frames = traceback.extract_tb(error.__traceback__)
+  return any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+
+
+_DROP_ABANDONED_WRITES = _DropAbandonedWrites()
+
+
+def _absorb_abandoned_work(temporary: str) -> None:
+  """Keeps quiet what the writes a failed save abandoned still report after the failure.
+
+  Each abandoned TensorStore write calls back into its closed event loop ("Event loop is
+  closed", see :func:`_absorb_abandoned_reads`), and each of their asyncio tasks logs "Task
+  exception was never retrieved" when it is collected, possibly at interpreter exit, and the
+  coroutines it had not started warn "coroutine ... was never awaited". Only those are dropped:
+  asyncio's records naming the failed checkpoint's temporary directory ``temporary`` or holding
+  an operating-system error raised through Orbax's code, and that warning for Orbax's
+  ``write_fragment`` coroutine.
+  """
+  _absorb_abandoned_reads()
+  _DROP_ABANDONED_WRITES.paths.add(temporary)
+  # Their coroutines not yet started when the save failed are collected unawaited.
+  warnings.filterwarnings(
+    "ignore", r"coroutine '.*write_fragment' was never awaited", RuntimeWarning
+  )
+  asyncio_logger = logging.getLogger("asyncio")
+  if _DROP_ABANDONED_WRITES not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_DROP_ABANDONED_WRITES)
 
 
 class Checkpointer:
@@ -133,6 +210,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    # A failed write or read may leave TensorStore operations that call back into Orbax's closed
+    # event loop later, even before the failure reaches this class.
+    _absorb_abandoned_reads()
     # What a run killed mid-save left (Orbax's own cleanup option runs in the background, so a
     # listing right after start-up could still see it).
     self._remove_temporary("*")
@@ -149,21 +229,29 @@ class Checkpointer:
     """Saves ``items`` (name -> pytree) as epoch ``epoch``; returns once finalized on disk."""
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     failure: Exception | None = None
+    running = set(threading.enumerate())
     with _holding_orbax_logs() as held:
       try:
         self._manager.save(epoch, args=ocp.args.Composite(**args))
         self._manager.wait_until_finished()
       except Exception as error:
         failure = error
+      cause = None if failure is None else _os_error_in(failure)
+      if cause is not None:
+        # Orbax raises at the first failed write while its other writes go on in their threads
+        # and event loops, each logging its own failure; wait for them (still holding their
+        # records), so that nothing prints after the one error line and the temporary directory
+        # is removed after the last write into it, not before.
+        _absorb_abandoned_work(os.path.join(self.directory, f"{epoch}{TMP_SUFFIX}"))
+        _join_orbax_threads(running)
+        gc.collect()  # the failed writes' asyncio tasks report themselves when collected
+        self._remove_temporary(epoch)
     # Replayed only now that the hold is off (inside it, each record would be held again).
-    cause = None if failure is None else _os_error_in(failure)
     if cause is None:  # saved, or not an IO fault (a bug): Orbax's account of it is kept
       self._replay(held.held)
       if failure is not None:
         raise failure
       return
-    _absorb_abandoned_reads()  # the writes Orbax abandoned call back into its closed loop too
-    self._remove_temporary(epoch)
     raise run_io_error(
       os.path.join(self.directory, str(epoch)), cause, "the checkpoint"
     ) from failure

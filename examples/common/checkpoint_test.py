@@ -8,7 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.common.checkpoint import TMP_SUFFIX, Checkpointer, _os_error_in, abstract_like
+from examples.common.checkpoint import (
+  TMP_SUFFIX,
+  Checkpointer,
+  _DropAbandonedWrites,
+  _os_error_in,
+  abstract_like,
+)
 from examples.common.metrics import RunIOError
 
 
@@ -121,3 +127,21 @@ def test_only_operating_system_errors_become_one_line():
   except RuntimeError as chained:
     assert _os_error_in(chained).errno == errno.EACCES
   assert _os_error_in(ValueError("Unsupported type: <class 'object'> for key: ('w',).")) is None
+
+
+def test_only_the_abandoned_writes_of_a_failed_save_are_dropped_from_asyncio_logs():
+  drop = _DropAbandonedWrites()
+  drop.paths.add(f"/c/1{TMP_SUFFIX}")
+
+  def record(message, error=None):
+    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    return logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1, message, (), exc_info)
+
+  never = "Task exception was never retrieved\nfuture: <Task finished exception=ValueError({!r})>"
+  assert not drop.filter(record(never.format(f"Error writing /c/1{TMP_SUFFIX}/state/d/0")))
+  assert drop.filter(record(never.format("Error writing /c/other/d/0")))  # another path
+  assert drop.filter(record("Unclosed client session"))  # another asyncio report
+  try:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # raised here, not through Orbax
+  except OSError as error:
+    assert drop.filter(record("Future exception was never retrieved", error))

@@ -4,6 +4,11 @@ run."""
 
 import errno
 import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +18,7 @@ from examples.image_classification import testdata, train
 from examples.image_classification.train_test import tiny_config
 
 VIEWS = "sgdm,rsgdm-scale"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +82,81 @@ def test_a_full_disk_at_a_checkpoint(tmp_path, monkeypatch, data_and_uninterrupt
   _fails_then_resumes(
     monkeypatch, "rename", rename, message, data_and_uninterrupted, tmp_path / "run"
   )
+
+
+def _in_a_full_disk(
+  disk, filler_kb: int, command: list[str], listing
+) -> subprocess.CompletedProcess:
+  """Runs ``command`` with a real 1 MiB tmpfs at ``disk`` (``filler_kb`` of it taken), mounted in
+  a private mount namespace (needs root or CAP_SYS_ADMIN; skips otherwise); then writes the
+  listing of ``<disk>/run/checkpoints`` to ``listing`` (the tmpfs ends with the namespace)."""
+  if shutil.which("unshare") is None:
+    pytest.skip("no unshare to mount a small tmpfs")
+  disk.mkdir()
+  mount = f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(disk))}"
+  probe = subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True, text=True)
+  if probe.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs in a private namespace: {probe.stderr.strip()}")
+  filler = f"dd if=/dev/zero of={shlex.quote(str(disk / 'filler'))} bs=1k count={filler_kb}"
+  checkpoints = shlex.quote(str(disk / "run" / "checkpoints"))
+  script = (
+    f"{mount} && {filler} status=none || exit 99\n"
+    f"{shlex.join(command)}\nrc=$?\nls -A {checkpoints} > {shlex.quote(str(listing))}\nexit $rc"
+  )
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run(
+    ["unshare", "-m", "sh", "-c", script],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+# absl's INFO lines (the run's own log: the epochs' metrics); everything else is checked.
+_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ ")
+
+
+def test_a_real_full_disk_at_a_checkpoint_prints_one_line_and_leaves_no_temporary(tmp_path):
+  """The command line on a real full disk: past the run's INFO log lines, its whole output is
+  one ``error:`` line (Orbax's abandoned writes print nothing, not even at exit), and the failed
+  checkpoint's temporary directory is gone when the process ends."""
+  data_dir = str(tmp_path / "data")
+  testdata.write_fashion_mnist(data_dir, train=64, test=24, size=8)
+  disk = tmp_path / "disk"
+  listing = tmp_path / "listing"
+  # 324 KiB free: the run's files and the checkpoint of epoch 0 (~300 KiB) fit, epoch 1's not.
+  result = _in_a_full_disk(
+    disk,
+    700,
+    [
+      sys.executable,
+      "-m",
+      "examples.image_classification.main",
+      "--config=examples/image_classification/configs/fashion_mnist_cnn.py",
+      f"--workdir={disk / 'run'}",
+      f"--config.data_dir={data_dir}",
+      f"--config.optimizer={VIEWS}",
+      "--config.model_kwargs.width=4",
+      "--config.model_kwargs.hidden=16",
+      "--config.batch_size=16",
+      "--config.num_epochs=2",
+      "--config.lr_decay_epochs=(1,)",
+      "--config.train_eval_examples=32",
+      "--config.num_devices=1",
+      "--config.progress_bar=False",
+      "--config.log_every_steps=2",
+    ],
+    listing,
+  )
+  output = result.stdout + result.stderr
+  lines = [line for line in output.splitlines() if line.strip() and not _INFO.match(line)]
+  assert result.returncode == 1, output[-5000:]
+  assert len(lines) == 1, output[-5000:]
+  assert re.match(
+    rf"error: cannot write the checkpoint {re.escape(str(disk))}/run/checkpoints/1: "
+    r"No space left on device \(ENOSPC\)\.",
+    lines[0],
+  ), lines[0]
+  assert listing.read_text().split() == ["0"]  # epoch 0 kept, no *.orbax-checkpoint-tmp left
