@@ -37,6 +37,9 @@ extensions = [
   # typeset with no network. `.ci/check_math.py` checks it in headless Chromium.
   "sphinx-mathjax-offline",
 ]
+# Served from the build (relative to _static/, where sphinx-mathjax-offline copies MathJax 3),
+# never Sphinx's CDN default; stated here so that the page's script source reads in the config.
+mathjax_path = "mathjax/tex-chtml.js"
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
