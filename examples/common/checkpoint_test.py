@@ -1,8 +1,11 @@
 """Checkpoint save/restore round trip, latest-epoch bookkeeping and pruning."""
 
 import errno
+import gc
 import logging
 import os
+import sys
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,8 @@ import pytest
 from examples.common.checkpoint import (
   TMP_SUFFIX,
   Checkpointer,
+  CheckpointMismatchError,
+  _absorb_abandoned_reads,
   _DropAbandonedWrites,
   _os_error_in,
   abstract_like,
@@ -145,3 +150,21 @@ def test_only_the_abandoned_writes_of_a_failed_save_are_dropped_from_asyncio_log
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # raised here, not through Orbax
   except OSError as error:
     assert drop.filter(record("Future exception was never retrieved", error))
+
+
+def test_a_failed_restore_leaves_no_reads_to_report_into_later_code(tmp_path, monkeypatch):
+  # Orbax abandons the other reads at the first failed one; collected later, each would report an
+  # unraisable error and a "never awaited" warning into whatever runs then (another test, say).
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  _absorb_abandoned_reads()  # wraps the recorder, as it wraps the hook a run starts with
+  tree = {f"w{i}": jnp.full((32, 32), float(i)) for i in range(100)}
+  with Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(0, {"state": tree})
+    with pytest.raises(CheckpointMismatchError):
+      ckpt.restore({"state": abstract_like({**tree, "w0": jnp.zeros(8)})})
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    gc.collect()
+  assert [u.exc_value for u in reported] == []
+  assert [str(w.message) for w in caught] == []
