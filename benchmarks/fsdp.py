@@ -189,6 +189,7 @@ def run_in_subprocess(
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + DEVICE_FLAG).strip()
   env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # compile times are measured, never read back
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "fsdp.json")

@@ -10,6 +10,8 @@ import pytest
 
 from benchmarks import run
 
+pytestmark = pytest.mark.long
+
 
 def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   out = tmp_path / "results.json"

@@ -287,6 +287,7 @@ def run_in_subprocess(width_scale: float, stage_blocks: tuple[int, ...], rounds:
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + DEVICE_FLAG).strip()
   env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # compile times are measured, never read back
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "wire_bytes.json")

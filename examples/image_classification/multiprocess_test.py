@@ -28,6 +28,8 @@ from examples.image_classification.multiprocess_stress import (
   trainer_command,
 )
 
+pytestmark = pytest.mark.long
+
 VIEWS = ("sgdm", "rsgdm-topk")
 RESUMED = "Resumed from the checkpoint of epoch 0"
 TIMEOUT_S = 300  # per launch; a hung peer fails the test instead of hanging CI
