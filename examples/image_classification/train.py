@@ -30,6 +30,13 @@ batch statistics and its optimizer state (momentum, residual) are split along ``
 largest dimension that divides (:mod:`examples.common.sharding`), so each device holds about
 ``1/n`` of them and GSPMD reduce-scatters the gradients. Batch-norm statistics are computed over
 the global batch, so the result does not depend on the device count or the layout.
+
+Compressed exchange (``config.grad_compression``, replicated layout only): each device takes the
+gradient of its share of the batch inside ``jax.shard_map`` and ``rsgd.compressed_mean``, in front
+of the whole optimizer chain, exchanges it compressed (:mod:`examples.common.compression`). Batch
+norm still normalizes with the global batch's moments (a ``pmean``); each device's error memory is
+part of the checkpointed state, and a run resumed on another device count folds it onto the new
+count (``rsgd.resize_memory``).
 """
 
 import dataclasses
