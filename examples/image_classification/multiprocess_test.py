@@ -1,7 +1,8 @@
 """Two processes x 2 CPU devices on localhost (gloo), FSDP, one shared workdir, against one process
 x 4 devices: the same metrics, only process 0 writing records, checkpoints that resume across the
 change of process count in both directions, and a peer killed mid-epoch: the survivor ends within
-the configured bound saying to relaunch, and the relaunch resumes to the same metrics.
+the configured bound saying to relaunch, and the relaunch resumes to the same metrics. And the
+compressed exchange (``grad_compression="sign"``, replicated): 2 x 2 against 1 x 4.
 
 Every wait is bounded and every process is ended with SIGKILL (JAX catches SIGTERM); ports come
 from the OS and each test has its own ``tmp_path``, so the tests may run in parallel workers.
