@@ -389,6 +389,26 @@ class Checkpointer:
     self.close()
 
 
+def stored_shapes(directory: str, item: str) -> tuple[int, Any] | None:
+  """The newest complete checkpoint's epoch and the shapes of its ``item``, read from its metadata.
+
+  Reads only metadata (no arrays) and writes nothing; ``None`` when ``directory`` holds no complete
+  checkpoint. The shapes come as a pytree of tuples in the saved structure (Orbax's containers),
+  for a caller that must build a restore target of the saved shapes (a device-count-dependent leaf).
+  """
+  if not os.path.isdir(directory):
+    return None
+  epochs = [int(name) for name in os.listdir(directory) if name.isdigit()]
+  if not epochs:
+    return None
+  epoch = max(epochs)
+  # Orbax logs a warning for the step-level metadata file its item reader does not need.
+  with _holding_orbax_logs(), ocp.StandardCheckpointer() as reader:
+    metadata = reader.metadata(os.path.join(directory, str(epoch), item))
+  tree = getattr(metadata, "item_metadata", metadata)
+  return epoch, jax.tree.map(lambda leaf: tuple(leaf.shape), tree.tree)
+
+
 def abstract_like(state: Any) -> Any:
   """The ``ShapeDtypeStruct`` tree (keeping shardings) that :meth:`Checkpointer.restore` fills."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

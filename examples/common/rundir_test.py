@@ -24,6 +24,7 @@ def _config(num_epochs=3, optimizer="sgdm,rsgdm-scale", **fields):
   config.num_epochs = num_epochs
   config.learning_rate = 0.1
   config.width = 4
+  config.grad_compression = "none"
   config.progress_bar = False
   config.update(fields)
   return config
@@ -141,6 +142,7 @@ def test_one_view_keeps_the_flat_layout(tmp_path):
     ({"optimizer": "sgdm,rsgdm-scale@0.25"}, r"optimizer: 'sgdm,rsgdm-scale' -> 'sgdm,rsgdm-sc"),
     ({"optimizer": "sgdm,rsgdm-sign,rsgdm-topk"}, r"optimizer: .* -> 'sgdm,rsgdm-sign,rsgdm-topk'"),
     ({"num_epochs": 1}, r"num_epochs: 2 -> 1"),
+    ({"grad_compression": "sign"}, r"grad_compression: 'none' -> 'sign'"),
     ({"width": 8, "learning_rate": 1.0}, r"learning_rate: 0\.1 -> 1\.0; width: 4 -> 8"),
   ],
 )

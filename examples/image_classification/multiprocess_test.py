@@ -1,7 +1,8 @@
 """Two processes x 2 CPU devices on localhost (gloo), FSDP, one shared workdir, against one process
 x 4 devices: the same metrics, only process 0 writing records, checkpoints that resume across the
 change of process count in both directions, and a peer killed mid-epoch: the survivor ends within
-the configured bound saying to relaunch, and the relaunch resumes to the same metrics.
+the configured bound saying to relaunch, and the relaunch resumes to the same metrics. And the
+compressed exchange (``grad_compression="sign"``, replicated): 2 x 2 against 1 x 4.
 
 Every wait is bounded and every process is ended with SIGKILL (JAX catches SIGTERM); ports come
 from the OS and each test has its own ``tmp_path``, so the tests may run in parallel workers.
@@ -26,6 +27,7 @@ from examples.image_classification.multiprocess_stress import (
   run_processes,
   start,
   trainer_command,
+  wait_all,
 )
 
 pytestmark = pytest.mark.long
@@ -156,3 +158,47 @@ def test_a_peer_killed_mid_epoch_ends_the_survivor_and_the_relaunch_resumes(
   outputs = _launch(data_dir, workdir, 2, num_processes=2)
   assert all(RESUMED in output for output in outputs), outputs[0][-3000:]
   _assert_same_metrics(_records(workdir), want)
+
+
+def test_two_processes_with_sign_compression_match_one(tmp_path):
+  """``grad_compression="sign"`` (error feedback on): 2 processes x 2 devices exchange the packed
+  sign bits over gloo and give the metrics of 1 process x 4 devices. One epoch, one view besides
+  the base: the cheapest run that exercises the exchange, the memory and a view across processes.
+  Both launches run at once (most of each is start-up and compilation)."""
+  data_dir = str(tmp_path / "data")
+  testdata.write_fashion_mnist(data_dir, train=64, test=24, size=8)
+  views = ("sgdm", "rsgdm-scale")
+  extra = ("--config.sharding=replicated", "--config.grad_compression=sign")
+  port = free_port()
+  procs, logs = [], []
+  for num_processes in (1, 2):
+    workdir = str(tmp_path / f"processes{num_processes}")
+    for i in range(num_processes):
+      flags = distributed_flags(num_processes, i, port)
+      logs.append(str(tmp_path / f"processes{num_processes}-{i}.log"))
+      command = trainer_command(data_dir, workdir, 1, views, *flags, *extra)
+      procs.append(start(command, process_env(num_processes), logs[-1]))
+  try:
+    finished = wait_all(procs, time.monotonic() + TIMEOUT_S)
+  finally:
+    kill(procs)
+  outputs = []
+  for path in logs:
+    with open(path, errors="replace") as f:
+      outputs.append(f.read())
+  if not finished:
+    pytest.fail(f"a trainer process did not finish within {TIMEOUT_S} s: {outputs[-1][-2000:]}")
+  for proc, output in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, output[-3000:]
+  records = {}
+  for num_processes in (1, 2):
+    workdir = tmp_path / f"processes{num_processes}"
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["grad_compression"] == "sign" and config["sharding"] == "replicated"
+    assert config["num_processes"] == (2 if num_processes == 2 else 0)
+    records[num_processes] = {name: read_metrics(str(workdir / name)) for name in views}
+  for name in views:
+    (two,), (one,) = records[2][name], records[1][name]
+    for field, value in one.items():
+      if field != "seconds":
+        assert two[field] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, field)

@@ -30,11 +30,19 @@ batch statistics and its optimizer state (momentum, residual) are split along ``
 largest dimension that divides (:mod:`examples.common.sharding`), so each device holds about
 ``1/n`` of them and GSPMD reduce-scatters the gradients. Batch-norm statistics are computed over
 the global batch, so the result does not depend on the device count or the layout.
+
+Compressed exchange (``config.grad_compression``, replicated layout only): each device takes the
+gradient of its share of the batch inside ``jax.shard_map`` and ``rsgd.compressed_mean``, in front
+of the whole optimizer chain, exchanges it compressed (:mod:`examples.common.compression`). Batch
+norm still normalizes with the global batch's moments (a ``pmean``); each device's error memory is
+part of the checkpointed state, and a run resumed on another device count folds it onto the new
+count (``rsgd.resize_memory``).
 """
 
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -49,7 +57,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from examples.common import config_checks, optimizers, progress, rundir, sharding, watchdog
+from examples.common import (
+  checkpoint,
+  compression,
+  config_checks,
+  optimizers,
+  progress,
+  rundir,
+  sharding,
+  watchdog,
+)
 from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
 from examples.common.errors import UserError
 from examples.image_classification import input_pipeline
@@ -95,6 +112,13 @@ class OptimizerSpec:
   decay_epochs: tuple[int, ...]
   decay_factor: float
   steps_per_epoch: int
+  grad_compression: str = compression.NONE
+  compression_axis: str = "data"
+
+  @property
+  def compressed(self) -> bool:
+    """Whether gradients are exchanged compressed (per device, inside ``shard_map``)."""
+    return self.grad_compression != compression.NONE
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> "OptimizerSpec":
@@ -108,6 +132,8 @@ class OptimizerSpec:
       tuple(int(e) for e in config.lr_decay_epochs),
       float(config.lr_decay_factor),
       steps_per_epoch,
+      str(config.get("grad_compression", compression.NONE)),
+      str(config.get("compression_axis", "data")),
     )
 
   def build(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -123,6 +149,12 @@ class OptimizerSpec:
       alpha=self.alpha,
       topk_fraction=self.topk_fraction,
     )
+    # The exchange goes in front of the whole chain: the base optimizer, weight decay and every
+    # view's residual see the same mean on every device, as they see the all-reduced gradient
+    # without compression.
+    exchange = compression.exchange(self.grad_compression, self.compression_axis)
+    if exchange is not None:
+      tx = optax.chain(exchange, tx)
     return tx, schedule
 
 
@@ -191,6 +223,53 @@ def make_steps(
       )
     return new_state, loss, accuracy
 
+  def compressed_train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+    """``train_step`` with each device's own gradient, exchanged by ``compressed_mean``."""
+    axis = spec.compression_axis
+    state_specs = state_partition_specs(state, spec)
+
+    @functools.partial(
+      jax.shard_map,
+      mesh=mesh,
+      in_specs=(state_specs, P(axis), P(axis)),
+      out_specs=(state_specs, P(), P()),
+    )
+    def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
+      x = _standardize(images, mean, std)
+
+      def loss_fn(params, batch_stats):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        # Batch norm normalizes with the statistics of the global batch (a pmean of each layer's
+        # per-channel moments, a few floats next to the gradient): the step then differs from
+        # the uncompressed one only by the compressed exchange, its numbers do not depend on the
+        # device count, and the running statistics stay replicated. Per-device statistics (as
+        # PyTorch DDP without SyncBatchNorm) would change the model with the device count.
+        for _, module in nnx.iter_modules(model):
+          if isinstance(module, nnx.BatchNorm):
+            module.axis_name = axis
+        logits = model(x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+      # The gradient at params marked as varying is this device's own (of its share of the
+      # batch); at the replicated params, jax.grad would sum it over the devices first.
+      local = jax.lax.pcast(state["params"], axis, to="varying")
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        local, state["batch_stats"]
+      )
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      new_state = {
+        "params": optax.apply_updates(state["params"], updates),
+        "batch_stats": batch_stats,
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+      }
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+      # Equal shares of the batch: the mean of the devices' means is the batch mean.
+      return new_state, jax.lax.pmean(loss, axis), jax.lax.pmean(accuracy, axis)
+
+    return per_device(state, images, labels)
+
   def eval_step(totals, params, batch_stats, images, labels, mask):
     """``totals`` plus this batch's loss sum, correct count and example count."""
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -208,11 +287,14 @@ def make_steps(
     model(_standardize(images, mean, std), train=True)
     return nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
+  if spec.compressed:
+    train = jax.jit(compressed_train_step, donate_argnums=0)  # layouts from shard_map's specs
+  elif layout == "fsdp":  # the state's layout comes from the constraint inside the step
+    train = jax.jit(train_step, donate_argnums=0)
+  else:  # the state and the two scalars replicate
+    train = jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
   return Steps(
-    # The state's layout comes from the constraint inside the step; the two scalars replicate.
-    train=jax.jit(train_step, donate_argnums=0)
-    if layout == "fsdp"
-    else jax.jit(train_step, donate_argnums=0, out_shardings=replicated),
+    train=train,
     evaluate=jax.jit(eval_step, out_shardings=replicated),
     batch_moments=jax.jit(batch_moments, out_shardings=replicated),
     mean_moments=jax.jit(
@@ -222,6 +304,61 @@ def make_steps(
     view_point=jax.jit(rsgd.eval_params, static_argnames="which"),
     proximity=jax.jit(rsgd.proximity, static_argnames="which", out_shardings=replicated),
   )
+
+
+def state_partition_specs(state: TrainState, spec: OptimizerSpec) -> Any:
+  """The training state's partition specs with compression: all replicated but the EF memory.
+
+  The error-feedback memory has one row per device along ``spec.compression_axis``
+  (:func:`rsgd_optax.memory_specs`); everything else is the same on every device.
+  """
+  return {
+    "params": jax.tree.map(lambda _: P(), state["params"]),
+    "batch_stats": jax.tree.map(lambda _: P(), state["batch_stats"]),
+    "opt_state": rsgd.memory_specs(state["opt_state"], spec.compression_axis),
+    "step": P(),
+  }
+
+
+def state_shardings(state: TrainState, mesh: Mesh, layout: str, spec: OptimizerSpec) -> Any:
+  """Where each leaf of the training state lives (``config.sharding``, or compression's layout)."""
+  if spec.compressed:
+    return jax.tree.map(lambda p: NamedSharding(mesh, p), state_partition_specs(state, spec))
+  return sharding.shardings(state, mesh, layout)
+
+
+def _is_memory(node: Any) -> bool:
+  return isinstance(node, rsgd.CompressedMeanState)
+
+
+def saved_memory_rows(workdir: str) -> int | None:
+  """The device count the newest checkpoint's error-feedback memory was written with, if any."""
+  stored = checkpoint.stored_shapes(os.path.join(workdir, "checkpoints"), "state")
+  if stored is None:
+    return None
+  try:
+    memory = stored[1]["opt_state"][0]["memory"]  # chain(compressed_mean, ...): its state first
+  except (KeyError, IndexError, TypeError):
+    return None  # another layout: the restore reports the mismatch
+  shapes = jax.tree.leaves(memory, is_leaf=lambda x: isinstance(x, tuple))
+  return shapes[0][0] if shapes and shapes[0] else None
+
+
+def with_memory_rows(state: TrainState, rows: int, mesh: Mesh) -> TrainState:
+  """``state`` as a restore target whose memory has ``rows`` rows (replicated: any count fits)."""
+  replicated = NamedSharding(mesh, P())
+
+  def target(node: Any) -> Any:
+    if not _is_memory(node):
+      return node
+    return rsgd.CompressedMeanState(
+      jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct((rows, *m.shape[1:]), m.dtype, sharding=replicated),
+        node.memory,
+      )
+    )
+
+  return {**state, "opt_state": jax.tree.map(target, state["opt_state"], is_leaf=_is_memory)}
 
 
 def _put(sharding: NamedSharding, *arrays: np.ndarray) -> list[jax.Array]:
@@ -263,8 +400,14 @@ def recompute_batch_stats(
   return steps.mean_moments(moments)
 
 
-def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef, TrainState]:
-  """Builds the model and the training state, laid out on ``mesh`` as ``config.sharding`` says."""
+def init_state(
+  config, num_classes, image_shape, tx, mesh, spec: OptimizerSpec | None = None
+) -> tuple[nnx.GraphDef, TrainState]:
+  """Builds the model and the training state, laid out on ``mesh`` as ``config.sharding`` says.
+
+  With ``spec.compressed`` the error-feedback memory gets one row per device of the compression
+  axis, split along it; the rest is replicated.
+  """
   kwargs = dict(config.model_kwargs)
   kwargs.setdefault("in_channels", image_shape[-1])
   if config.model == "small_cnn":
@@ -277,14 +420,20 @@ def init_state(config, num_classes, image_shape, tx, mesh) -> tuple[nnx.GraphDef
   # rebuilt in Python on every jitted call, a host cost per array that grows with the optimizer
   # state (benchmarks/BENCHMARKS.md).
   params = nnx.to_pure_dict(params)
+  if spec is not None and spec.compressed:
+    with jax.set_mesh(mesh):  # compressed_mean's init sizes the memory by the mesh axis
+      opt_state = tx.init(params)
+  else:
+    opt_state = tx.init(params)
   state = {
     "params": params,
     "batch_stats": nnx.to_pure_dict(batch_stats),
-    "opt_state": tx.init(params),
+    "opt_state": opt_state,
     "step": jnp.zeros((), jnp.int32),
   }
-  layout = config.sharding
-  return graphdef, jax.device_put(state, sharding.shardings(state, mesh, layout))
+  if spec is None:
+    return graphdef, jax.device_put(state, sharding.shardings(state, mesh, config.sharding))
+  return graphdef, jax.device_put(state, state_shardings(state, mesh, config.sharding, spec))
 
 
 def _floats(values: np.ndarray) -> tuple[float, ...]:
@@ -418,6 +567,8 @@ CONFIG_CHOICES = {
   "dataset": ("cifar100", "imagenet", "fashion_mnist", "mnist5k"),
   "sharding": sharding.SHARDINGS,
   "model": tuple(sorted(MODELS)),
+  "grad_compression": compression.CHOICES,
+  "compression_axis": ("data",),  # the trainer's one mesh axis
 }
 
 
@@ -442,6 +593,14 @@ def train_and_evaluate(
   """
   view_list = optimizers.parse_views(config.optimizer)  # fails fast, before loading data
   config_checks.check(config, CONFIG_RANGES, CONFIG_CHOICES)
+  if config.get("grad_compression", compression.NONE) != compression.NONE:
+    if config.sharding != "replicated":
+      raise UserError(
+        f"config.grad_compression={config.grad_compression!r} needs config.sharding='replicated' "
+        f"(got {config.sharding!r}): compression exchanges whole per-device gradients, while "
+        "FSDP reduce-scatters them into shards; use sharding='replicated', or grad_compression="
+        "'none' with FSDP."
+      )
   rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
   data = input_pipeline.create_input(config)  # checks batch_size against the training set
   mesh = create_mesh(config.num_devices, config.platform or None)
@@ -453,16 +612,38 @@ def train_and_evaluate(
   batch_sharding = NamedSharding(mesh, P("data"))
   spec = OptimizerSpec.from_config(config, data.steps_per_epoch)
   tx, schedule = spec.build()
-  graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh)
+  graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh, spec)
   steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh, config.sharding)
   log_fields = ("train_loss", "test_accuracy", "reference_test_accuracy", "proximity")
   # The watchdog ends a multi-process run whose peer died or stalled (a collective that never
   # returns) with the relaunch message; it sits outside the run directory, which closes first.
+  # The error-feedback memory has one row per device. A checkpoint written on another device
+  # count is restored with its own rows and folded onto this one (rsgd.resize_memory: each device
+  # gets the mean memory, the gradient mass not yet applied); the run goes on from there.
+  saved_rows = saved_memory_rows(workdir) if spec.compressed else None
+  devices = mesh.shape[spec.compression_axis]
+  fold_memory = saved_rows is not None and saved_rows != devices
+  template = with_memory_rows(state, saved_rows, mesh) if fold_memory else state
   with (
     watchdog.for_run(config) as dog,
-    rundir.RunDirectory(config, workdir, view_list, template=state, log_fields=log_fields) as run,
+    rundir.RunDirectory(
+      config, workdir, view_list, template=template, log_fields=log_fields
+    ) as run,
   ):
     state = run.state
+    if fold_memory and run.start_epoch:
+      fold = jax.jit(
+        rsgd.resize_memory,
+        static_argnums=1,
+        out_shardings=state_shardings(template, mesh, config.sharding, spec),
+      )
+      state = fold(state, devices)
+      logger.info(
+        "The error-feedback memory was saved on %d devices; folded onto %d (each device starts "
+        "from the mean memory, rsgd.resize_memory).",
+        saved_rows,
+        devices,
+      )
     for epoch in range(run.start_epoch, config.num_epochs):
       started = time.time()
       # A divergence raises inside train_epoch, before anything of this epoch is written.

@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_devices = 0  # 0: every device
   config.platform = ""  # "": the default backend; or "cpu", "gpu", "tpu"
   config.sharding = "replicated"  # or "fsdp": params and optimizer state split along "data"
+  # Compressed gradient exchange with error feedback (replicated sharding only; see README).
+  config.grad_compression = "none"  # none | sign | sign-noef | topk@0.01 | topk-noef@0.01
+  config.compression_axis = "data"  # mesh axis the gradients are exchanged across, compressed
   # Several processes (examples/common/distributed.py): with the three below left empty, JAX detects
   # the cluster (SLURM, Open MPI, TPU); set all three on plain machines.
   config.distributed = False  # start several processes (jax.distributed)

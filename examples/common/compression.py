@@ -1,0 +1,97 @@
+"""``config.grad_compression``: the compressed gradient exchange of data-parallel trainers, by name.
+
+One string names the compressor and whether error feedback is on:
+
+* ``"none"``: the exact mean (the trainers' ordinary all-reduce; nothing changes).
+* ``"sign"``: scaled sign (packed sign bits and a scale per leaf) with error feedback.
+* ``"topk@F"``: the top fraction ``F`` of entries, ``0 < F <= 1``, as (index, value) pairs, with
+  error feedback (``"topk@0.01"``: 1%).
+* ``"sign-noef"``, ``"topk-noef@F"``: the same without error feedback (each device sends ``R(g_i)``
+  and keeps no memory): the ablation of the memory.
+
+:func:`exchange` builds :func:`rsgd_optax.compressed_mean` from it; the trainer chains it in front
+of the optimizer the registry builds (:mod:`examples.common.optimizers`).
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import optax
+
+import rsgd_optax as rsgd
+
+NONE = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+  """A parsed ``config.grad_compression``.
+
+  Attributes:
+    scheme: ``"sign"`` or ``"topk"``.
+    fraction: the top-k fraction (``None`` for sign).
+    error_feedback: whether each device keeps its error memory.
+  """
+
+  scheme: str
+  fraction: float | None
+  error_feedback: bool
+
+  def transform(self, axis_name: str) -> optax.GradientTransformation:
+    """:func:`rsgd_optax.compressed_mean` across ``axis_name``, used inside ``jax.shard_map``."""
+    scheme = rsgd.scaled_sign() if self.scheme == "sign" else rsgd.top_k(self.fraction)
+    return rsgd.compressed_mean(scheme, axis_name, error_feedback=self.error_feedback)
+
+
+def parse(value: str) -> Compression | None:
+  """``None`` for ``"none"``; else the parsed setting. Raises ``ValueError`` on anything else."""
+  if not isinstance(value, str):
+    raise ValueError(f"not a string: {value!r}")
+  if value == NONE:
+    return None
+  name, at, setting = value.partition("@")
+  scheme, _, suffix = name.partition("-")
+  if scheme not in ("sign", "topk") or suffix not in ("", "noef"):
+    raise ValueError(f"unknown compressor {name!r}")
+  error_feedback = suffix == ""
+  if scheme == "sign":
+    if at:
+      raise ValueError("sign takes no @ setting")
+    return Compression("sign", None, error_feedback)
+  if not at:
+    raise ValueError("topk needs its fraction after @, e.g. topk@0.01")
+  try:
+    fraction = float(setting)
+  except ValueError:
+    raise ValueError(f"the fraction after @ must be a number, got {setting!r}") from None
+  if not 0 < fraction <= 1:
+    raise ValueError(f"the fraction after @ must be in (0, 1], got {fraction}")
+  return Compression("topk", fraction, error_feedback)
+
+
+class Choices:
+  """The valid ``config.grad_compression`` values, for :func:`examples.common.config_checks.check`.
+
+  ``in`` parses the value; iterating lists the forms its message shows.
+  """
+
+  FORMS = (NONE, "sign", "sign-noef", "topk@F (0 < F <= 1, e.g. topk@0.01)", "topk-noef@F")
+
+  def __contains__(self, value: object) -> bool:
+    try:
+      parse(value)  # type: ignore[arg-type]
+    except ValueError:
+      return False
+    return True
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self.FORMS)
+
+
+CHOICES = Choices()
+
+
+def exchange(value: str, axis_name: str) -> optax.GradientTransformation | None:
+  """The exchange ``config.grad_compression`` names across ``axis_name``; ``None`` for ``"none"``."""
+  parsed = parse(value)
+  return None if parsed is None else parsed.transform(axis_name)
