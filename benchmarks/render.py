@@ -1,12 +1,14 @@
 """Markdown from the benchmark records: the goals table, then the measurements behind it.
 
 Nothing here measures or judges: the records come from :mod:`benchmarks.run` and
-:mod:`benchmarks.fsdp`, the goals' verdicts from :mod:`benchmarks.goals`.
+:mod:`benchmarks.fsdp` and :mod:`benchmarks.wire_bytes`, the goals' verdicts from :mod:`benchmarks.goals`.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from benchmarks import wire_bytes
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -83,6 +85,8 @@ def markdown(results: dict[str, Any]) -> str:
     ),
     "",
     *fsdp_lines(results["fsdp"]),
+    "",
+    *wire_bytes.markdown(results["wire_bytes"]),
     "",
     f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} CPUs, "
     f"jax {results['machine']['jax']} on {results['machine']['device_kind']} "

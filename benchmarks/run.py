@@ -6,7 +6,9 @@ Run from the repository root::
   python -m benchmarks.run --size tiny                      # seconds (the CI smoke test)
 
 Prints a Markdown table of the goals of the performance issue and writes every measurement as JSON.
-The FSDP rows (the tree sharded over 8 CPU devices) run in a subprocess: see ``benchmarks/fsdp.py``.
+The FSDP rows (the tree sharded over 8 CPU devices) and the rows of the compressed gradient exchange
+(bytes on the wire read from the compiled HLO, 8 CPU devices) run in subprocesses: see
+``benchmarks/fsdp.py`` and ``benchmarks/wire_bytes.py``.
 Timings are medians over interleaved rounds: each round runs every variant once, back to back, so
 drift of a shared machine cancels in the ratios (each ratio is the median of per-round ratios).
 """
@@ -28,7 +30,7 @@ import numpy as np
 import optax
 
 import rsgd_optax as rsgd
-from benchmarks import cli, cnn_step, fsdp, goals, render, resnet50_tree, timing
+from benchmarks import cli, cnn_step, fsdp, goals, render, resnet50_tree, timing, wire_bytes
 from rsgd_optax import _schemes, _topk
 
 
@@ -322,6 +324,9 @@ def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
   # In a process of its own: 8 host devices must be set before JAX starts.
   results["fsdp"] = fsdp.run_in_subprocess(
     size.width_scale, size.stage_blocks, size.rounds, size.fsdp_leaves
+  )
+  results["wire_bytes"] = wire_bytes.run_in_subprocess(
+    size.width_scale, size.stage_blocks, size.rounds
   )
   results["goals"] = goals.goal_rows(results)
   return results

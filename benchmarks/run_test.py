@@ -95,6 +95,26 @@ def test_tiny_benchmark_writes_table_and_json(tmp_path, capsys):
   assert [line.split(" | ")[0] for line in lines[first + 2 : first + 6]] == [
     f"| {name}" for name in rows
   ]
+  # The compressed exchange (8 CPU devices, in a subprocess): what the compiled HLO sends, per
+  # device and step, against the float32 all-reduce of the same gradients. Sign sends 1 bit and
+  # top-k 1% 8 bytes per 100 entries where the ring all-reduce sends 2 (P - 1) / P x 4 bytes.
+  wire = results["wire_bytes"]
+  assert set(wire["meshes"]) == {"data8", "host2xlocal4"}
+  for layout, mesh in wire["meshes"].items():
+    rows = mesh["exchanges"]
+    assert set(rows) == {"psum_f32", "sign_ef", "topk1pct_ef"}, layout
+    participants = mesh["participants"]
+    for name, expected in (("sign_ef", 64 / participants), ("topk1pct_ef", 100 / participants)):
+      assert rows[name]["slow_axis_bytes_ratio"] == pytest.approx(expected, rel=0.05), (
+        layout,
+        name,
+      )
+      assert rows[name]["step_seconds"] > 0 and rows[name]["step_ratio"] > 0
+  header = "| mesh | exchange | MiB sent / device | x fewer | slow-axis MiB | x fewer (slow) | "
+  assert [line.split(" | ")[:2] for line in lines if line.startswith("| data8 |")] == [
+    ["| data8", name] for name in ("psum_f32", "sign_ef", "topk1pct_ef")
+  ]
+  assert any(line.startswith(header) for line in lines)
 
 
 def test_batch_must_be_positive(capsys):
