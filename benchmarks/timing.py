@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
+
+import jax
 
 
 def interleaved(
@@ -33,3 +36,16 @@ def median(values: list[float]) -> float:
 def median_ratio(numerator: list[float], denominator: list[float]) -> float:
   """The median over rounds of the per-round ratio (variants of one round ran back to back)."""
   return median([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def carried_step(compiled: Callable, params: Any, state: Any, grads: Any) -> Callable[[], None]:
+  """A runner of a compiled ``(params, state, grads) -> (params, state)`` step for
+  :func:`interleaved`: each call feeds the step its previous output (the step may donate its
+  inputs) and waits for the result."""
+  carry = [params, state]
+
+  def run() -> None:
+    carry[:] = compiled(carry[0], carry[1], grads)
+    jax.block_until_ready(carry)
+
+  return run
