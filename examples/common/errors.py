@@ -10,21 +10,21 @@ class UserError(Exception):
   """Something the user can fix; the message says what is wrong and what to do."""
 
 
+class DataError(ValueError):
+  """A data file is missing, truncated or not in its format; the message names the file and what
+  to do. Each family's loaders raise a subclass of their own."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
   """What the entry point prints as one line: :class:`UserError` and the listed data/IO errors.
 
-  A missing file (FileNotFoundError: missing data), a full disk or unwritable workdir
-  (RunIOError), a diverged run, no readable checkpoint, a
-  checkpoint of another tree, and each family's data-format errors (imported here, not at the top, so
-  that importing :class:`UserError` stays light).
+  A missing file (FileNotFoundError: missing data), a file in the wrong format (DataError), a full
+  disk or unwritable workdir (RunIOError), a diverged run, no readable checkpoint, a checkpoint of
+  another tree (imported here, not at the top, so that importing :class:`UserError` stays light).
   """
   from examples.common.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
   from examples.common.metrics import RunIOError
   from examples.common.nonfinite import NonFiniteLossError
-  from examples.graph.graphsage_data import GraphDataError
-  from examples.graph.wordnet import WordNetFormatError
-  from examples.image_classification.datasets import DataFormatError
-  from examples.language_modeling.input_pipeline import CorpusError
 
   return (
     UserError,
@@ -32,9 +32,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     NoReadableCheckpointError,
     CheckpointMismatchError,
     FileNotFoundError,
-    DataFormatError,
-    GraphDataError,
-    WordNetFormatError,
-    CorpusError,
+    DataError,
     RunIOError,
   )

@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from examples.common.errors import DataError
 
-class GraphDataError(ValueError):
+
+class GraphDataError(DataError):
   """A GraphSAGE file is missing or malformed; the message names the file and what to do."""
 
 

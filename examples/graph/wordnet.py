@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from examples.common.errors import DataError
 from examples.graph.graphsage_data import write_graphsage
 
 # lexnames(5): lexicographer file numbers 3..28 are the noun files, in this order.
@@ -63,7 +64,7 @@ NOUN_LEXNAMES = (
 _FIRST_NOUN_LEXFILE = 3
 
 
-class WordNetFormatError(ValueError):
+class WordNetFormatError(DataError):
   """A line of a WordNet database file does not follow wndb(5)."""
 
 

@@ -23,10 +23,12 @@ import zlib
 
 import numpy as np
 
+from examples.common.errors import DataError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DataError):
   """A data file is missing, truncated or not in the expected format."""
 
 

@@ -22,11 +22,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from examples.common.errors import DataError
+
 SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
 
 
-class CorpusError(ValueError):
+class CorpusError(DataError):
   """The corpus cannot be read (a missing package, a corrupt or empty file): the message says what
   to do. The entry point prints it as one line."""
 
