@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
+
+HOST_DEVICES = 8
+HOST_DEVICE_FLAG = f"--xla_force_host_platform_device_count={HOST_DEVICES}"
 
 
 def positive_int(text: str) -> int:
@@ -29,3 +36,22 @@ def report(results: dict[str, Any], markdown: Callable[[dict[str, Any]], str], o
     with open(out, "w") as f:
       json.dump(results, f, indent=2)
   return results
+
+
+def run_on_host_devices(module: str, arguments: list[str]) -> dict[str, Any]:
+  """Runs ``python -m module --out <file> *arguments`` with 8 host (CPU) devices; its JSON back.
+
+  The device count is fixed when JAX starts, so a benchmark that needs a mesh runs in a process
+  of its own. Compile times are measured there, so JAX's persistent compilation cache is off.
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + HOST_DEVICE_FLAG).strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # a cached compile would time a file read
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "result.json")
+    command = [sys.executable, "-m", module, "--out", out, *arguments]
+    subprocess.run(command, check=True, cwd=root, env=env)
+    with open(out) as f:
+      return json.load(f)

@@ -15,12 +15,7 @@ The device count is fixed when JAX starts, so this runs as its own process::
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from typing import Any
 
@@ -33,8 +28,7 @@ from jax.sharding import PartitionSpec as P
 import rsgd_optax as rsgd
 from benchmarks import cli, render, resnet50_tree, timing
 
-DEVICES = 8
-DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
+DEVICES, DEVICE_FLAG = cli.HOST_DEVICES, cli.HOST_DEVICE_FLAG
 SGDM = {"learning_rate": 0.1, "momentum": 0.9}
 TOPK_FRACTION = 0.01
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
@@ -180,25 +174,9 @@ def run_in_subprocess(
   width_scale: float, stage_blocks: tuple[int, ...], rounds: int, leaf_subset: str = "all"
 ) -> dict:
   """:func:`fsdp_rows` in a fresh process with 8 host devices (CPU), its result read back."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + DEVICE_FLAG).strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # compile times are measured, never read back
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "fsdp.json")
-    command = [sys.executable, "-m", "benchmarks.fsdp", "--out", out, "--rounds", str(rounds)]
-    command += [
-      "--width-scale",
-      str(width_scale),
-      "--stage-blocks",
-      ",".join(map(str, stage_blocks)),
-      "--leaf-subset",
-      leaf_subset,
-    ]
-    subprocess.run(command, check=True, cwd=root, env=env)
-    with open(out) as f:
-      return json.load(f)
+  blocks = ",".join(map(str, stage_blocks))
+  arguments = ["--rounds", str(rounds), "--width-scale", str(width_scale), "--stage-blocks", blocks]
+  return cli.run_on_host_devices("benchmarks.fsdp", [*arguments, "--leaf-subset", leaf_subset])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -32,11 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from typing import Any
 
@@ -47,10 +43,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from benchmarks import resnet50_tree, timing
+from benchmarks import cli, resnet50_tree, timing
 
-DEVICES = 8
-DEVICE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
+DEVICES, DEVICE_FLAG = cli.HOST_DEVICES, cli.HOST_DEVICE_FLAG
 TOPK_FRACTION = 0.01
 LEARNING_RATE = 0.1
 MESHES = {"data8": ((8,), ("data",)), "host2xlocal4": ((2, 4), ("host", "local"))}
@@ -278,19 +273,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
 
 def run_in_subprocess(width_scale: float, stage_blocks: tuple[int, ...], rounds: int) -> dict:
   """:func:`wire_rows` in a fresh process with 8 host devices (CPU), its result read back."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + DEVICE_FLAG).strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # compile times are measured, never read back
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "wire_bytes.json")
-    command = [sys.executable, "-m", "benchmarks.wire_bytes", "--out", out, "--rounds", str(rounds)]
-    command += ["--width-scale", str(width_scale)]
-    command += ["--stage-blocks", ",".join(map(str, stage_blocks))]
-    subprocess.run(command, check=True, cwd=root, env=env)
-    with open(out) as f:
-      return json.load(f)
+  blocks = ",".join(map(str, stage_blocks))
+  arguments = ["--rounds", str(rounds), "--width-scale", str(width_scale), "--stage-blocks", blocks]
+  return cli.run_on_host_devices("benchmarks.wire_bytes", arguments)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import optax
 
 import rsgd_optax as rsgd
+from examples.common import config_checks
 
 NONE = "none"
 
@@ -60,13 +61,7 @@ def parse(value: str) -> Compression | None:
     return Compression("sign", None, error_feedback)
   if not at:
     raise ValueError("topk needs its fraction after @, e.g. topk@0.01")
-  try:
-    fraction = float(setting)
-  except ValueError:
-    raise ValueError(f"the fraction after @ must be a number, got {setting!r}") from None
-  if not 0 < fraction <= 1:
-    raise ValueError(f"the fraction after @ must be in (0, 1], got {fraction}")
-  return Compression("topk", fraction, error_feedback)
+  return Compression("topk", config_checks.fraction_after_at(setting), error_feedback)
 
 
 class Choices:

@@ -44,6 +44,21 @@ FRACTION = Range(0, 1, low_open=True)  # (0, 1]
 PROBABILITY = Range(0, 1, high_open=True)  # [0, 1): dropout rates, momentum
 
 
+def fraction_after_at(text: str) -> float:
+  """The number after an ``@`` (``rsgdm-topk@0.05``, ``topk@0.01``), which must lie in (0, 1].
+
+  Raises:
+    ValueError: ``text`` is no number, or one outside (0, 1]; the message says which.
+  """
+  try:
+    value = float(text)
+  except ValueError:
+    raise ValueError(f"the value after @ must be a number, got {text!r}") from None
+  if value not in FRACTION:
+    raise ValueError(f"the value after @ must be {FRACTION}, got {value}")
+  return value
+
+
 def check(
   config: Any,
   ranges: Mapping[str, Range],

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import optax
 
 import rsgd_optax as rsgd
+from examples.common import config_checks
 from examples.common.errors import UserError
 
 
@@ -161,12 +162,9 @@ def split_setting(name: str) -> tuple[str, float | None]:
       f"e.g. rsgdm-scale@0.25 or rsgdm-topk@0.05."
     )
   try:
-    setting = float(value)
-  except ValueError:
-    raise UserError(f"{name!r}: the value after @ must be a number, got {value!r}.") from None
-  if not 0 < setting <= 1:
-    raise UserError(f"{name!r}: the value after @ must be in (0, 1], got {setting}.")
-  return optimizer, setting
+    return optimizer, config_checks.fraction_after_at(value)
+  except ValueError as error:
+    raise UserError(f"{name!r}: {error}.") from None
 
 
 def _why(entry: OptimizerName) -> str:

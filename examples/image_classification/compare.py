@@ -24,13 +24,19 @@ from examples.image_classification import report, sweep
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
+def start(argv: list[str]) -> float:
+  """What a sweep script does first (this one and ``compressed_sweep``): refuses stray arguments,
+  sets the CPU runtime flag and the log levels; the start time."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cpu_runtime.prefer_small_temporaries()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save INFO lines
   logging.getLogger("examples").setLevel(logging.INFO)
-  started = time.time()
+  return time.time()
+
+
+def main(argv: list[str]) -> None:
+  started = start(argv)
   trainings = len(sweep.trainings(FLAGS.config)) * len(FLAGS.config.sweep.seeds)
   runs = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
   if not runs:

@@ -34,15 +34,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from benchmarks.wire_bytes import collectives
-from examples.common import compression, cpu_runtime, report
+from examples.common import compression, report
 from examples.common.errors import UserError
-from examples.image_classification import input_pipeline, sweep, train
+from examples.image_classification import compare, input_pipeline, sweep, train
 from examples.image_classification.report import find_runs
 
 FLAGS = flags.FLAGS
@@ -264,12 +263,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, output_dir: st
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cpu_runtime.prefer_small_temporaries()
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save INFO lines
-  logging.getLogger("examples").setLevel(logging.INFO)
-  started = time.time()
+  started = compare.start(argv)
   if not FLAGS.report_only:
     run_all(FLAGS.config, FLAGS.workdir)
   print(write_report(FLAGS.config, FLAGS.workdir, FLAGS.output_dir))

@@ -141,9 +141,19 @@ def run_processes(
     )
     for i in range(num_processes)
   ]
+  return wait_then_read(procs, logs, timeout_s)
+
+
+def wait_then_read(
+  procs: Sequence[subprocess.Popen], logs: Sequence[str], timeout_s: float
+) -> tuple[list[int | None], list[str]]:
+  """Waits at most ``timeout_s`` for every process, SIGKILLs what still runs, reads the logs.
+
+  Returns each process's exit code (``None``: still running at ``timeout_s``) and each log's text.
+  """
   try:
-    finished = wait_all(procs, time.monotonic() + timeout_s)
-    codes = [proc.poll() for proc in procs] if not finished else [p.returncode for p in procs]
+    wait_all(procs, time.monotonic() + timeout_s)
+    codes = [proc.poll() for proc in procs]  # before the kill: None marks a process that hung
   finally:
     kill(procs)
   outputs = []

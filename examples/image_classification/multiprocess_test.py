@@ -27,7 +27,7 @@ from examples.image_classification.multiprocess_stress import (
   run_processes,
   start,
   trainer_command,
-  wait_all,
+  wait_then_read,
 )
 
 pytestmark = pytest.mark.long
@@ -178,18 +178,11 @@ def test_two_processes_with_sign_compression_match_one(tmp_path):
       logs.append(str(tmp_path / f"processes{num_processes}-{i}.log"))
       command = trainer_command(data_dir, workdir, 1, views, *flags, *extra)
       procs.append(start(command, process_env(num_processes), logs[-1]))
-  try:
-    finished = wait_all(procs, time.monotonic() + TIMEOUT_S)
-  finally:
-    kill(procs)
-  outputs = []
-  for path in logs:
-    with open(path, errors="replace") as f:
-      outputs.append(f.read())
-  if not finished:
+  codes, outputs = wait_then_read(procs, logs, TIMEOUT_S)
+  if None in codes:
     pytest.fail(f"a trainer process did not finish within {TIMEOUT_S} s: {outputs[-1][-2000:]}")
-  for proc, output in zip(procs, outputs, strict=True):
-    assert proc.returncode == 0, output[-3000:]
+  for code, output in zip(codes, outputs, strict=True):
+    assert code == 0, output[-3000:]
   records = {}
   for num_processes in (1, 2):
     workdir = tmp_path / f"processes{num_processes}"

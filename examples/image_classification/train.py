@@ -195,27 +195,41 @@ def make_steps(
   replicated = NamedSharding(mesh, P())
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
-  def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
-    x = _standardize(images, mean, std)
-
-    # Fresh variables (copy=True) inside the gradient's trace, so that the train-mode forward
-    # pass may update the batch statistics there.
-    def loss_fn(params, batch_stats):
-      model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      logits = model(x, train=True)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"], state["batch_stats"]
-    )
+  def stepped(state: TrainState, grads: Any, batch_stats: Any) -> TrainState:
+    """The training state after one optimizer step on ``grads`` (and the new batch statistics)."""
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {
+    return {
       "params": optax.apply_updates(state["params"], updates),
       "batch_stats": batch_stats,
       "opt_state": opt_state,
       "step": state["step"] + 1,
     }
+
+  def loss_fn(params, batch_stats, images, labels, batch_axis: str | None = None):
+    """The training loss, and (logits, new batch statistics) as its auxiliary output.
+
+    Fresh variables (copy=True) inside the gradient's trace, so that the train-mode forward pass
+    may update the batch statistics there. With ``batch_axis`` (inside ``shard_map``), batch norm
+    normalizes with the statistics of the global batch (a pmean of each layer's per-channel
+    moments, a few floats next to the gradient): a compressed step then differs from the
+    uncompressed one only by the exchange, its numbers do not depend on the device count, and the
+    running statistics stay replicated. Per-device statistics (as PyTorch DDP without
+    SyncBatchNorm) would change the model with the device count.
+    """
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    if batch_axis is not None:
+      for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.BatchNorm):
+          module.axis_name = batch_axis
+    logits = model(_standardize(images, mean, std), train=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+  def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"], state["batch_stats"], images, labels
+    )
+    new_state = stepped(state, grads, batch_stats)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     if layout == "fsdp":  # keep each leaf split as it came in (GSPMD might gather it otherwise)
       new_state = jax.lax.with_sharding_constraint(
@@ -235,35 +249,13 @@ def make_steps(
       out_specs=(state_specs, P(), P()),
     )
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
-      x = _standardize(images, mean, std)
-
-      def loss_fn(params, batch_stats):
-        model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        # Batch norm normalizes with the statistics of the global batch (a pmean of each layer's
-        # per-channel moments, a few floats next to the gradient): the step then differs from
-        # the uncompressed one only by the compressed exchange, its numbers do not depend on the
-        # device count, and the running statistics stay replicated. Per-device statistics (as
-        # PyTorch DDP without SyncBatchNorm) would change the model with the device count.
-        for _, module in nnx.iter_modules(model):
-          if isinstance(module, nnx.BatchNorm):
-            module.axis_name = axis
-        logits = model(x, train=True)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-
       # The gradient at params marked as varying is this device's own (of its share of the
       # batch); at the replicated params, jax.grad would sum it over the devices first.
       local = jax.lax.pcast(state["params"], axis, to="varying")
       (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        local, state["batch_stats"]
+        local, state["batch_stats"], images, labels, axis
       )
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-      new_state = {
-        "params": optax.apply_updates(state["params"], updates),
-        "batch_stats": batch_stats,
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-      }
+      new_state = stepped(state, grads, batch_stats)
       accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
       # Equal shares of the batch: the mean of the devices' means is the batch mean.
       return new_state, jax.lax.pmean(loss, axis), jax.lax.pmean(accuracy, axis)
