@@ -142,26 +142,29 @@ def test_two_bfloat16_rows_share_16_bit_counter_indices():
 @pytest.mark.parametrize("rows", [1, 2])
 def test_radix_select_counts_no_padding_among_ties(rows):
   # A threshold of 0 is tied with every zero entry; the zeros padding each row's last tile must not
-  # be counted among them.
+  # be counted among them, nor be chosen as the last tie kept.
   rng = np.random.default_rng(4)
   arrays = [
     jnp.asarray(np.where(rng.random(300) < 0.1, 1.0, 0.0), jnp.float32) for _ in range(rows)
   ]
-  tiles = _topk._tile(arrays, list(range(rows)), [0] * rows)
-  assert tiles.padding.tolist() == [tiles.values.shape[1] - 300] * rows
-  keys = _topk._magnitude_keys(tiles.values)
+  tiles = _topk._tiles(arrays, list(range(rows)), [0] * rows)
+  assert tiles.values.size > 300 * rows  # padded
+  keys = [_topk._magnitude_keys(tiles.values)]
   nonzero = [int(jnp.sum(a != 0)) for a in arrays]
   need = jnp.asarray([n + 5 for n in nonzero], jnp.int32)
-  threshold, need_at_threshold, ties, tied = _topk._radix_select(
-    keys, tiles.row, tiles.padding, need, 31
-  )
+  threshold, need_at_threshold, _ = _topk._radix_select([tiles], keys, need, 31, 12)
   np.testing.assert_array_equal(threshold, 0)
   np.testing.assert_array_equal(need_at_threshold, 5)
-  np.testing.assert_array_equal(ties, [300 - n for n in nonzero])
-  # The tied flags mark every key equal to the threshold: the zero entries, and the padding.
-  valid = np.asarray(tiles.valid)
-  np.testing.assert_array_equal(np.asarray(tied)[valid], (np.asarray(tiles.values) == 0)[valid])
-  assert np.asarray(tied)[~valid].all()
+  # The last tie kept is each row's fifth zero, in flat order.
+  tied = [(keys[0] == tiles.per_slab(threshold)) & tiles.valid]
+  last = _topk._last_kept_tie([tiles], tied, need_at_threshold, split=False)
+  fifth_zero = [int(np.flatnonzero(np.asarray(a) == 0)[4]) for a in arrays]
+  np.testing.assert_array_equal(last, fifth_zero)
+  # With all zeros of a row kept, the last is its last zero, not a padding entry.
+  all_zeros = jnp.asarray([300 - n for n in nonzero], jnp.int32)
+  last = _topk._last_kept_tie([tiles], tied, all_zeros, split=False)
+  last_zero = [int(np.flatnonzero(np.asarray(a) == 0)[-1]) for a in arrays]
+  np.testing.assert_array_equal(last, last_zero)
 
 
 @pytest.mark.parametrize("bins", [256, 32_768, 65_536])
