@@ -271,7 +271,7 @@ def _select(leaves, rows: Sequence[int], offsets: Sequence[int], ks: Sequence[in
   # (ResNet-50 tree on CPU: a 1.1x slower top-k step when it always runs; FSDP: 1.3x). The flags
   # are the operand, not the keys: a leaf captured by a conditional is no longer updated in place.
   cut = lambda tied: _last_kept_tie(parts, tied, need, split)
-  keep_all = lambda tied: jnp.full(need.shape, jnp.iinfo(jnp.int32).max)
+  keep_all = lambda tied: jnp.full(need.shape, jnp.iinfo(jnp.int32).max, jnp.int32)
   last = jax.lax.cond(jnp.any(need < ties), cut, keep_all, tied)
   out = []
   for leaf, row, offset in zip(leaves, rows, offsets, strict=True):
