@@ -8,17 +8,16 @@ Every entry above ``T`` is kept and, of those equal to it, the ones with the low
 same ``k`` as a stable sort by descending magnitude, or :func:`jax.lax.top_k`.
 
 A selection has *rows* (a leaf each for per-leaf top-k, one for the global top-k) and counts their
-entries as *parts*, arrays whose last axis holds *slabs* of consecutive flat indices: the small
-leaves of a model copied together as tiles (one scatter a pass counts them all), a large leaf as a
-free ``(slabs, width)`` view of itself, and a leaf that may be split across devices in its own shape
-(its shards are counted where they lie; only counters are all-reduced, no leaf is gathered). Ties at
-``T`` are cut by counting the tied entries of each slab: a prefix sum over a row's slabs finds the
-slab of its last tie kept, and one within that slab the entry. Every leaf is masked in its own shape,
-so that XLA may write the result in place over it.
+entries as *parts*, arrays whose last axis holds *slabs* of consecutive flat indices: small leaves
+copied together as tiles (one scatter a pass counts them all), a large leaf as a free ``(slabs,
+width)`` view of itself, a leaf that may be split across devices in its own shape (its shards counted
+where they lie, only counters all-reduced). Ties at ``T`` are cut from per-slab counts of the tied
+entries, then one slab. Every leaf is masked in its own shape, so XLA may write the result in place.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -70,7 +69,7 @@ class _Part(NamedTuple):
 
 def _tiles(leaves: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[int]) -> _Part:
   """Copies ``leaves`` (row ``rows[i]``, first flat index ``offsets[i]``) into one tiled part."""
-  width = min(_TILE_WIDTH, 1 << max(0, int(max(a.size for a in leaves) - 1).bit_length()))
+  width = max(_CHUNK, min(_TILE_WIDTH, 1 << int(max(a.size for a in leaves) - 1).bit_length()))
   flat, slab_rows, starts, filled = [], [], [], []
   for leaf, row, offset in zip(leaves, rows, offsets, strict=True):
     first = np.arange(0, leaf.size, width, dtype=np.int32)  # each tile's first entry in the leaf
@@ -157,10 +156,9 @@ def _choose_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 def _radix_select(parts, keys, need: jax.Array, key_bits: int, digit_bits: int):
-  """Per row, the ``need``-th largest key of its parts' valid entries, how many equal to it are
-  among the ``need`` largest, and how many equal it (``need`` is from 1 to the row's number of
-  valid entries). Padding (key 0, in digit 0) may be among the last, never the others: a row's
-  valid entries alone reach ``need``."""
+  """Per row, the ``need``-th largest key of its parts' valid entries (``need`` >= 1), how many
+  equal to it are among the ``need`` largest, and how many equal it (padding may be among these,
+  never the others: padding is key 0, in digit 0, and a row's valid entries alone reach ``need``)."""
   prefix = jnp.zeros(need.shape, keys[0].dtype)
   passes = -(-key_bits // digit_bits)
   shift = key_bits
@@ -187,28 +185,36 @@ def _radix_select(parts, keys, need: jax.Array, key_bits: int, digit_bits: int):
   return prefix, need, ties
 
 
-def _last_kept_tie(parts: Sequence[_Part], tied, need: jax.Array, split: bool) -> jax.Array:
-  """Per row, the flat index of its ``need``-th ``tied`` entry, in flat order (``split``: the
-  parts are leaves that may be split across devices, in their own shapes)."""
-  slab_counts = []
-  for flags in tied:
-    width = flags.shape[-1]
-    if split:  # into counters, all-reduced: sharded counts would be gathered to be reshaped
-      by_slab = jnp.sum(flags, axis=-1, dtype=jnp.int32)
-      slab_counts.append(_count(_flat_index(by_slab.shape), by_slab, by_slab.size))
-    elif width % _CHUNK:
-      slab_counts.append(jnp.sum(flags, axis=-1, dtype=jnp.int32))
-    else:  # uint8 sums over chunks of 32 vectorize on XLA's CPU backend; int32 sums of rows do not
-      chunks = jnp.sum(flags.reshape(-1, width // _CHUNK, _CHUNK), axis=2, dtype=jnp.uint8)
-      slab_counts.append(jnp.sum(chunks, axis=1, dtype=jnp.int32))
+def _count_slabs(flags: jax.Array, split: bool) -> jax.Array:
+  """The number of True ``flags`` in each slab (each index of the leading axes), flattened."""
+  width = flags.shape[-1]
+  if split:  # into counters, all-reduced: sharded counts would be gathered to be reshaped
+    by_slab = jnp.sum(flags, axis=-1, dtype=jnp.int32)
+    return _count(_flat_index(by_slab.shape), by_slab, by_slab.size)
+  # uint8 sums over chunks of 32 vectorize on XLA's CPU backend; int32 sums of rows do not.
+  chunks = jnp.sum(flags.reshape(-1, width // _CHUNK, _CHUNK), axis=2, dtype=jnp.uint8)
+  return jnp.sum(chunks, axis=1, dtype=jnp.int32)
+
+
+def _last_kept_tie(parts, tied, need: jax.Array, ties: jax.Array, split: bool) -> jax.Array:
+  """Per row, the flat index of its ``need``-th ``tied`` entry in flat order, or the largest
+  int32 where it keeps all its ``ties`` (``split``: the parts are leaves that may be split across
+  devices, in their own shapes)."""
+  slab_counts, shared = [], len(parts) > len({part.first_row for part in parts})
+  for part, flags in zip(parts, tied, strict=True):
+    count = functools.partial(_count_slabs, split=split)
+    if not shared and len(parts) > 1:  # a part a row: only the rows that cut a tie are counted
+      row, none = part.first_row, lambda f: jnp.zeros(math.prod(f.shape[:-1]), jnp.int32)
+      count = functools.partial(jax.lax.cond, need[row] < ties[row], count, none)
+    slab_counts.append(count(flags).reshape(-1))
   # Every slab of the selection, ordered by row and then by flat index.
   slab_rows = np.concatenate([part.slab_rows for part in parts])
   starts = np.concatenate([part.slab_starts for part in parts])
   order = np.lexsort((starts, slab_rows))
   slab_rows, starts = slab_rows[order], starts[order]
-  counts = jnp.concatenate([c.reshape(-1) for c in slab_counts])[order]
+  counts = jnp.concatenate(slab_counts)[order]
   # Tied entries up to each slab's end within its row: the slab where that reaches `need` holds
-  # the entry sought (one per row, as every row keeps a tie).
+  # the entry sought (in each row that cuts a tie; the others keep all their ties, below).
   through = jnp.cumsum(counts)
   before_row = jnp.concatenate([jnp.zeros((1,), jnp.int32), through])
   within = through - before_row[np.searchsorted(slab_rows, slab_rows)]
@@ -229,12 +235,12 @@ def _last_kept_tie(parts: Sequence[_Part], tied, need: jax.Array, split: bool) -
       slab = _count(jnp.arange(by_entry.size), by_entry, by_entry.size)[None]
     else:
       slab = flags[local].astype(jnp.int32)
-    if len(parts) > len({p.first_row for p in parts}):  # rows shared by parts
+    if shared:
       slab = jnp.where(((local >= 0) & (local < end - begin))[:, None], slab, 0)
     blocks.append((part.first_row, jnp.pad(slab, ((0, 0), (0, longest - slab.shape[1])))))
   running = jnp.cumsum(_by_row(blocks), axis=1)
   position = jnp.sum(running < (need - within[hit] + counts[hit])[:, None], axis=1, dtype=jnp.int32)
-  return jnp.asarray(starts)[hit] + position
+  return jnp.where(need < ties, jnp.asarray(starts)[hit] + position, jnp.iinfo(jnp.int32).max)
 
 
 def _select(leaves, rows: Sequence[int], offsets: Sequence[int], ks: Sequence[int], split: bool):
@@ -267,10 +273,10 @@ def _select(leaves, rows: Sequence[int], offsets: Sequence[int], ks: Sequence[in
   threshold, need, ties = _radix_select(parts, keys, jnp.asarray(ks, jnp.int32), key_bits, bits)
   valid = [True if part.valid is None else part.valid for part in parts]
   tied = [(k == p.per_slab(threshold)) & v for p, k, v in zip(parts, keys, valid, strict=True)]
-  # The cut runs only where a row keeps fewer entries equal to its threshold than there are
-  # (ResNet-50 tree on CPU: a 1.1x slower top-k step when it always runs; FSDP: 1.3x). The flags
-  # are the operand, not the keys: a leaf captured by a conditional is no longer updated in place.
-  cut = lambda tied: _last_kept_tie(parts, tied, need, split)
+  # Ties are cut only where a row keeps fewer of them than it has (run always: a 1.1x slower top-k
+  # step on the ResNet-50 tree, 1.3x under FSDP). The flags, not the keys, are the operand: a leaf
+  # captured by a conditional is no longer updated in place.
+  cut = lambda tied: _last_kept_tie(parts, tied, need, ties, split)
   keep_all = lambda tied: jnp.full(need.shape, jnp.iinfo(jnp.int32).max, jnp.int32)
   last = jax.lax.cond(jnp.any(need < ties), cut, keep_all, tied)
   out = []
@@ -284,10 +290,9 @@ def _select(leaves, rows: Sequence[int], offsets: Sequence[int], ks: Sequence[in
 
 
 def _may_be_split(x: jax.Array) -> bool:
-  """Whether ``x`` may be split across devices, so that it must be selected in its own shape: on a
-  mesh of several devices, when its partition spec names an (explicit) axis or the mesh has
-  ``Auto`` axes (the partitioner's choice, unseen by a trace); not on one device, replicated over
-  explicit axes, or local to a ``shard_map`` body."""
+  """Whether ``x`` may be split across devices (so is selected in its own shape): on a mesh of
+  several devices, if its spec names an axis or the mesh has ``Auto`` axes (unseen by a trace); not
+  on one device, replicated over explicit axes, or local to a ``shard_map`` body."""
   sharding = jax.typeof(x).sharding
   mesh = getattr(sharding, "mesh", None)
   if mesh is None or mesh.empty or mesh.size <= 1:
@@ -327,11 +332,8 @@ def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[ja
 
 
 def keep_top_k_global(leaves: Sequence[jax.Array], k: int) -> list[jax.Array]:
-  """Keeps the ``k`` largest-magnitude entries across all leaves together.
-
-  Magnitudes are compared in the leaves' common dtype; ties go to the earlier leaf, then to the lower
-  flat index, as in a stable sort of the concatenated leaves.
-  """
+  """Keeps the ``k`` largest-magnitude entries across all leaves together, compared in the leaves'
+  common dtype; ties go to the earlier leaf, then to the lower flat index (a stable sort's order)."""
   k = int(k)
   if not leaves or k >= sum(leaf.size for leaf in leaves):
     return list(leaves)

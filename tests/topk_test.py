@@ -152,19 +152,25 @@ def test_radix_select_counts_no_padding_among_ties(rows):
   keys = [_topk._magnitude_keys(tiles.values)]
   nonzero = [int(jnp.sum(a != 0)) for a in arrays]
   need = jnp.asarray([n + 5 for n in nonzero], jnp.int32)
-  threshold, need_at_threshold, _ = _topk._radix_select([tiles], keys, need, 31, 12)
+  threshold, need_at_threshold, ties = _topk._radix_select([tiles], keys, need, 31, 12)
   np.testing.assert_array_equal(threshold, 0)
   np.testing.assert_array_equal(need_at_threshold, 5)
+  # The last pass's tie count includes the padding; the cut must not.
+  zeros = jnp.asarray([300 - n for n in nonzero], jnp.int32)
+  padding = tiles.values.shape[1] - 300
+  np.testing.assert_array_equal(ties, zeros + padding)
   # The last tie kept is each row's fifth zero, in flat order.
   tied = [(keys[0] == tiles.per_slab(threshold)) & tiles.valid]
-  last = _topk._last_kept_tie([tiles], tied, need_at_threshold, split=False)
+  last = _topk._last_kept_tie([tiles], tied, need_at_threshold, ties, split=False)
   fifth_zero = [int(np.flatnonzero(np.asarray(a) == 0)[4]) for a in arrays]
   np.testing.assert_array_equal(last, fifth_zero)
   # With all zeros of a row kept, the last is its last zero, not a padding entry.
-  all_zeros = jnp.asarray([300 - n for n in nonzero], jnp.int32)
-  last = _topk._last_kept_tie([tiles], tied, all_zeros, split=False)
+  last = _topk._last_kept_tie([tiles], tied, zeros, ties, split=False)
   last_zero = [int(np.flatnonzero(np.asarray(a) == 0)[-1]) for a in arrays]
   np.testing.assert_array_equal(last, last_zero)
+  # A row that keeps every tie needs no cut.
+  last = _topk._last_kept_tie([tiles], tied, zeros, zeros, split=False)
+  np.testing.assert_array_equal(last, np.iinfo(np.int32).max)
 
 
 @pytest.mark.parametrize("bins", [256, 32_768, 65_536])
