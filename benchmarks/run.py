@@ -31,6 +31,7 @@ import optax
 
 import rsgd_optax as rsgd
 from benchmarks import cli, cnn_step, fsdp, goals, render, resnet50_tree, timing, wire_bytes
+from examples.common import machine as examples_machine
 from rsgd_optax import _schemes, _topk
 
 
@@ -91,6 +92,8 @@ def machine() -> dict[str, Any]:
     "device_count": jax.device_count(),
     "settings": {name: os.environ[name] for name in PERFORMANCE_SETTINGS if os.environ.get(name)},
   }
+  described = examples_machine.describe()  # the CPU's model, family and vector extensions
+  info.update(cpu=described["cpu"], cpu_id=described["cpu_id"], jaxlib=described["jaxlib"])
   try:
     import torch
 

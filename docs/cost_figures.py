@@ -60,7 +60,10 @@ def machine_line(results: dict[str, Any]) -> str:
   """The machine a results file was measured on, as the file records it."""
   machine = results["machine"]
   if machine["backend"] == "cpu":
-    where = f"{machine['processor']} CPU, {machine['cpu_count']} cores (model not recorded)"
+    model = (
+      f"{machine['cpu']} ({machine['cpu_id']})" if machine.get("cpu") else "model not recorded"
+    )
+    where = f"{machine['processor']} CPU, {machine['cpu_count']} cores, {model}"
   else:
     where = f"{machine['device_kind']} ({machine['cpu_count']} host CPUs)"
   return f"{where}, jax {machine['jax']}"
