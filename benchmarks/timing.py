@@ -11,18 +11,21 @@ import jax
 
 
 def interleaved(
-  variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+  variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, alternate: bool = False
 ) -> dict[str, list[float]]:
   """Seconds per call of each variant, ``rounds`` times, the variants alternating within a round.
 
-  Each callable must block until its work is done (``jax.block_until_ready``).
+  Each callable must block until its work is done (``jax.block_until_ready``). ``alternate`` runs
+  every other round in reverse order: a variant timed right after another heavy one can be slowed
+  by it (two top-k engines: about 6% either way), and reversing cancels that in the medians.
   """
   for _ in range(warmup):
     for run in variants.values():
       run()
   times: dict[str, list[float]] = {name: [] for name in variants}
-  for _ in range(rounds):
-    for name, run in variants.items():
+  for i in range(rounds):
+    order = list(variants.items())
+    for name, run in reversed(order) if alternate and i % 2 else order:
       start = time.perf_counter()
       run()
       times[name].append(time.perf_counter() - start)

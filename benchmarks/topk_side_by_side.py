@@ -92,7 +92,7 @@ def _compile_and_time(variants, lower, run_args, rounds: int, step_rounds: int) 
         jax.block_until_ready(carry)
 
       runners[name] = run
-    result["step"] = _summary(timing.interleaved(runners, step_rounds))
+    result["step"] = _summary(timing.interleaved(runners, step_rounds, alternate=True))
   return result
 
 
