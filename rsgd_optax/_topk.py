@@ -87,15 +87,18 @@ def _tiles(leaves: Sequence[jax.Array], rows: Sequence[int], offsets: Sequence[i
 def _own_part(leaf: jax.Array, row: int, offset: int, split: bool) -> _Part:
   """``leaf`` as a part of its own: in its own shape if ``split``, else as a free 2-D view."""
   width = (leaf.shape[-1] if leaf.ndim else 1) if split else math.gcd(leaf.size, _TILE_WIDTH)
-  slabs = leaf.size // width
+  slabs, starts = leaf.size // width, offset + width * np.arange(leaf.size // width, dtype=np.int32)
   values = leaf if split else leaf.reshape(slabs, width)
-  starts = offset + width * np.arange(slabs, dtype=np.int32)
   return _Part(values, None, row, np.full(slabs, row, np.int32), starts)
 
 
+def _viewed(leaf: jax.Array) -> bool:
+  """Whether a leaf on one device is counted as a view of itself (slabs of 32 entries or more)."""
+  return leaf.size >= _OWN_PART_SIZE and math.gcd(leaf.size, _TILE_WIDTH) >= _CHUNK
+
+
 def _digit_bits(rows_in_a_scatter: int, row_size: int, split: bool) -> int:
-  """The widest digit: one scatter's counters fit a cache, and a split leaf's all-reduced
-  counters stay near a sixteenth of its entries."""
+  """The widest digit: counters of a scatter fit a cache; a split leaf's, a 16th of its entries."""
   bits = _MAX_COUNTER_BITS - int(rows_in_a_scatter - 1).bit_length()
   if split:
     bits = min(bits, int(row_size - 1).bit_length() - 4)
@@ -257,7 +260,7 @@ def _select(leaves, rows: Sequence[int], offsets: Sequence[int], ks: Sequence[in
       return jax.sharding.auto_axes(select, out_sharding=[s.spec for s in shardings])(leaves)
   parts, small = [], []
   for i, (leaf, row, offset) in enumerate(zip(leaves, rows, offsets, strict=True)):
-    if split or (leaf.size >= _OWN_PART_SIZE and math.gcd(leaf.size, _TILE_WIDTH) >= _CHUNK):
+    if split or _viewed(leaf):
       parts.append(_own_part(leaf, row, offset, split))
     else:
       small.append(i)
@@ -309,11 +312,9 @@ def keep_top_k(x: jax.Array, k: int) -> jax.Array:
 
 
 def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[jax.Array]:
-  """Keeps the ``ks[i]`` largest-magnitude entries of each ``leaves[i]``, zeroing the rest.
-
-  Leaves of one dtype width and digit width are selected together: the small ones copied into
-  one tiled part (one scatter a pass for all of them), the large ones each viewed in place.
-  """
+  """Keeps the ``ks[i]`` largest-magnitude entries of each ``leaves[i]``, zeroing the rest. Leaves
+  of one dtype width and digit width are selected together: the small ones copied into one tiled
+  part (one scatter a pass for all of them), the large ones each viewed in place."""
   if len(leaves) != len(ks):
     raise ValueError(f"Got {len(leaves)} leaves but {len(ks)} values of k.")
   out = [jnp.zeros_like(leaf) if int(k) <= 0 else leaf for leaf, k in zip(leaves, ks, strict=True)]
@@ -321,7 +322,7 @@ def keep_top_k_leaves(leaves: Sequence[jax.Array], ks: Sequence[int]) -> list[ja
   for i, (leaf, k) in enumerate(zip(leaves, ks, strict=True)):
     if 0 < int(k) < leaf.size:
       split = _may_be_split(leaf)
-      bits = -1 if not split and leaf.size < _OWN_PART_SIZE else _digit_bits(1, leaf.size, split)
+      bits = _digit_bits(1, leaf.size, split) if split or _viewed(leaf) else -1
       groups.setdefault((jnp.dtype(leaf.dtype).itemsize, split, bits), []).append(i)
   for (_, split, _), members in groups.items():
     n, member_ks = len(members), [int(ks[i]) for i in members]

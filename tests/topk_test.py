@@ -130,6 +130,19 @@ def test_several_large_leaves_each_selected_on_its_own():
     assert int(jnp.sum(actual != 0)) == k
 
 
+def test_large_leaves_of_odd_sizes_are_tiled_beside_viewed_ones():
+  # Large leaves whose sizes have no factor of 32 are copied into tiles; rows of tiles and rows of
+  # views alternate here, in one call.
+  leaves = [
+    _data("ties", ((1 << 18) + 1,), jnp.float32, 1),
+    _data("normal", (512, 1024), jnp.float32, 2),
+    _data("ties", (3, (1 << 17) + 1), jnp.float32, 3),
+  ]
+  ks = (2_621, 5_242, 39_322)
+  for actual, x, k in zip(_leaves_fn(ks)(leaves), leaves, ks, strict=True):
+    assert_same(actual, reference_keep(x, k), x)
+
+
 def test_two_bfloat16_rows_share_16_bit_counter_indices():
   # Two rows of 15-bit digits fill exactly 2**16 counters: the one case where a shared layout's
   # histogram indices (row offset included) are 16-bit.
