@@ -210,10 +210,9 @@ def _last_kept_tie(parts, tied, need: jax.Array, ties: jax.Array, split: bool) -
       row, none = part.first_row, lambda f: jnp.zeros(math.prod(f.shape[:-1]), jnp.int32)
       count = functools.partial(jax.lax.cond, need[row] < ties[row], count, none)
     slab_counts.append(count(flags).reshape(-1))
-  # Every slab of the selection, ordered by row and then by flat index.
   slab_rows = np.concatenate([part.slab_rows for part in parts])
   starts = np.concatenate([part.slab_starts for part in parts])
-  order = np.lexsort((starts, slab_rows))
+  order = np.lexsort((starts, slab_rows))  # every slab of the selection, by row, then flat index
   slab_rows, starts = slab_rows[order], starts[order]
   counts = jnp.concatenate(slab_counts)[order]
   # Tied entries up to each slab's end within its row: the slab where that reaches `need` holds
@@ -226,12 +225,13 @@ def _last_kept_tie(parts, tied, need: jax.Array, ties: jax.Array, split: bool) -
   hit = jnp.zeros(need.shape, jnp.int32).at[slab_rows].max(jnp.where(crossing, slab_index, 0))
   # The tied flags of each row's hit slab, from the part that holds it (zeros from the others).
   part_ends = np.cumsum([len(part.slab_rows) for part in parts])
+  hit_slab = jnp.asarray(order)[hit]  # each row's hit slab, numbered as the parts list them
   longest = max(flags.shape[-1] for flags in tied)
   blocks = []
   for part, flags, end in zip(parts, tied, part_ends, strict=True):
     begin = end - len(part.slab_rows)
     rows = slice(part.first_row, part.first_row + part.rows)
-    local = jnp.asarray(order)[hit[rows]] - begin  # the hit slab's index within the part
+    local = hit_slab[rows] - begin  # the hit slab's index within the part
     if split:  # counted: a gather of one slab might gather the leaf across devices
       in_slab = _flat_index(flags.shape[:-1])[..., None] == local[0]
       by_entry = jnp.sum(flags & in_slab, axis=tuple(range(flags.ndim - 1)), dtype=jnp.int32)
