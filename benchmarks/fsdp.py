@@ -152,7 +152,7 @@ def _fsdp_rows(
       "temp_bytes_per_device": int(compiled.memory_analysis().temp_size_in_bytes),
       "compile_seconds": compile_seconds,
     }
-    runners[name] = timing.carried_step(compiled, params, state, grads)
+    runners[name] = timing.carried_step(compiled, [params, state], [grads])
   times = timing.interleaved(runners, rounds)
   for name, row in rows.items():
     row["step_seconds"] = timing.median(times[name])

@@ -41,14 +41,14 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
   return median([a / b for a, b in zip(numerator, denominator, strict=True)])
 
 
-def carried_step(compiled: Callable, params: Any, state: Any, grads: Any) -> Callable[[], None]:
-  """A runner of a compiled ``(params, state, grads) -> (params, state)`` step for
-  :func:`interleaved`: each call feeds the step its previous output (the step may donate its
-  inputs) and waits for the result."""
-  carry = [params, state]
+def carried_step(compiled: Callable, carry: list[Any], fixed: list[Any]) -> Callable[[], None]:
+  """A runner of a compiled step ``(*carry, *fixed) -> (*carry, ...)`` for :func:`interleaved`:
+  each call feeds the step its previous carried outputs (the step may donate them), drops any
+  further outputs, and waits for the result."""
+  carry = list(carry)
 
   def run() -> None:
-    carry[:] = compiled(carry[0], carry[1], grads)
+    carry[:] = list(compiled(*carry, *fixed))[: len(carry)]
     jax.block_until_ready(carry)
 
   return run

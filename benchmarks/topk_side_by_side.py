@@ -17,7 +17,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Any
@@ -56,7 +55,7 @@ def _summary(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
   return {
     name: {
-      "median_seconds": statistics.median(values),
+      "median_seconds": timing.median(values),
       "ratio_to_sgdm": timing.median_ratio(values, seconds["sgdm"]),
       "all_seconds": values,
     }
@@ -66,7 +65,6 @@ def _summary(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 def _compile_and_time(variants, lower, run_args, rounds: int, step_rounds: int) -> dict[str, Any]:
   """Compile seconds (``rounds`` interleaved), temporaries and step seconds of each variant."""
-  import jax
 
   from benchmarks import timing
   from rsgd_optax import _schemes
@@ -82,16 +80,9 @@ def _compile_and_time(variants, lower, run_args, rounds: int, step_rounds: int) 
   result: dict[str, Any] = {"compile": _summary(seconds)}
   result["temp_bytes"] = {n: c.memory_analysis().temp_size_in_bytes for n, c in compiled.items()}
   if step_rounds:
-    runners = {}
-    for name, (tx, _) in variants.items():
-      carry, fixed = run_args(tx)
-
-      def run(c=compiled[name], carry=carry, fixed=fixed) -> None:
-        # The step's first outputs are its carried inputs (donated or not), the rest is dropped.
-        carry[:] = list(c(*carry, *fixed))[: len(carry)]
-        jax.block_until_ready(carry)
-
-      runners[name] = run
+    runners = {
+      name: timing.carried_step(compiled[name], *run_args(tx)) for name, (tx, _) in variants.items()
+    }
     result["step"] = _summary(timing.interleaved(runners, step_rounds, alternate=True))
   return result
 
@@ -185,10 +176,10 @@ def main() -> None:
   )
   parser.add_argument("--out", default=None, help="write the result as JSON here")
   args = parser.parse_args()
-  if args.what == "fsdp":
-    os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+  if args.what == "fsdp":  # before JAX starts
+    from benchmarks import cli
+
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + cli.HOST_DEVICE_FLAG).strip()
   import jax
 
   result = {"what": args.what, "machine": {"jax": jax.__version__, "platform": sys.platform}}

@@ -204,7 +204,7 @@ def mesh_rows(layout: str, shapes: dict[str, tuple[int, ...]], rounds: int) -> d
         "bytes_sent_per_device_by_axis": by_axis,
         "compile_seconds": compile_seconds,
       }
-      runners[name] = timing.carried_step(compiled, params, state, grads)
+      runners[name] = timing.carried_step(compiled, [params, state], [grads])
     times = timing.interleaved(runners, rounds) if rounds else {}
   slow = names[0]
   base = rows["psum_f32"]
