@@ -18,6 +18,7 @@ Where things are (imports go one way: each module imports only modules above it 
   function, for every state) and ``proximity``.
 - ``_averaging``: ASGD / RASGD iterate averaging, switched on by the NT-ASGD trigger.
 - ``_compressed``: compressed data-parallel gradient exchange with error feedback (``shard_map``).
+- ``_finite``: skipping a non-finite step on every device at once, inside ``shard_map``.
 """
 
 from rsgd_optax._averaging import (
@@ -27,6 +28,7 @@ from rsgd_optax._averaging import (
   start_averaging,
 )
 from rsgd_optax._compressed import CompressedMeanState, compressed_mean, memory_specs, resize_memory
+from rsgd_optax._finite import apply_if_finite_across
 from rsgd_optax._lookup import eval_params, find_averaging_state, find_residual_state, proximity
 from rsgd_optax._residual import (
   compress,
@@ -49,6 +51,7 @@ __all__ = (
   "ResidualState",
   "Scheme",
   "StepAwareScheme",
+  "apply_if_finite_across",
   "averaging_started",
   "compress",
   "compressed_mean",

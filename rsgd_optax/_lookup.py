@@ -190,7 +190,10 @@ def eval_params(opt_state: PyTree, params: PyTree, which: int | str | None = Non
   ``params`` are the base optimizer's iterate ``y`` (where gradients are taken); the residual ``r`` is
   read from the :class:`ResidualState` found anywhere in ``opt_state``. The sum is formed in the wider
   of the two dtypes and returned in each parameter's dtype, in the structure of ``params``. Leaves
-  without a residual (integer or masked-out) are returned unchanged.
+  without a residual (integer or masked-out) are returned unchanged: the residual transformations
+  pass an integer leaf's update through whole and keep no residual for it (a residual of a
+  fraction of an integer step cannot be held in its dtype), so for such a leaf ``x = y``, the base
+  optimizer's value, by design rather than by omission.
 
   When the state holds :func:`rsgd_optax.iterate_averaging` (ASGD, and with a residual inside it the
   paper's RASGD), the result is the average of ``x`` (of ``y`` when the averaging wraps no residual)
