@@ -4,8 +4,9 @@ Every example selects its optimizer with ``config.optimizer``; this module is th
 knows what a name means. Each registered name (:data:`REGISTRY`) says which Optax base optimizer it
 steps with, which trajectory its parameters follow, and what comes after the base:
 
-* ``sgd``/``sgdm``, ``adam``, ``adagrad``: the base optimizers (``m`` = heavy-ball momentum).
-* ``rsgd-*``/``rsgdm-*``/``adam-*``: the base followed by ``rsgd.residual(scheme)``: parameters
+* ``sgd``/``sgdm``, ``adam``, ``adamw``, ``adagrad``: the base optimizers (``m`` = heavy-ball
+  momentum; ``adamw`` = Adam with decoupled weight decay on the matrices, Loshchilov & Hutter 2019).
+* ``rsgd-*``/``rsgdm-*``/``adam-*``/``adamw-*``: the base followed by ``rsgd.residual(scheme)``: parameters
   follow the base trajectory, ``rsgd.eval_params`` gives the RSGD point (scheme ``scale``,
   ``sign`` or ``topk``).
 * ``signsgd``/``signsgdm``: the base followed by ``rsgd.compress(rsgd.scaled_sign())``: the model
@@ -21,12 +22,15 @@ each name's point. A ``*-scale`` or ``*-topk`` name may carry its own setting af
 One chain layout for one view or many: ``chain(base, *tails)`` where ``base`` is
 ``[add_decayed_weights ->] base optimizer`` and ``tails`` are the views' residuals (or the one
 compression) in list order. Weight decay is added to the gradient before the base optimizer, as
-PyTorch's ``SGD(weight_decay=)`` does (the paper's experiments used PyTorch), not decoupled.
+PyTorch's ``SGD(weight_decay=)`` does (the paper's experiments used PyTorch), not decoupled; except
+for ``adamw``, whose decay is decoupled (``optax.adamw``) and skips vectors (biases, norm scales).
+With ``clip_norm > 0`` the gradient is first clipped to that global norm.
 """
 
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import optax
 
 import rsgd_optax as rsgd
@@ -40,7 +44,8 @@ class OptimizerName:
 
   Attributes:
     name: e.g. ``"rsgdm-scale"``.
-    base: the Optax base optimizer it steps with: ``sgd``, ``sgdm``, ``adam`` or ``adagrad``.
+    base: the Optax base optimizer it steps with: ``sgd``, ``sgdm``, ``adam``, ``adamw`` or
+      ``adagrad``.
     tail: what follows the base: ``None``, ``"residual"``, ``"compress"`` or ``"error_feedback"``.
     scheme: the residual scheme (``"scale"``, ``"sign"``, ``"topk"``), or ``None``.
   """
@@ -67,7 +72,7 @@ class OptimizerName:
 
 
 _SCHEMES = ("scale", "sign", "topk")
-_PREFIX = {"sgd": "rsgd", "sgdm": "rsgdm", "adam": "adam"}
+_PREFIX = {"sgd": "rsgd", "sgdm": "rsgdm", "adam": "adam", "adamw": "adamw"}
 
 REGISTRY: dict[str, OptimizerName] = {
   entry.name: entry
@@ -83,6 +88,8 @@ REGISTRY: dict[str, OptimizerName] = {
     OptimizerName("adam", "adam"),
     OptimizerName("adagrad", "adagrad"),
     *(OptimizerName(f"adam-{s}", "adam", "residual", s) for s in _SCHEMES),
+    OptimizerName("adamw", "adamw"),
+    *(OptimizerName(f"adamw-{s}", "adamw", "residual", s) for s in _SCHEMES),
   )
 }
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(REGISTRY)
@@ -92,6 +99,7 @@ _TRAJECTORY_WORDS = {
   "sgd": "plain SGD's trajectory",
   "sgdm": "SGD with momentum's trajectory",
   "adam": "Adam's trajectory",
+  "adamw": "AdamW's trajectory",
 }
 
 
@@ -241,10 +249,21 @@ def base_optimizer(
   *,
   momentum: float = 0.9,
   weight_decay: float = 0.0,
+  clip_norm: float = 0.0,
 ) -> optax.GradientTransformation:
-  """``[add_decayed_weights ->] base``: the part of the chain every view shares."""
+  """``[clip ->] [add_decayed_weights ->] base``: the part of the chain every view shares."""
   _check_hyperparameters(momentum, weight_decay)
+  if clip_norm < 0:
+    raise UserError(f"clip_norm must be >= 0 (0: no clipping), got {clip_norm}.")
   base = views[0].entry.base
+  clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+  if base == "adamw":
+    # Decoupled decay on matrices and embeddings only: decaying biases and norm scales toward
+    # zero is not what weight decay is for (GPT-2, nanoGPT and Flax's LM examples skip them).
+    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+      *clip, optax.adamw(learning_rate, b2=0.95, weight_decay=weight_decay, mask=matrices)
+    )
   if base == "sgd":
     step = optax.sgd(learning_rate)
   elif base == "sgdm":
@@ -253,7 +272,8 @@ def base_optimizer(
     step = optax.adam(learning_rate)
   else:  # adagrad
     step = optax.adagrad(learning_rate)
-  return optax.chain(optax.add_decayed_weights(weight_decay), step) if weight_decay else step
+  decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  return optax.chain(*clip, *decay, step) if clip or decay else step
 
 
 def view_tails(
@@ -282,6 +302,7 @@ def make_optimizer(
   weight_decay: float = 0.0,
   alpha: float = 1 / 16,
   topk_fraction: float = 0.01,
+  clip_norm: float = 0.0,
 ) -> optax.GradientTransformation:
   """The one optimizer of one view or many: ``chain(base, *tails)`` (one layout for both).
 
@@ -290,15 +311,19 @@ def make_optimizer(
       views :func:`parse_views` made of it.
     learning_rate: a constant or an ``optax.Schedule`` of the step count.
     momentum: heavy-ball momentum of the ``...m`` bases (ignored by the others).
-    weight_decay: L2 coefficient added to the gradient before the base optimizer.
+    weight_decay: L2 coefficient added to the gradient before the base optimizer (``adamw``:
+      its decoupled decay, on parameters of two or more dimensions).
     alpha: the scaling scheme's ``alpha`` (``*-scale`` without an ``@`` value).
     topk_fraction: fraction of entries the top-k scheme keeps (``*-topk`` without an ``@`` value).
+    clip_norm: clip the gradient to this global norm first (``0``: no clipping).
 
   Raises:
     UserError: an unknown name, a list that cannot share a training, a hyperparameter out of range.
   """
   views = parse_views(views) if isinstance(views, str) else list(views)
-  base = base_optimizer(views, learning_rate, momentum=momentum, weight_decay=weight_decay)
+  base = base_optimizer(
+    views, learning_rate, momentum=momentum, weight_decay=weight_decay, clip_norm=clip_norm
+  )
   tails = view_tails(views, alpha=alpha, topk_fraction=topk_fraction)
   return optax.chain(base, *(tail for tail in tails if tail is not None))
 

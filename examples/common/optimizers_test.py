@@ -67,7 +67,8 @@ def _reference(name):
 
 # Adam's first steps have equal-magnitude entries (about lr * sign), so top-k's choice among ties
 # rests on float32 rounding; adam-topk gets its own tie-free test below.
-_EXACT = [n for n in optimizers.OPTIMIZER_NAMES if n != "adam-topk"]
+# AdamW's decoupled decay needs the iterate itself, not only the gradient: its own test below.
+_EXACT = [n for n in optimizers.OPTIMIZER_NAMES if n != "adam-topk" and not n.startswith("adamw")]
 
 
 @pytest.mark.parametrize("name", _EXACT)
@@ -275,3 +276,49 @@ def test_registry_entries():
   ]
   assert optimizers.lookup("rsgdm-topk").setting == "topk_fraction"
   assert optimizers.lookup("rsgdm-sign").setting is None
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw-scale", "adamw-sign"])
+def test_adamw_decays_the_matrices_decoupled_and_clips_first(name):
+  """AdamW (b2 = 0.95) after clipping to a global norm, decay ``-lr wd y`` on matrices only."""
+  clip = 0.5
+  tx = optimizers.make_optimizer(
+    name, LR, weight_decay=WD, alpha=ALPHA, topk_fraction=FRACTION, clip_norm=clip
+  )
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), START)
+  state = tx.init(params)
+  for _ in range(STEPS):
+    grads = jax.tree.map(lambda c, w: jnp.asarray(c, jnp.float32) * w, CURVATURE, params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+
+  # The reference: the base update needs y, which reference.rsgd hands only to the gradient.
+  current = {}
+
+  def grad(*w):
+    current["y"] = w
+    g = [c * wi for c, wi in zip(_leaves(CURVATURE), w, strict=True)]
+    norm = np.sqrt(sum(np.sum(gi**2) for gi in g))
+    return [gi * min(1.0, clip / norm) for gi in g]
+
+  adam = reference.adam(LR, b2=0.95)
+
+  def adamw(g, t):
+    return [u - LR * WD * y * (y.ndim >= 2) for u, y in zip(adam(g, t), current["y"], strict=True)]
+
+  start = _leaves(START)
+  if name == "adamw":
+    want_y = want_x = reference.base_run(start, grad, adamw, STEPS)[-1]
+  else:
+    xs, ys = reference.rsgd(start, grad, adamw, _SCHEME[name.split("-")[1]](), STEPS)
+    want_y, want_x = ys[-1], xs[-1]
+    evaluated = rsgd.eval_params(state, params)
+    for k, want in zip(KEYS, want_x, strict=True):
+      np.testing.assert_allclose(evaluated[k], want, rtol=1e-4, atol=1e-5)
+  for k, want in zip(KEYS, want_y, strict=True):
+    np.testing.assert_allclose(params[k], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_negative_clip_norm_is_refused():
+  with pytest.raises(UserError, match="clip_norm must be >= 0"):
+    optimizers.make_optimizer("adamw", LR, clip_norm=-1.0)
