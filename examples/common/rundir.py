@@ -34,10 +34,11 @@ import ml_collections
 
 from examples.common import machine
 from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
+from examples.common.config_record import CONFIG_FILE, as_json, flat_fields
 from examples.common.errors import UserError
-from examples.common.metrics import MetricsWriter, atomic_write_text, reporting_io_errors
+from examples.common.fileio import atomic_write_json
+from examples.common.metrics import MetricsWriter
 from examples.common.optimizers import View
-from examples.common.report import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +80,9 @@ def model_item(views: Sequence[View], view: View) -> str:
   return "model" if len(views) == 1 else f"model-{view.name}"
 
 
-def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in record.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as ``config.json`` holds it (tuples become lists)."""
-  return json.loads(json.dumps(config.to_dict(), default=str))
-
-
 def config_differences(recorded: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Each locked field whose value differs from the recorded one, as ``field: old -> new``."""
-  old, new = _flat(recorded), _flat(_as_json(config))
+  old, new = flat_fields(recorded), flat_fields(as_json(config))
   differences = []
   for field in sorted(old.keys() | new.keys()):
     if field.split(".")[0] in MAY_CHANGE or old.get(field) == new.get(field):
@@ -138,21 +124,13 @@ def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
 
 
-def _write_json(path: str, data: Any) -> None:
-  """Replaces ``path`` atomically with the user's umask; a full disk is one :class:`RunIOError`."""
-  directory = os.path.dirname(path) or "."
-  with reporting_io_errors(directory):
-    os.makedirs(directory, exist_ok=True)
-  atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
 def write_config(config: ml_collections.ConfigDict, workdir: str, views: Sequence[View]) -> None:
   """``config.json`` in ``workdir``, and with several views one per view folder."""
-  record = _as_json(config)
-  _write_json(os.path.join(workdir, CONFIG_FILE), record)
+  record = as_json(config)
+  atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
   if len(views) > 1:
     for view in views:
-      _write_json(
+      atomic_write_json(
         os.path.join(view_workdir(workdir, views, view), CONFIG_FILE),
         {**record, "optimizer": view.name, "views": [v.name for v in views]},
       )
@@ -166,7 +144,7 @@ def record_machine(workdir: str, epoch_started: int) -> None:
     with open(path) as f:
       entries = json.load(f)
   entries.append({"epoch_started": epoch_started, "machine": machine.describe()})
-  _write_json(path, entries)
+  atomic_write_json(path, entries)
 
 
 def _shape_mismatch(

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from examples.common.checkpoint import TMP_SUFFIX
-from examples.common.metrics import RunIOError, read_metrics
+from examples.common.fileio import RunIOError
+from examples.common.metrics import read_metrics
 from examples.image_classification import testdata, train
 from examples.image_classification.train_test import tiny_config
 

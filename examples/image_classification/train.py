@@ -6,7 +6,7 @@ residual optimizers is the reference (SGD(m)) trajectory ``y``; each epoch evalu
 what gets checkpointed for shipping) and, for comparison, ``params`` itself.
 
 Views: ``config.optimizer`` may list several names that share one trajectory
-(``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``, ``rsgdm-scale@0.25``; :mod:`examples.common.views`).
+(``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``, ``rsgdm-scale@0.25``; :mod:`examples.common.optimizers`).
 The run trains the base trajectory once with every residual in one chain and evaluates each name at
 its own point, writing ``<workdir>/<name>/metrics.jsonl`` equal (on the CPU, bit for bit) to a run
 of that name alone. :func:`train_and_evaluate` holds the epoch loop (train, evaluate every view,
