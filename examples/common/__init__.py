@@ -1,7 +1,8 @@
 """Pieces shared by every example family (image classification, language modeling, graphs).
 
 One concept a module. Listed from the lowest layer up: each module imports only modules listed
-above it (``examples/common/layout_test.py`` checks it), and none imports ``benchmarks`` or a family.
+above it (``examples/common/layout_test.py`` checks it), and none imports ``benchmarks`` or a
+family.
 
 - ``errors``: ``UserError`` and ``DataError``, the base errors a user can cause and fix.
 - ``fileio``: atomic writes of a run's files, and ``RunIOError`` (one line naming the file).
@@ -9,17 +10,18 @@ above it (``examples/common/layout_test.py`` checks it), and none imports ``benc
 - ``machine``: the machine a result came from (``machine.json``, report captions).
 - ``hlo``: the collectives of a compiled program and the bytes each device sends for them.
 - ``nonfinite``: ``check_losses``, raising ``NonFiniteLossError`` with the epoch and step.
-- ``sharding``: where each array lives on the mesh: replicated or split FSDP-style.
+- ``sharding``: the ``data`` mesh and where arrays live: batches split, state replicated or FSDP.
 - ``cpu_runtime``: XLA's CPU scheduling flag for fewer and smaller temporaries.
 - ``distributed``: starting JAX on several processes.
 - ``watchdog``: the stall watchdog that ends a multi-process run whose peer died.
 - ``config_checks``: ranges of config values, checked before anything is written.
 - ``compression``: ``config.grad_compression`` by name (the compressed gradient exchange).
 - ``optimizers``: the one registry of optimizer names, ``parse_views`` and ``make_optimizer``.
-- ``progress``: ``StepLosses``, an epoch's per-step losses (progress bar, non-finite stop).
-- ``metrics``: ``MetricsWriter`` (``metrics.jsonl`` plus TensorBoard, resume-safe), ``read_metrics``.
+- ``progress``: ``StepLosses``, an epoch's per-step losses (progress bar, non-finite stop, means).
+- ``metrics``: ``MetricsWriter`` (``metrics.jsonl`` and TensorBoard, resume-safe), ``read_metrics``.
 - ``checkpoint``: ``Checkpointer`` (Orbax, one checkpoint of named items per epoch) and its errors.
 - ``report``: runs grouped by a config field, mean ± std, paired gains, Markdown tables, plots.
 - ``rundir``: ``RunDirectory``, the config lock, resume, records and checkpoints of one workdir.
+- ``skeleton``: what every trainer does around its loop: ``start_run``, ``finish``, ``RunResults``.
 - ``entry``: the one entry point of the three ``main.py`` (flags, ``--help``, logging, errors).
 """

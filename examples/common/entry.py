@@ -166,7 +166,6 @@ def run(
     argv: the command line (default ``sys.argv``).
   """
   from absl import flags
-  from absl import logging as absl_logging
   from ml_collections import config_flags
 
   argv = list(sys.argv if argv is None else argv)
@@ -199,12 +198,7 @@ def run(
   if not flags.FLAGS.is_parsed():  # absl's own flags (logging): their defaults
     flags.FLAGS.mark_as_parsed()
   cpu_runtime.prefer_small_temporaries()
-  absl_logging.use_absl_handler()
-  absl_logging.set_verbosity(absl_logging.INFO)
-  handler = absl_logging.get_absl_handler()
-  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
-    handler.addFilter(_DropOrbaxInfo())
-  logging.getLogger("examples").setLevel(logging.INFO)
+  setup_logging()
   config = config_flag.value
   try:
     if "distributed" in config:
@@ -212,6 +206,22 @@ def run(
     train_and_evaluate(config, workdir.value)
   except USER_ERRORS as error:
     _fail(str(error))
+
+
+def setup_logging() -> None:
+  """The examples' one logging set-up: absl's handler, INFO shown, Orbax's INFO lines dropped.
+
+  The trainers and sweeps log through the standard ``logging`` module (loggers under
+  ``examples``); the entry point and the sweep scripts call this once before training.
+  """
+  from absl import logging as absl_logging
+
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+    handler.addFilter(_DropOrbaxInfo())
+  logging.getLogger("examples").setLevel(logging.INFO)
 
 
 def _start_processes(config: Any) -> None:

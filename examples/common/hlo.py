@@ -4,7 +4,8 @@
 .compile().as_text()``): its result shape and dtype and its replica groups. Bytes each device sends
 assume ring algorithms over the ``P`` devices of a group:
 
-- all-gather of ``B`` bytes from each device: ``(P - 1) B`` (each device's block passes ``P - 1`` hops);
+- all-gather of ``B`` bytes from each device: ``(P - 1) B`` (each device's block makes ``P - 1``
+  hops);
 - all-reduce of a ``B``-byte buffer: ``2 (P - 1) / P * B`` (reduce-scatter, then all-gather);
 - reduce-scatter of a ``B``-byte input: ``(P - 1) / P * B``; all-to-all: ``(P - 1) / P * B``;
   collective-permute: ``B``.

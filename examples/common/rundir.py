@@ -1,8 +1,10 @@
 """A run's directory: its config lock, its records, its checkpoints, opened and closed as one.
 
-``with RunDirectory(config, workdir, views, template=state) as run:`` does, in this order:
+``RunDirectory(config, workdir, views)`` checks the config lock, and ``with run.open(state):`` (or
+``with RunDirectory(config, workdir, views, template=state) as run:``) opens the run:
 
-1. **The config lock** (nothing is written before it passes): a workdir that holds a
+1. **The config lock**, checked once, when the object is made (nothing is read or written before
+   it passes, so a trainer makes it before loading its data): a workdir that holds a
    ``config.json`` resumes only with the same config. A field that changes results (optimizer list
    or settings, model, data, learning rate and schedule, seed, ...) is refused with one
    :class:`~examples.common.errors.UserError` naming each differing field with both values. The
@@ -163,10 +165,11 @@ class RunDirectory:
   """One run's workdir, opened by ``with``: see the module docstring.
 
   Args:
-    config: the run's config (locked to the workdir).
+    config: the run's config (locked to the workdir: checked here, before anything else).
     workdir: the run's directory.
     views: the views of ``config.optimizer`` (one record folder each when several).
-    template: the initial training state, the tree a checkpoint's ``state`` is restored into.
+    template: the initial training state, the tree a checkpoint's ``state`` is restored into
+      (or given later by :meth:`open`).
     log_fields: record fields shown in each epoch's log line.
 
   Attributes (after ``__enter__``):
@@ -181,9 +184,10 @@ class RunDirectory:
     workdir: str,
     views: Sequence[View],
     *,
-    template: Any,
+    template: Any = None,
     log_fields: Sequence[str] = (),
   ):
+    check_config_lock(config, workdir)  # the one check: nothing is read or written before it
     self.config, self.workdir, self.views = config, workdir, list(views)
     self.template, self.log_fields = template, tuple(log_fields)
     self.primary = jax.process_index() == 0
@@ -192,8 +196,18 @@ class RunDirectory:
     self.state: Any = template
     self._writers: dict[str, MetricsWriter] = {}
 
+  def open(self, template: Any) -> "RunDirectory":
+    """Sets the state a checkpoint is restored into; ``with run.open(state):`` opens the run.
+
+    For a trainer that locks the workdir first (constructing this class) and builds its state
+    after loading the data.
+    """
+    self.template = self.state = template
+    return self
+
   def __enter__(self) -> "RunDirectory":
-    check_config_lock(self.config, self.workdir)
+    if self.template is None:
+      raise ValueError("RunDirectory needs the state to restore into: use run.open(state).")
     with self._stack as stack:
       os.makedirs(self.workdir, exist_ok=True)
       self.checkpointer = stack.enter_context(
@@ -235,10 +249,24 @@ class RunDirectory:
   def records(self) -> dict[str, list[Record]]:
     return {name: writer.records for name, writer in self._writers.items()}
 
-  def write(self, epoch: int, records: Mapping[str, Mapping[str, Any]]) -> None:
-    """Writes each view's record of ``epoch`` (``{"epoch": epoch}`` is added) and logs it."""
+  def write(
+    self,
+    epoch: int,
+    records: Mapping[str, Mapping[str, Any]],
+    *,
+    shared: Mapping[str, Any] | None = None,
+    seconds: float | None = None,
+  ) -> None:
+    """Writes each view's record of ``epoch`` and logs it.
+
+    A view's record is ``{"epoch": epoch, **shared, **records[name], "seconds": seconds}``:
+    ``shared`` holds the fields of the one training (step, learning rate, training loss),
+    ``records`` each view's own, ``seconds`` the epoch's wall time (left out when ``None``).
+    """
     for view in self.views:
-      record = {"epoch": epoch, **records[view.name]}
+      record = {"epoch": epoch, **(shared or {}), **records[view.name]}
+      if seconds is not None:
+        record["seconds"] = seconds
       self._writers[view.name].write(record)
       shown = " ".join(
         f"{k} {record[k]:.4g}" for k in self.log_fields if isinstance(record.get(k), (int, float))

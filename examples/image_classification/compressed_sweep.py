@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from examples.common import compression, report
+from examples.common import compression, report, sharding
 from examples.common.errors import UserError
 from examples.common.hlo import collectives
 from examples.image_classification import compare, input_pipeline, sweep, train
@@ -83,7 +83,7 @@ def gradient_bytes(value: str, shapes: Sequence[tuple[int, ...]], devices: int) 
 def step_bytes(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The bytes each device sends in one compiled train step of ``config``, read from its HLO."""
   data = input_pipeline.create_input(config)
-  mesh = train.create_mesh(config.num_devices, config.platform or None)
+  mesh = sharding.create_mesh(config.num_devices, config.platform or None)
   spec = train.OptimizerSpec.from_config(config, data.steps_per_epoch)
   tx, _ = spec.build()
   graphdef, state = train.init_state(config, data.num_classes, data.image_shape, tx, mesh, spec)
