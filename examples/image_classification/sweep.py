@@ -92,8 +92,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     try:
       result = train.train_and_evaluate(
         run_config(config, label, seed), training_workdir(workdir, group, seed)
-      )
-      last = {group[0]: result} if len(group) == 1 else result
+      ).records
+      last = {name: result[name] for name in group}
       accuracies = ", ".join(f"{name} {last[name][-1]['test_accuracy']:.4f}" for name in group)
       logger.info(
         "[%d/%d] seed %d: test accuracy %s after %d epochs, %.0fs.",

@@ -1,8 +1,8 @@
-"""The HLO reading of ``benchmarks.wire_bytes`` on hand-written HLO lines (no compilation)."""
+"""The HLO reading of :mod:`examples.common.hlo` on hand-written HLO lines (no compilation)."""
 
 import pytest
 
-from benchmarks import wire_bytes
+from examples.common import hlo
 
 # Lines as XLA's CPU compiler prints them (operands untyped, results typed), trimmed.
 HLO = """HloModule jit_step, is_scheduled=true, num_partitions=8
@@ -17,7 +17,7 @@ ENTRY %main {
 
 
 def test_each_collective_is_read_with_its_group_and_ring_bytes():
-  ops = wire_bytes.collectives(HLO)
+  ops = hlo.collectives(HLO)
   assert [op["op"] for op in ops] == ["all-gather", "all-reduce", "all-gather", "reduce-scatter"]
   gather, reduce, gather_all, scatter = ops
   # all-gather: each of the 2 devices contributed 48174 bytes and sends them once.
@@ -34,6 +34,6 @@ def test_each_collective_is_read_with_its_group_and_ring_bytes():
 
 def test_groups_are_named_by_the_mesh_axes_they_span():
   shape, names = (2, 4), ("host", "local")
-  assert wire_bytes.axis_of_group([0, 4], shape, names) == "host"
-  assert wire_bytes.axis_of_group([4, 5, 6, 7], shape, names) == "local"
-  assert wire_bytes.axis_of_group(list(range(8)), shape, names) == "host+local"
+  assert hlo.axis_of_group([0, 4], shape, names) == "host"
+  assert hlo.axis_of_group([4, 5, 6, 7], shape, names) == "local"
+  assert hlo.axis_of_group(list(range(8)), shape, names) == "host+local"
