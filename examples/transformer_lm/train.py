@@ -34,7 +34,6 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
 from examples.common import optimizers, progress, sharding, skeleton
@@ -152,9 +151,13 @@ def init_state(
   return graphdef, jax.device_put(state, sharding.shardings(state, mesh, config.sharding))
 
 
-def _masked_cross_entropy(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def _masked_cross_entropy(
+  logits: jax.Array, batch: dict[str, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
   """The summed next-word cross-entropy over unmasked positions, and their count."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+    logits.astype(jnp.float32), batch["targets"]
+  )
   return jnp.sum(losses * batch["mask"]), jnp.sum(batch["mask"])
 
 
@@ -193,7 +196,9 @@ def make_eval_step(graphdef: nnx.GraphDef):
 
 
 def _put(batch: input_pipeline.Batch, batch_sharding: NamedSharding) -> dict[str, jax.Array]:
-  inputs, targets, mask = sharding.put_global(batch_sharding, batch.inputs, batch.targets, batch.mask)
+  inputs, targets, mask = sharding.put_global(
+    batch_sharding, batch.inputs, batch.targets, batch.mask
+  )
   return {"inputs": inputs, "targets": targets, "mask": mask}
 
 
@@ -228,7 +233,11 @@ def train_steps(
   """Runs ``train_step`` over ``batches``; the state and the mean training loss."""
   first_step = int(state["step"])
   with progress.StepLosses(
-    evaluation, first_step, None, check_every=config.log_every_steps, progress_bar=config.progress_bar
+    evaluation,
+    first_step,
+    None,
+    check_every=config.log_every_steps,
+    progress_bar=config.progress_bar,
   ) as tracker:
     for batch in batches:
       state, loss = train_step(state, _put(batch, batch_sharding))
@@ -254,7 +263,9 @@ def evaluate(
   return total / count
 
 
-def _eval_tokens(corpus: Corpus, config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+def _eval_tokens(
+  corpus: Corpus, config: ml_collections.ConfigDict
+) -> tuple[np.ndarray, np.ndarray]:
   if config.max_eval_tokens > 0:
     return corpus.valid[: config.max_eval_tokens], corpus.test[: config.max_eval_tokens]
   return corpus.valid, corpus.test
@@ -279,7 +290,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
   corpus = load_corpus(config.data_source, max_train_tokens=config.max_train_tokens)
   valid_tokens, test_tokens = _eval_tokens(corpus, config)
   try:
-    steps_per_epoch = input_pipeline.steps_per_epoch(len(corpus.train), config.context, config.batch_size)
+    steps_per_epoch = input_pipeline.steps_per_epoch(
+      len(corpus.train), config.context, config.batch_size
+    )
   except input_pipeline.CorpusError as error:
     raise UserError(str(error)) from None
   schedule = Schedule(steps_per_epoch, config.evals_per_epoch, config.num_epochs)
@@ -303,9 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
       first, last = schedule.step_at(evaluation), schedule.step_at(evaluation + 1)
       batches = batches_for_steps(corpus.train, config, schedule, first, last)
       state, fields = train_steps(train_step, state, batches, batch_sharding, config, evaluation)
-      fields.update(
-        step=last, train_epochs=last / steps_per_epoch, lr=float(lr(last - 1))
-      )
+      fields.update(step=last, train_epochs=last / steps_per_epoch, lr=float(lr(last - 1)))
       records, shipped = {}, {}
       for view in run.views:
         point = (
@@ -324,7 +335,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
         shipped[view.name] = point
       run.write(evaluation, records, shared=fields, seconds=time.time() - started)
       run.save(evaluation, state, shipped)
-  logger.info("Perplexity of each view (validation / test) at the last evaluation:\n%s", views_table(run.records))
+  logger.info(
+    "Perplexity of each view (validation / test) at the last evaluation:\n%s",
+    views_table(run.records),
+  )
   return skeleton.finish(run)
 
 
@@ -337,11 +351,15 @@ def views_table(records: dict[str, list[dict[str, Any]]]) -> str:
   count = len(records[names[0]])
   picks = sorted({0, count // 2, count - 1})
   steps = [records[names[0]][i]["step"] for i in picks]
-  header = "| view | " + " | ".join(f"step {s}: val / test ppl" for s in steps) + " | last val vs base |"
+  header = (
+    "| view | " + " | ".join(f"step {s}: val / test ppl" for s in steps) + " | last val vs base |"
+  )
   lines = [header, "|---" * (len(picks) + 2) + "|"]
   base_last = records[names[0]][-1]["val_ppl"]
   for name in names:
-    cells = [f"{records[name][i]['val_ppl']:.1f} / {records[name][i]['test_ppl']:.1f}" for i in picks]
+    cells = [
+      f"{records[name][i]['val_ppl']:.1f} / {records[name][i]['test_ppl']:.1f}" for i in picks
+    ]
     change = records[name][-1]["val_ppl"] - base_last
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {change:+.1f} |")
   return "\n".join(lines)

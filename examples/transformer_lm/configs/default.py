@@ -33,7 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.positions = "rotary"  # "rotary" or "learned"
 
   # Training: AdamW, warm-up then cosine decay, clipping; the views share its trajectory.
-  config.optimizer = "adamw,adamw-scale@0.1,adamw-scale@0.01,adamw-scale@0.002,adamw-sign,adamw-topk"
+  config.optimizer = (
+    "adamw,adamw-scale@0.1,adamw-scale@0.01,adamw-scale@0.002,adamw-sign,adamw-topk"
+  )
   config.learning_rate = 1e-3  # peak, after the warm-up
   config.warmup_steps = 100
   config.final_lr_ratio = 0.1  # the cosine decay ends at this fraction of the peak
