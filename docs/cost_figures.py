@@ -1,6 +1,6 @@
 """One source for the cost figures: the JSON files that ``python -m benchmarks.run`` wrote.
 
-The README's cost figures and the docs' cost tables are made from ``benchmarks/results-*.json``;
+The README's cost figures and the docs' cost tables are made from ``benchmarks/results/*.json``;
 nothing quotes a measured ratio by hand. Two forms, checked by ``docs/cost_figures_test.py``:
 
 - **Generated blocks.** Text between ``<!-- cost-block:NAME -->`` and ``<!-- /cost-block -->`` in
@@ -10,7 +10,7 @@ nothing quotes a measured ratio by hand. Two forms, checked by ``docs/cost_figur
     python docs/cost_figures.py --check  # exits 1, naming the block, if one is stale
 
 - **Marked numbers in prose.** ``2.29x<!-- cost:cpu:resnet50_tree.optimizers.residual_sign.looped_step_ratio -->``
-  says that the number before the marker is that value of ``benchmarks/results-cpu.json``, as
+  says that the number before the marker is that value of ``benchmarks/results/cpu.json``, as
   printed (rounded to the digits shown). Any Markdown file may use it (BENCHMARKS.md's prose too).
 
 The docs build renders the cost tables of ``docs/how_it_works.md`` with :func:`cost_table`.
@@ -27,6 +27,7 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
 # The Markdown files whose blocks and marked numbers are checked.
 CHECKED_FILES = (
   "README.md",
@@ -44,8 +45,8 @@ MARKED = re.compile(r"([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:x|%|ms|MB)?\s*<!-- cost:([\
 
 
 def load(key: str) -> dict[str, Any]:
-  """``benchmarks/results-<key>.json``."""
-  return json.loads((BENCHMARKS / f"results-{key}.json").read_text())
+  """``benchmarks/results/<key>.json``."""
+  return json.loads((RESULTS / f"{key}.json").read_text())
 
 
 def lookup(results: dict[str, Any], path: str) -> Any:
@@ -92,7 +93,7 @@ def cost_table(key: str) -> str:
     f"looped: {tree['looped_steps']} steps inside one call. Whole training step of "
     f"{cnn['model']} at batch {cnn['batch']}: RSGDm (`residual_scale`) takes "
     f"{cnn['step_ratio']:.2f}x SGDm's time. Machine: {machine_line(results)}; medians of "
-    f"{results['rounds']} interleaved rounds (`benchmarks/results-{key}.json`).",
+    f"{results['rounds']} interleaved rounds (`benchmarks/results/{key}.json`).",
   ]
   if key in PREDATES:
     lines += ["", f"**Stale:** {PREDATES[key]}."]
@@ -131,8 +132,8 @@ def readme_costs() -> str:
     "",
     f"Times against SGDm's on a ResNet-50-shaped tree ({cpu['resnet50_tree']['entries']:,} "
     f"float32 entries), medians of interleaved rounds. CPU: {machine_line(cpu)} "
-    f"(`benchmarks/results-cpu.json`). H100: {machine_line(gpu)} "
-    f"(`benchmarks/results-gpu-h100.json`), {PREDATES.get('gpu-h100', 'current')}.",
+    f"(`benchmarks/results/cpu.json`). H100: {machine_line(gpu)} "
+    f"(`benchmarks/results/gpu-h100.json`), {PREDATES.get('gpu-h100', 'current')}.",
   ]
   return "\n".join(lines) + "\n"
 
@@ -158,11 +159,11 @@ def readme_allocator() -> str:
     "    `libtcmalloc-minimal4`), or `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`. They cut what a "
     f"top-k call\n    costs beyond a step inside a loop from {glibc:.1f} ms to {tcmalloc:.1f} "
     f"and {hugetlb:.1f} ms\n"
-    "    (`benchmarks/results-cpu-allocator-{glibc,tcmalloc,hugetlb}.json`);\n"
+    "    (`benchmarks/results/cpu-allocator-{glibc,tcmalloc,hugetlb}.json`);\n"
     "  - `XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`, which cut the "
     f"temporaries\n    to {sequential['memory']['temp_bytes'] / 1e6:.0f} MB; the top-k step "
     f"then took {sequential['step_ratio']:.2f}x SGDm's\n"
-    "    (`benchmarks/results-cpu-sequential-schedule.json`).\n"
+    "    (`benchmarks/results/cpu-sequential-schedule.json`).\n"
   )
 
 
@@ -196,7 +197,7 @@ def problems(text: str, where: str) -> list[str]:
       continue
     digits = len(shown.split(".")[1]) if "." in shown else 0
     if round(value, digits) != _number(shown):
-      found.append(f"{where}: says {shown} where results-{key}.json's {path} is {value:.{digits}f}")
+      found.append(f"{where}: says {shown} where results/{key}.json's {path} is {value:.{digits}f}")
   return found
 
 

@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _json(key):
-  return json.loads((ROOT / "benchmarks" / f"results-{key}.json").read_text())
+  return json.loads((ROOT / "benchmarks" / "results" / f"{key}.json").read_text())
 
 
 def test_committed_markdown_agrees_with_the_json():
