@@ -8,7 +8,7 @@ state's bytes per device (read off the arrays' shards).
 
 The device count is fixed when JAX starts, so this runs as its own process::
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.fsdp --out /tmp/fsdp.json
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.fsdp --out fsdp.json
 
 ``benchmarks.run`` starts it so (:func:`run_in_subprocess`); the flag stays out of its own process.
 """
