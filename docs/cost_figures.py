@@ -26,6 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the benchmarks package renders their records
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks import render, wire_bytes  # noqa: E402
+
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = BENCHMARKS / "results"
 # The Markdown files whose blocks and marked numbers are checked.
@@ -39,6 +44,16 @@ CHECKED_FILES = (
 PREDATES = {
   "gpu-h100": "measured on 2026-11-24, before the top-k changes (16-bit indices, grouped "
   "suffix sums); not re-measured since",
+  **{
+    key: "measured on 2026-11-24 with the two-engine top-k that the one engine replaced; "
+    "not re-measured since"
+    for key in (
+      "cpu-allocator-glibc",
+      "cpu-allocator-tcmalloc",
+      "cpu-allocator-hugetlb",
+      "cpu-sequential-schedule",
+    )
+  },
 }
 BLOCK = re.compile(r"(<!-- cost-block:([\w-]+) -->\n)(.*?)(<!-- /cost-block -->)", re.S)
 MARKED = re.compile(r"([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:x|%|ms|MB)?\s*<!-- cost:([\w-]+):([\w.]+) -->")
@@ -57,17 +72,7 @@ def lookup(results: dict[str, Any], path: str) -> Any:
   return value
 
 
-def machine_line(results: dict[str, Any]) -> str:
-  """The machine a results file was measured on, as the file records it."""
-  machine = results["machine"]
-  if machine["backend"] == "cpu":
-    model = (
-      f"{machine['cpu']} ({machine['cpu_id']})" if machine.get("cpu") else "model not recorded"
-    )
-    where = f"{machine['processor']} CPU, {machine['cpu_count']} cores, {model}"
-  else:
-    where = f"{machine['device_kind']} ({machine['cpu_count']} host CPUs)"
-  return f"{where}, jax {machine['jax']}"
+machine_line = render.machine_line
 
 
 def cost_table(key: str) -> str:
@@ -167,9 +172,80 @@ def readme_allocator() -> str:
   )
 
 
+def _record_lines(key: str) -> str:
+  """Where a table of BENCHMARKS.md comes from, and whether later changes made it stale."""
+  text = f"\nRecord: `benchmarks/results/{key}.json`.\n"
+  if key in PREDATES:
+    text += f"\n**Stale:** {PREDATES[key]}.\n"
+  return text
+
+
+def benchmarks_run(key: str) -> str:
+  """BENCHMARKS.md's tables of one ``benchmarks.run`` record, as the command printed them."""
+  return render.markdown(load(key)) + "\n" + _record_lines(key)
+
+
+# The records of one machine that differ by a setting of the process (BENCHMARKS.md's table).
+PROCESS_SETTINGS = (
+  ("glibc malloc (default)", "cpu-allocator-glibc"),
+  ("`LD_PRELOAD=libtcmalloc_minimal.so.4`", "cpu-allocator-tcmalloc"),
+  ("`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`", "cpu-allocator-hugetlb"),
+  ("`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`", "cpu-sequential-schedule"),
+)
+
+
+def benchmarks_settings() -> str:
+  """The top-k step under each process setting: per call, looped, and what a call adds."""
+  lines = [
+    "| process setting | top-k step, ms a call | looped, ms a step | call minus looped, ms "
+    "| sgdm: call / looped, ms | top-k / sgdm per call | top-k temp MB |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  machines = set()
+  for label, key in PROCESS_SETTINGS:
+    results = load(key)
+    machines.add(machine_line(results))
+    tree = results["resnet50_tree"]["optimizers"]
+    topk, sgdm = tree["residual_topk"], tree["sgdm"]
+    call, looped = 1e3 * topk["step_seconds"], 1e3 * topk["looped_step_seconds"]
+    cells = [
+      f"{call:.1f}",
+      f"{looped:.1f}",
+      f"{call - looped:.1f}",
+      f"{1e3 * sgdm['step_seconds']:.1f} / {1e3 * sgdm['looped_step_seconds']:.1f}",
+      f"{topk['step_ratio']:.2f}x",
+      f"{topk['memory']['temp_bytes'] / 1e6:.0f}",
+    ]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  keys = ", ".join(f"`{key}.json`" for _, key in PROCESS_SETTINGS)
+  lines += [
+    "",
+    f"Machine: {'; '.join(sorted(machines))}. Records: {keys} in `benchmarks/results/`.",
+  ]
+  stale = {PREDATES[key] for _, key in PROCESS_SETTINGS if key in PREDATES}
+  lines += [f"\n**Stale:** {note}." for note in sorted(stale)]
+  return "\n".join(lines) + "\n"
+
+
+def benchmarks_wire_bytes() -> str:
+  """BENCHMARKS.md's wire-bytes table, as ``benchmarks.wire_bytes`` printed it, and its machine."""
+  results = load("wire-bytes-cpu")
+  machine = results["machine"]
+  return (
+    "\n".join(wire_bytes.markdown(results))
+    + f"\n\nMachine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['devices']} "
+    f"devices, jax {machine['jax']} / jaxlib {machine['jaxlib']}. Record: "
+    "`benchmarks/results/wire-bytes-cpu.json`.\n"
+  )
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
   "readme-costs": readme_costs,
   "readme-allocator": readme_allocator,
+  "benchmarks-cpu": lambda: benchmarks_run("cpu"),
+  "benchmarks-gpu-h100": lambda: benchmarks_run("gpu-h100"),
+  "benchmarks-settings": benchmarks_settings,
+  "benchmarks-wire-bytes": benchmarks_wire_bytes,
 }
 
 
