@@ -11,15 +11,17 @@ from typing import Any
 from benchmarks import wire_bytes
 
 
-def markdown(results: dict[str, Any]) -> str:
-  """The goals table, then the raw timings."""
-  lines = ["| what | goal | measured | met |", "|---|---|---|---|"]
-  for row in results["goals"]:
-    value = "skipped" if row["value"] is None else f"{row['value']:.3g}"
-    lines.append(f"| {row['what']} | {row['goal']} | {value} | {row['met']} |")
+def markdown(results: dict[str, Any], with_goals: bool = True) -> str:
+  """The goals table (unless ``with_goals`` is false), then the raw timings."""
+  lines = []
+  if with_goals:
+    lines += ["| what | goal | measured | met |", "|---|---|---|---|"]
+    for row in results["goals"]:
+      value = "skipped" if row["value"] is None else f"{row['value']:.3g}"
+      lines.append(f"| {row['what']} | {row['goal']} | {value} | {row['met']} |")
+    lines.append("")
   tree = results["resnet50_tree"]
   lines += [
-    "",
     f"ResNet-50-shaped tree: {tree['leaves']} leaves, {tree['entries']:,} float32 entries. "
     f"Copy bandwidth: {results['bandwidth']['bytes_per_second'] / 1e9:.2f} GB/s.",
     "",

@@ -172,17 +172,16 @@ def readme_allocator() -> str:
   )
 
 
-def _record_lines(key: str) -> str:
-  """Where a table of BENCHMARKS.md comes from, and whether later changes made it stale."""
-  text = f"\nRecord: `benchmarks/results/{key}.json`.\n"
+def benchmarks_run(key: str) -> str:
+  """BENCHMARKS.md's tables of one ``benchmarks.run`` record, as the command prints them.
+
+  A stale record's tables come without its goal verdicts, and with the note of what it predates.
+  """
+  text = render.markdown(load(key), with_goals=key not in PREDATES)
+  text += f"\nRecord: `benchmarks/results/{key}.json`.\n"
   if key in PREDATES:
     text += f"\n**Stale:** {PREDATES[key]}.\n"
   return text
-
-
-def benchmarks_run(key: str) -> str:
-  """BENCHMARKS.md's tables of one ``benchmarks.run`` record, as the command printed them."""
-  return render.markdown(load(key)) + "\n" + _record_lines(key)
 
 
 # The records of one machine that differ by a setting of the process (BENCHMARKS.md's table).
