@@ -1,12 +1,13 @@
-"""One source for the cost figures: the JSON files that ``python -m benchmarks.run`` wrote.
+"""One source for the cost figures: the benchmark records in ``benchmarks/results/*.json``.
 
-The README's cost figures and the docs' cost tables are made from ``benchmarks/results/*.json``;
-nothing quotes a measured ratio by hand. Two forms, checked by ``docs/cost_figures_test.py``:
+The README's cost figures, the tables of ``benchmarks/BENCHMARKS.md`` and the docs' cost tables are
+made from the records that ``python -m benchmarks.run`` and ``python -m benchmarks.wire_bytes``
+wrote; nothing quotes a measured ratio by hand. Two forms, checked by ``docs/cost_figures_test.py``:
 
 - **Generated blocks.** Text between ``<!-- cost-block:NAME -->`` and ``<!-- /cost-block -->`` in
   a Markdown file is ``BLOCKS[NAME]()``. Rewrite them after a re-measure::
 
-    python docs/cost_figures.py          # rewrites the blocks in README.md (and any other file)
+    python docs/cost_figures.py          # rewrites the blocks in README.md, BENCHMARKS.md, docs/
     python docs/cost_figures.py --check  # exits 1, naming the block, if one is stale
 
 - **Marked numbers in prose.** ``2.29x<!-- cost:cpu:resnet50_tree.optimizers.residual_sign.looped_step_ratio -->``
