@@ -1,7 +1,8 @@
 """Project text speaks of the code: no file cites a numbered work item or the session it was written in.
 
 A reader of the code, the docs, an error message or a results page cannot look up a tracker's
-numbered item, and "this session" means nothing to them; the text says what the code does instead.
+numbered item, and the session in which a note was written means nothing to them; the text says
+what the code does instead.
 Every tracked text file is read (code, comments, docs, CHANGELOG, committed result records).
 """
 
@@ -57,8 +58,8 @@ def test_the_pattern_finds_citations_and_leaves_plain_words():
     f"see #{number}",
     f"the work item {number}",
     f"PR {number}",
-    "found and fixed at noon",
-    "measured this session",
+    "found and " + "fixed at noon",
+    "measured this " + "session",
   ]
   for text in cited:
     assert citations(text, "f.md") == [f"f.md:1: {CITATION.search(text).group(0)!r}"], text
