@@ -13,7 +13,7 @@ from benchmarks import wire_bytes
 
 def markdown(results: dict[str, Any], with_goals: bool = True) -> str:
   """The goals table (unless ``with_goals`` is false), then the raw timings."""
-  lines = []
+  lines: list[str] = []
   if with_goals:
     lines += ["| what | goal | measured | met |", "|---|---|---|---|"]
     for row in results["goals"]:
