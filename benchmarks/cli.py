@@ -25,7 +25,11 @@ def positive_int(text: str) -> int:
 def parser(doc: str | None) -> argparse.ArgumentParser:
   """A parser described by the module docstring's first line, with ``--out``."""
   parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
-  parser.add_argument("--out", default=None, help="write every measurement here as JSON")
+  parser.add_argument(
+    "--out",
+    default=None,
+    help="write every measurement here as JSON (committed ones: benchmarks/results/)",
+  )
   return parser
 
 

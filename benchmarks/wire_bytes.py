@@ -22,7 +22,8 @@ compute of encoding and decoding, not a network, and are noisy on a shared machi
 
 The device count is fixed when JAX starts, so this runs as its own process::
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.wire_bytes --out w.json
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.wire_bytes \
+    --out benchmarks/results/wire-bytes-cpu.json
 
 :func:`run_in_subprocess` starts it so from another process (``benchmarks.run``).
 """
