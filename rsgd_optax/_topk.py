@@ -102,10 +102,11 @@ _KEY_DTYPES = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 # one for the global top-k), each row with its own k, prefix and need. A pass makes one scatter-add
 # per part, into ``rows * 2**d`` counters: an entry's counter is ``row * 2**d + digit``, with its
 # row numbered within the part, and the counters reshaped to ``(rows, 2**d)`` are each row's
-# histogram (``_by_row`` adds up a row's histograms from several parts). The digit width keeps one
-# scatter's counters within 2**20 (4 MiB), and at least 8 bits wide. In the tie cut, a slab's index
-# in the concatenated per-slab counts, ordered by row then flat index, names its row and its first
-# flat index (``_Part.slab_rows`` and ``_Part.slab_starts``).
+# histogram (``_by_row`` adds up a row's histograms from several parts). A digit is 8 to 16 bits
+# wide (``_digit_bits``), as wide as keeps one scatter's counters within 2**20 int32 (4 MiB) and,
+# where they are all-reduced across devices, within a 16th of a row's entries. In the tie cut, a
+# slab's index in the concatenated per-slab counts, ordered by row then flat index, names its row
+# and its first flat index (``_Part.slab_rows`` and ``_Part.slab_starts``).
 #
 # Padding. The last tile of a copied leaf is padded with zeros: key 0, so digit 0 in every pass,
 # and never above T (a row's own entries reach k, as k < its size). Where T = 0 the padding is
