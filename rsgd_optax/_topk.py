@@ -328,7 +328,9 @@ def _choose_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Arra
   return chosen_group * group + chosen, ties, above
 
 
-def _radix_select(parts, keys, need: jax.Array, key_bits: int, digit_bits: int):
+def _radix_select(
+  parts: Sequence[_Part], keys: Sequence[jax.Array], need: jax.Array, key_bits: int, digit_bits: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Each row's ``need``-th largest key, by histograms of digits from the top (see above).
 
   Padding (key 0, so digit 0 in every pass) may be among the keys equal to the result, never
@@ -382,7 +384,13 @@ def _count_slabs(flags: jax.Array, layout: _Layout) -> jax.Array:
   return jnp.sum(chunks, axis=1, dtype=jnp.int32)
 
 
-def _last_kept_tie(parts, tied, need: jax.Array, ties: jax.Array, layout: _Layout) -> jax.Array:
+def _last_kept_tie(
+  parts: Sequence[_Part],
+  tied: Sequence[jax.Array],
+  need: jax.Array,
+  ties: jax.Array,
+  layout: _Layout,
+) -> jax.Array:
   """Each row's last tied entry kept: the flat index of its ``need``-th, in flat order.
 
   Per-slab counts of the tied entries locate the slab that holds it, and a running sum over that
@@ -444,7 +452,11 @@ def _last_kept_tie(parts, tied, need: jax.Array, ties: jax.Array, layout: _Layou
 
 
 def _select(
-  leaves, rows: Sequence[int], offsets: Sequence[int], ks: Sequence[int], layout: _Layout
+  leaves: Sequence[jax.Array],
+  rows: Sequence[int],
+  offsets: Sequence[int],
+  ks: Sequence[int],
+  layout: _Layout,
 ) -> list[jax.Array]:
   """Each leaf with all but the entries among its row's ``ks[row]`` largest magnitudes zeroed.
 
