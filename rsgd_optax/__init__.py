@@ -26,7 +26,13 @@ from rsgd_optax._averaging import (
   nonmonotone_trigger,
   start_averaging,
 )
-from rsgd_optax._compressed import CompressedMeanState, compressed_mean, memory_specs, resize_memory
+from rsgd_optax._compressed import (
+  CompressedMeanState,
+  TwoPhaseMeanState,
+  compressed_mean,
+  memory_specs,
+  resize_memory,
+)
 from rsgd_optax._lookup import eval_params, find_averaging_state, find_residual_state, proximity
 from rsgd_optax._residual import (
   compress,
@@ -49,6 +55,7 @@ __all__ = (
   "ResidualState",
   "Scheme",
   "StepAwareScheme",
+  "TwoPhaseMeanState",
   "averaging_started",
   "compress",
   "compressed_mean",
