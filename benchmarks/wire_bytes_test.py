@@ -37,3 +37,30 @@ def test_groups_are_named_by_the_mesh_axes_they_span():
   assert wire_bytes.axis_of_group([0, 4], shape, names) == "host"
   assert wire_bytes.axis_of_group([4, 5, 6, 7], shape, names) == "local"
   assert wire_bytes.axis_of_group(list(range(8)), shape, names) == "host+local"
+
+
+def test_two_phase_bytes_read_from_the_compiled_hlo_are_the_wire_formats():
+  """Compiled on 8 devices, a small tree: each exchange's HLO bytes against its wire format.
+
+  Leaves of 35, 6 and 4,000 entries; each device serves pieces of 5, 1 and 500 (a chunk of 506
+  entries, 64 bytes of sign bits). Ring formulas: an all-gather sends 7 times a device's block, an
+  all-to-all 7 of its 8 blocks, an all-reduce 2 * 7 / 8 of the buffer.
+  """
+  shapes = {"a": (5, 7), "b": (6,), "c": (40, 100)}
+  rows = wire_bytes.scaling_row(shapes)["exchanges"]
+  expected = {
+    "psum_f32": 2 * 7 / 8 * 4 * 4041,
+    # 506 bytes of bits (4,041 bits) and 3 float32 scales, gathered.
+    "sign_all_gather": 7 * (506 + 4 * 3),
+    # 64 bytes of bits each way, the senders' 3 scales gathered, the server's 3 all-reduced.
+    "sign_two_phase": 2 * 7 * 64 + 7 * 4 * 3 + 2 * 7 / 8 * 4 * 3,
+    # k = 1, 1 and 40 (1% of each leaf, at least 1) int32 index + float32 value pairs, gathered.
+    "topk1pct_all_gather": 7 * 8 * (1 + 1 + 40),
+    # k = 1, 1 and 5 of each piece, each way.
+    "topk1pct_two_phase": 2 * 7 * 8 * (1 + 1 + 5),
+  }
+  for name, value in expected.items():
+    assert rows[name]["bytes_sent_per_device"] == pytest.approx(value), name
+    assert rows[name]["formula_bytes_per_device"] == pytest.approx(value), name
+  ops = {op["op"] for op in rows["sign_two_phase"]["collectives"]}
+  assert "all-to-all" in ops and "all-gather" in ops

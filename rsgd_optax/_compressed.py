@@ -308,33 +308,68 @@ def _signs(packed: jax.Array, count: int, acc: Any) -> jax.Array:
   return jnp.unpackbits(packed, axis=-1, count=count).astype(acc) * 2 - 1
 
 
-def _select_chunk(
-  x: jax.Array, fraction: float, per_leaf: bool, layout: _Layout
-) -> tuple[jax.Array, jax.Array]:
-  """Top-k of each row of ``x`` (``(..., chunk)``): of each piece (``per_leaf``) or of the chunk.
+def _select_row(
+  pieces: list, fraction: float, per_leaf: bool, layout: _Layout
+) -> tuple[jax.Array, jax.Array, list]:
+  """Top-k of one chunk, given as its leaves' pieces: of each piece (``per_leaf``) or of the chunk.
 
   ``k`` is ``top_k_count(fraction, n)`` of the piece's (or the chunk's) ``n`` entries, padding
-  included, so every row sends the same count; ties go to the lower index (``lax.top_k``). Returns
-  the indices within the chunk (int32) and the values.
+  included, so every chunk sends the same count; ties go to the lower index (``lax.top_k``).
+  Returns the indices within the chunk (int32), the values, and the pieces with the selected
+  entries zeroed (what was not sent).
   """
   if per_leaf:
-    parts = []
-    for start, piece in zip(layout.offsets, layout.pieces, strict=True):
-      if piece == 0:
-        continue
-      k = _schemes.top_k_count(fraction, piece)
-      parts.append(jax.lax.top_k(jnp.abs(x[..., start : start + piece]), k)[1] + start)
-    index = jnp.concatenate(parts, axis=-1)
-  else:
-    index = jax.lax.top_k(jnp.abs(x), _schemes.top_k_count(fraction, layout.chunk))[1]
-  index = index.astype(jnp.int32)
-  return index, jnp.take_along_axis(x, index, axis=-1)
+    index_parts, value_parts, rest = [], [], []
+    for x, start in zip(pieces, layout.offsets, strict=True):
+      k = _schemes.top_k_count(fraction, x.size)
+      index = jax.lax.top_k(jnp.abs(x), k)[1]
+      index_parts.append(index + start)
+      value_parts.append(x[index])
+      rest.append(x.at[index].set(0))
+    return (
+      jnp.concatenate(index_parts).astype(jnp.int32),
+      jnp.concatenate(value_parts),
+      rest,
+    )
+  chunk = jnp.concatenate(pieces)
+  index = jax.lax.top_k(jnp.abs(chunk), _schemes.top_k_count(fraction, layout.chunk))[1]
+  return index.astype(jnp.int32), chunk[index], _pieces(chunk.at[index].set(0), layout)
 
 
-def _scatter_rows(index: jax.Array, values: jax.Array, chunk: int, dtype: Any) -> jax.Array:
-  """Dense ``(rows, chunk)`` with ``values`` at ``index`` in each row, zeros elsewhere."""
-  rows = jnp.arange(index.shape[0])[:, None]
-  return jnp.zeros((index.shape[0], chunk), dtype).at[rows, index].set(values.astype(dtype))
+def _leaf_rows(vs: list, layout: _Layout, devices: int) -> list:
+  """Each leaf as ``(devices, piece)``: flattened, zero-padded, row ``j`` its piece ``j``."""
+  return [
+    jnp.pad(v.ravel(), (0, devices * piece - d)).reshape(devices, piece)
+    for v, d, piece in zip(vs, layout.sizes, layout.pieces, strict=True)
+  ]
+
+
+def _from_rows(rows: jax.Array, v: jax.Array, size: int) -> jax.Array:
+  """A leaf's ``(devices, piece)`` rows back in the leaf's shape."""
+  return rows.reshape(-1)[:size].reshape(v.shape)
+
+
+def _decode_top_k(
+  index: jax.Array, values: jax.Array, vs: list, layout: _Layout, fraction: float, per_leaf: bool
+) -> list:
+  """Every device's selected ``(index, value)`` pairs of its chunk (``(devices, K)``) as leaves."""
+  devices = index.shape[0]
+  rows = jnp.arange(devices)[:, None]
+  if not per_leaf:
+    dense = jnp.zeros((devices, layout.chunk), values.dtype).at[rows, index].set(values)
+    return _unchunked(dense, vs, layout)
+  out, first = [], 0
+  for v, d, piece, start in zip(vs, layout.sizes, layout.pieces, layout.offsets, strict=True):
+    k = _schemes.top_k_count(fraction, piece)
+    own_index = index[:, first : first + k] - start
+    dense = (
+      jnp.zeros((devices, piece), values.dtype)
+      .at[rows, own_index]
+      .set(values[:, first : first + k])
+    )
+    out.append(_from_rows(dense, v, d))
+    first += k
+  return out
 
 
 def _sign_scales(per_leaf: bool, sums: list, sizes: list[int], acc: Any) -> jax.Array:
@@ -347,37 +382,65 @@ def _sign_scales(per_leaf: bool, sums: list, sizes: list[int], acc: Any) -> jax.
 
 def _two_phase(
   scheme: Any,
-  vs: list,
+  grads: list,
+  errors: list | None,
   servers: list | None,
   names: tuple[str, ...],
   devices: int,
 ) -> tuple[list, list, list | None]:
-  """One two-phase exchange of the leaves ``vs`` (this device's error-fed gradient).
+  """One two-phase exchange of this device's gradient leaves ``grads`` plus its memory ``errors``.
 
-  ``servers`` holds this device's server memory piece per leaf (None: no server memory). Returns
-  the mean per leaf (the same on every device, in each leaf's dtype), ``R(v)`` as this device sent
-  it per leaf (for the worker memory), and the new server memory pieces (or None).
+  ``errors`` and ``servers`` hold this device's worker memory per leaf and its server memory piece
+  per leaf (None: no memory). Returns the mean per leaf (the same on every device, in the dtype of
+  ``v = g + e``), ``v - R(v)`` per leaf (what this device did not send: its new worker memory, in
+  ``v``'s dtype), and the new server memory pieces (or None).
   """
-  layout = _Layout.of([v.size for v in vs], devices)
+  if errors is None:
+    vs = list(grads)
+  else:
+    vs = [_dtypes.wider_float(g.dtype, e.dtype) for g, e in zip(grads, errors, strict=True)]
+    vs = [jax.ShapeDtypeStruct(g.shape, dtype) for g, dtype in zip(grads, vs, strict=True)]
+  layout = _Layout.of([g.size for g in grads], devices)
   index = jax.lax.axis_index(names)
   acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
   valid = _valid(layout, index)
   if isinstance(scheme, _schemes._TopK):
     wire = _wire_value_dtype(vs)
-    chunks = _chunked(vs, layout, devices, wire)
-    sent = _select_chunk(chunks, scheme.fraction, scheme.per_leaf, layout)
-    own_rows = _scatter_rows(*sent, layout.chunk, wire)
-    own = [c.astype(v.dtype) for c, v in zip(_unchunked(own_rows, vs, layout), vs, strict=True)]
+
+    def select(carry: None, rows: tuple) -> tuple[None, tuple]:
+      g_pieces, e_pieces = rows
+      if e_pieces is not None:
+        g_pieces = [
+          g.astype(v.dtype) + e.astype(v.dtype)
+          for g, e, v in zip(g_pieces, e_pieces, vs, strict=True)
+        ]
+      pieces = [g.astype(wire) for g in g_pieces]
+      return carry, _select_row(pieces, scheme.fraction, scheme.per_leaf, layout)
+
+    # One chunk at a time: lax.top_k of a single row runs without sorting the whole row, and
+    # g + e is formed a chunk at a time.
+    rows = (
+      _leaf_rows(grads, layout, devices),
+      None if errors is None else _leaf_rows(errors, layout, devices),
+    )
+    _, (*sent, rest) = jax.lax.scan(select, None, rows)
+    residuals = [
+      _from_rows(r, v, d).astype(v.dtype) for r, v, d in zip(rest, vs, layout.sizes, strict=True)
+    ]
     index_in, values_in = (jax.lax.all_to_all(x, names, 0, 0) for x in sent)
     total = jnp.zeros([layout.chunk], acc).at[index_in.ravel()].add(values_in.ravel().astype(acc))
     totals = _pieces(total, layout)
   else:
+    if errors is not None:
+      vs = [
+        g.astype(v.dtype) + e.astype(v.dtype) for g, e, v in zip(grads, errors, vs, strict=True)
+      ]
     sums = [jnp.sum(jnp.abs(v), dtype=acc) for v in vs]
     scales = _sign_scales(scheme.per_leaf, sums, list(layout.sizes), acc)
-    own = [
-      (scales[i if scheme.per_leaf else 0] * jnp.where(v >= 0, 1, -1).astype(acc)).astype(v.dtype)
-      for i, v in enumerate(vs)
-    ]
+    residuals = []
+    for i, v in enumerate(vs):
+      sign = jnp.where(v >= 0, 1, -1).astype(acc)
+      residuals.append(v - (scales[i if scheme.per_leaf else 0] * sign).astype(v.dtype))
     bits = _pack(_chunked([v >= 0 for v in vs], layout, devices, jnp.bool_))
     bits_in = jax.lax.all_to_all(bits, names, 0, 0)  # (senders, bytes of a chunk)
     scales_in = jax.lax.all_gather(scales, names)  # (senders, leaves or 1)
@@ -396,13 +459,15 @@ def _two_phase(
       wide = _dtypes.wider_float(v.dtype, servers[i].dtype)
       ws.append(mean.astype(wide) + servers[i].astype(wide))
   if isinstance(scheme, _schemes._TopK):
-    w_chunk = jnp.concatenate([w.astype(wire) for w in ws])
-    picked = _select_chunk(w_chunk, scheme.fraction, scheme.per_leaf, layout)
-    kept = jnp.zeros([layout.chunk], wire).at[picked[0]].set(picked[1])
-    c_pieces = _pieces(kept, layout)
-    index_all, values_all = (jax.lax.all_gather(x, names, to="invarying") for x in picked)
-    rows = _scatter_rows(index_all, values_all, layout.chunk, wire)
-    means = [m.astype(v.dtype) for m, v in zip(_unchunked(rows, vs, layout), vs, strict=True)]
+    picked_index, picked_values, rest = _select_row(
+      [w.astype(wire) for w in ws], scheme.fraction, scheme.per_leaf, layout
+    )
+    c_pieces = [w.astype(wire) - r for w, r in zip(ws, rest, strict=True)]
+    index_all, values_all = (
+      jax.lax.all_gather(x, names, to="invarying") for x in (picked_index, picked_values)
+    )
+    decoded = _decode_top_k(index_all, values_all, vs, layout, scheme.fraction, scheme.per_leaf)
+    means = [m.astype(v.dtype) for m, v in zip(decoded, vs, strict=True)]
   else:
     sums = [jnp.sum(jnp.abs(w), dtype=acc) for w in ws]
     scales = jax.lax.psum(_sign_scales(scheme.per_leaf, sums, list(layout.sizes), acc), names)
@@ -417,12 +482,12 @@ def _two_phase(
     for i, (v, rows) in enumerate(zip(vs, _unchunked(signs, vs, layout), strict=True)):
       means.append((scales[i if scheme.per_leaf else 0] * rows).astype(v.dtype))
   if servers is None:
-    return means, own, None
+    return means, residuals, None
   new_servers = []
   for w, c, s in zip(ws, c_pieces, servers, strict=True):
     wide = _dtypes.wider_float(w.dtype, c.dtype)
     new_servers.append((w.astype(wide) - c.astype(wide)).astype(s.dtype))
-  return means, own, new_servers
+  return means, residuals, new_servers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,18 +721,18 @@ def compressed_mean(
       _check_per_device(grads[0], memory[slots[0]], names)
     if fast:
       grads = [jax.lax.pmean(g, fast) for g in grads]
-    if memory is not None:
-      vs = []
-      for g, i in zip(grads, slots, strict=True):
-        wide = _dtypes.wider_float(g.dtype, memory[i].dtype)
-        vs.append(g.astype(wide) + memory[i][0].astype(wide))
-    else:
-      vs = grads
+    errors = None if memory is None else [memory[i][0] for i in slots]
     new_servers = None
     if two_phase:
       pieces = None if servers is None else [servers[i][0] for i in slots]
-      means, own, new_servers = _two_phase(scheme, vs, pieces, names, devices)
+      means, residuals, new_servers = _two_phase(scheme, grads, errors, pieces, names, devices)
     else:
+      vs = grads
+      if errors is not None:
+        vs = []
+        for g, e in zip(grads, errors, strict=True):
+          wide = _dtypes.wider_float(g.dtype, e.dtype)
+          vs.append(g.astype(wide) + e.astype(wide))
       if isinstance(scheme, _schemes._TopK):
         payload, own = _encode_top_k(scheme.fraction, scheme.per_leaf, vs)
       else:
@@ -684,9 +749,11 @@ def compressed_mean(
     mean_tree = jax.tree.unflatten(treedef, out)
     if memory is None:
       return mean_tree, state
+    if not two_phase:
+      residuals = [v - c for v, c in zip(vs, own, strict=True)]
     new_memory = list(memory)
-    for i, v, c in zip(slots, vs, own, strict=True):
-      new_memory[i] = (v - c).astype(memory[i].dtype)[None]
+    for i, r in zip(slots, residuals, strict=True):
+      new_memory[i] = r.astype(memory[i].dtype)[None]
     if not two_phase:
       return mean_tree, CompressedMeanState(jax.tree.unflatten(treedef, new_memory))
     new_server = list(servers)
