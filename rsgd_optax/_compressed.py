@@ -707,13 +707,13 @@ def compressed_mean(
     slots = [i for i in floats if leaves[i].size > 0]
     memory = servers = None
     if error_feedback:
-      memory = treedef.flatten_up_to(state.memory)
+      memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
       if two_phase:
-        servers = treedef.flatten_up_to(state.server_memory)
+        servers = treedef.flatten_up_to(state.server_memory)  # type: ignore[attr-defined]
       check_rows(memory, servers, floats, devices)
     # Leaves that are not exchanged (not floating point, or empty) pass through, the same on every
     # device so that the caller's replicated out_specs hold.
-    out = [_same_everywhere(g, (*names, *fast)) for g in leaves]
+    out = [g if i in slots else _same_everywhere(g, (*names, *fast)) for i, g in enumerate(leaves)]
     if not slots:
       return jax.tree.unflatten(treedef, out), state
     grads = [leaves[i] for i in slots]
@@ -756,6 +756,7 @@ def compressed_mean(
       new_memory[i] = r.astype(memory[i].dtype)[None]
     if not two_phase:
       return mean_tree, CompressedMeanState(jax.tree.unflatten(treedef, new_memory))
+    assert servers is not None and new_servers is not None
     new_server = list(servers)
     for i, s in zip(slots, new_servers, strict=True):
       new_server[i] = s[None]
