@@ -25,6 +25,14 @@ The device count is fixed when JAX starts, so this runs as its own process::
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.wire_bytes --out w.json
 
 :func:`run_in_subprocess` starts it so from another process (``benchmarks.run``).
+
+How the bytes grow with the number of devices ``P``: ``--scaling-devices 8,16,32,64`` compiles (does
+not run) one step of the float32 all-reduce and of both exchanges of ``compressed_mean``
+(``all_gather`` and ``two_phase``) with both schemes on one axis of ``P`` host devices, each ``P`` in
+a process of its own (:func:`scaling_in_subprocesses`), and records the HLO's bytes next to the
+wire formats' (:func:`formula_bytes`) and the compiled step's temporaries::
+
+  python -m benchmarks.wire_bytes --scaling-devices 8,16,32,64 --out w.json
 """
 
 from __future__ import annotations
@@ -413,8 +421,10 @@ def scaling_in_subprocesses(
   arguments = ["--scaling", "--width-scale", str(width_scale), "--stage-blocks", blocks]
   from examples.common import machine
 
+  record = machine.describe()
+  record["devices"] = f"{','.join(map(str, devices))} x cpu (host devices, a process each)"
   return {
-    "machine": machine.describe(),
+    "machine": record,
     "tree": {
       "width_scale": width_scale,
       "stage_blocks": list(stage_blocks),
