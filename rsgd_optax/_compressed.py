@@ -258,7 +258,7 @@ class _Layout(NamedTuple):
 
   @classmethod
   def of(cls, sizes: list[int], devices: int) -> _Layout:
-    pieces = tuple(-(-d // devices) for d in sizes)
+    pieces = tuple(server_piece(d, devices) for d in sizes)
     offsets = tuple(int(o) for o in np.cumsum((0, *pieces))[:-1])
     return cls(tuple(sizes), pieces, offsets, int(sum(pieces)))
 
