@@ -1,4 +1,9 @@
-"""The HLO reading of ``benchmarks.wire_bytes`` on hand-written HLO lines (no compilation)."""
+"""``benchmarks.wire_bytes``: its HLO reading on hand-written lines and on a small compiled step (the
+bytes of both exchanges against their wire formats), and the committed record of both exchanges
+against the number of devices."""
+
+import json
+import pathlib
 
 import pytest
 
@@ -37,3 +42,55 @@ def test_groups_are_named_by_the_mesh_axes_they_span():
   assert wire_bytes.axis_of_group([0, 4], shape, names) == "host"
   assert wire_bytes.axis_of_group([4, 5, 6, 7], shape, names) == "local"
   assert wire_bytes.axis_of_group(list(range(8)), shape, names) == "host+local"
+
+
+def test_two_phase_bytes_read_from_the_compiled_hlo_are_the_wire_formats():
+  """Compiled on 8 devices, a small tree: each exchange's HLO bytes against its wire format.
+
+  Leaves of 35, 6 and 4,000 entries; each device serves pieces of 5, 1 and 500 (a chunk of 506
+  entries, 64 bytes of sign bits). Ring formulas: an all-gather sends 7 times a device's block, an
+  all-to-all 7 of its 8 blocks, an all-reduce 2 * 7 / 8 of the buffer.
+  """
+  shapes = {"a": (5, 7), "b": (6,), "c": (40, 100)}
+  rows = wire_bytes.scaling_row(shapes)["exchanges"]
+  expected = {
+    "psum_f32": 2 * 7 / 8 * 4 * 4041,
+    # 506 bytes of bits (4,041 bits) and 3 float32 scales, gathered.
+    "sign_all_gather": 7 * (506 + 4 * 3),
+    # 64 bytes of bits each way, the senders' 3 scales gathered, the server's 3 all-reduced.
+    "sign_two_phase": 2 * 7 * 64 + 7 * 4 * 3 + 2 * 7 / 8 * 4 * 3,
+    # k = 1, 1 and 40 (1% of each leaf, at least 1) int32 index + float32 value pairs, gathered.
+    "topk1pct_all_gather": 7 * 8 * (1 + 1 + 40),
+    # k = 1, 1 and 5 of each piece, each way.
+    "topk1pct_two_phase": 2 * 7 * 8 * (1 + 1 + 5),
+  }
+  for name, value in expected.items():
+    assert rows[name]["bytes_sent_per_device"] == pytest.approx(value), name
+    assert rows[name]["formula_bytes_per_device"] == pytest.approx(value), name
+  ops = {op["op"] for op in rows["sign_two_phase"]["collectives"]}
+  assert "all-to-all" in ops and "all-gather" in ops
+
+
+RECORD = pathlib.Path(__file__).parent / "results" / "wire-bytes-cpu.json"
+
+
+def test_the_committed_scaling_record_meets_the_goals_and_is_the_table_in_the_docs():
+  """Two-phase: sign >= 28x and top-k 1% >= 40x fewer bytes than the float32 all-reduce at every P,
+  temporaries <= 3x the gradient at P = 64; the HLO bytes equal the wire formats' in every row."""
+  scaling = json.loads(RECORD.read_text())["scaling"]
+  assert [row["devices"] for row in scaling["rows"]] == [8, 16, 32, 64]
+  page = (pathlib.Path(__file__).parents[1] / "docs" / "compressed.md").read_text()
+  for row in scaling["rows"]:
+    rows = row["exchanges"]
+    assert rows["sign_two_phase"]["bytes_ratio"] >= 28, row["devices"]
+    assert rows["topk1pct_two_phase"]["bytes_ratio"] >= 40, row["devices"]
+    for name, ex in rows.items():
+      assert ex["bytes_sent_per_device"] == pytest.approx(ex["formula_bytes_per_device"]), name
+      cell = (
+        f"{ex['bytes_sent_per_device'] / (1 << 20):.3f} MiB, {ex['bytes_ratio']:.1f}x, "
+        f"{ex['temp_per_gradient']:.2f}"
+      )
+      assert name == "psum_f32" or cell in page, (row["devices"], name, cell)
+  last = scaling["rows"][-1]["exchanges"]
+  assert last["sign_two_phase"]["temp_per_gradient"] <= 3
+  assert last["topk1pct_two_phase"]["temp_per_gradient"] <= 3

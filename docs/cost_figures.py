@@ -239,6 +239,46 @@ def benchmarks_wire_bytes() -> str:
   )
 
 
+SCALING_EXCHANGES = (
+  "sign_all_gather",
+  "sign_two_phase",
+  "topk1pct_all_gather",
+  "topk1pct_two_phase",
+)
+
+
+def scaling_cell(exchange: dict) -> str:
+  """One exchange at one device count: MiB a device sends, x fewer than float32, temporaries."""
+  return (
+    f"{exchange['bytes_sent_per_device'] / (1 << 20):.3f} MiB, {exchange['bytes_ratio']:.1f}x, "
+    f"{exchange['temp_per_gradient']:.2f}"
+  )
+
+
+def benchmarks_wire_bytes_scaling() -> str:
+  """BENCHMARKS.md's table of both exchanges against the device count, and its machine."""
+  results = load("wire-bytes-cpu")
+  scaling = results["scaling"]
+  lines = [
+    "| P | f32 all-reduce | " + " | ".join(SCALING_EXCHANGES) + " |",
+    "|---|---|" + "---|" * len(SCALING_EXCHANGES),
+  ]
+  for row in scaling["rows"]:
+    exchanges = row["exchanges"]
+    f32 = exchanges["psum_f32"]["bytes_sent_per_device"] / (1 << 20)
+    cells = [scaling_cell(exchanges[name]) for name in SCALING_EXCHANGES]
+    lines.append(f"| {row['devices']} | {f32:.3f} MiB | " + " | ".join(cells) + " |")
+  machine = scaling.get("machine", results["machine"])
+  return (
+    "\n".join(lines)
+    + "\n\nEach cell: MiB a device sends per step, times fewer than the float32 all-reduce, "
+    "temporaries in units of the gradient. "
+    f"Machine: {machine['cpu']} ({machine['cpu_id']}), {machine['cpu_cores']} cores, "
+    f"jax {machine['jax']}. Record: the `scaling` entry of "
+    "`benchmarks/results/wire-bytes-cpu.json`.\n"
+  )
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
   "readme-costs": readme_costs,
   "readme-allocator": readme_allocator,
@@ -246,6 +286,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
   "benchmarks-gpu-h100": lambda: benchmarks_run("gpu-h100"),
   "benchmarks-settings": benchmarks_settings,
   "benchmarks-wire-bytes": benchmarks_wire_bytes,
+  "benchmarks-wire-bytes-scaling": benchmarks_wire_bytes_scaling,
 }
 
 
