@@ -1,25 +1,27 @@
 """Pieces shared by every example family (image classification, language modeling, graphs).
 
-* :mod:`~examples.common.optimizers`: the one registry of optimizer names (``REGISTRY``: each name's
-  base, trajectory, tail and residual scheme), ``parse_views("sgdm,rsgdm-scale@0.25,...")`` (refuses
-  names of different trajectories), ``make_optimizer(views or name, ...)`` (one chain layout for one
-  view or many), ``group_by_trajectory`` and ``step_decay_schedule``.
-* :mod:`~examples.common.rundir`: ``RunDirectory(config, workdir, views, template=state)``, the
-  context manager a trainer's loop runs in (config lock, resume from the newest readable checkpoint,
-  ``config.json``/``machine.json``, per-view records, checkpoints, every writer closed on exit).
-* :mod:`~examples.common.progress`: ``StepLosses`` (progress bar and non-finite stop).
-* :mod:`~examples.common.config_checks`: ranges of config values, checked before anything is
-  written.
-* :mod:`~examples.common.entry`: the one entry point of the three ``main.py`` (flags, ``--help``,
-  logging, ``UserError`` as one ``error:`` line).
-* :mod:`~examples.common.errors`: ``UserError`` and the errors printed as one line.
-* :mod:`~examples.common.metrics`: ``MetricsWriter`` (one JSON line per epoch in
-  ``<workdir>/metrics.jsonl`` plus TensorBoard scalars, resume-safe) and ``read_metrics``.
-* :mod:`~examples.common.checkpoint`: ``Checkpointer`` (Orbax, one checkpoint of named items per
-  epoch, restore the latest) and ``abstract_like``.
-* :mod:`~examples.common.nonfinite`: ``check_losses`` raising ``NonFiniteLossError`` with the epoch
-  and step.
-* :mod:`~examples.common.report`: runs (``config.json`` + ``metrics.jsonl``) grouped by a config field,
-  best metric per epoch range, mean ± std, paired gains of residual views over their base,
-  Markdown tables and curve plots.
+One concept a module. Listed from the lowest layer up: each module imports only modules listed
+above it (``examples/common/layout_test.py`` checks it), and none imports ``benchmarks`` or a
+family.
+
+- ``errors``: ``UserError`` and ``DataError``, the base errors a user can cause and fix.
+- ``fileio``: atomic writes of a run's files, and ``RunIOError`` (one line naming the file).
+- ``config_record``: ``config.json``'s name, the config as JSON, its fields by dotted name.
+- ``machine``: the machine a result came from (``machine.json``, report captions).
+- ``hlo``: the collectives of a compiled program and the bytes each device sends for them.
+- ``nonfinite``: ``check_losses``, raising ``NonFiniteLossError`` with the epoch and step.
+- ``sharding``: the ``data`` mesh and where arrays live: batches split, state replicated or FSDP.
+- ``cpu_runtime``: XLA's CPU scheduling flag for fewer and smaller temporaries.
+- ``distributed``: starting JAX on several processes.
+- ``watchdog``: the stall watchdog that ends a multi-process run whose peer died.
+- ``config_checks``: ranges of config values, checked before anything is written.
+- ``compression``: ``config.grad_compression`` by name (the compressed gradient exchange).
+- ``optimizers``: the one registry of optimizer names, ``parse_views`` and ``make_optimizer``.
+- ``progress``: ``StepLosses``, an epoch's per-step losses (progress bar, non-finite stop, means).
+- ``metrics``: ``MetricsWriter`` (``metrics.jsonl`` and TensorBoard, resume-safe), ``read_metrics``.
+- ``checkpoint``: ``Checkpointer`` (Orbax, one checkpoint of named items per epoch) and its errors.
+- ``report``: runs grouped by a config field, mean ± std, paired gains, Markdown tables, plots.
+- ``rundir``: ``RunDirectory``, the config lock, resume, records and checkpoints of one workdir.
+- ``skeleton``: what every trainer does around its loop: ``start_run``, ``finish``, ``RunResults``.
+- ``entry``: the one entry point of the three ``main.py`` (flags, ``--help``, logging, errors).
 """

@@ -5,7 +5,7 @@ atomic finalize), so a run killed mid-save leaves the previous checkpoint as the
 stopped on a non-finite loss simply does not save the bad epoch, so the last good one stays.
 
 A save that fails for lack of space or permissions raises
-:class:`~examples.common.metrics.RunIOError` (one message: the directory and the cause) instead of
+:class:`~examples.common.fileio.RunIOError` (one message: the directory and the cause) instead of
 Orbax's hundreds of log lines: it first waits for the writes Orbax abandoned (their threads keep
 writing and logging after the first failure), keeps quiet exactly the reports they leave behind
 (see :func:`_absorb_abandoned_work`), and removes its temporary directory; temporary directories
@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from examples.common.metrics import run_io_error
+from examples.common.fileio import run_io_error
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from examples.common.checkpoint import (
   _os_error_in,
   abstract_like,
 )
-from examples.common.metrics import RunIOError
+from examples.common.fileio import RunIOError
 
 
 def _state(value: float):

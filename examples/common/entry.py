@@ -10,8 +10,8 @@ module does, once for all of them:
 * the CPU runtime flags (:func:`examples.common.cpu_runtime.prefer_small_temporaries`), logging
   (the examples' INFO lines shown, Orbax's INFO filtered once), and the start of several processes
   (:func:`examples.common.distributed.initialize`) for a config that has ``distributed``.
-* errors: :class:`~examples.common.errors.UserError` and the listed data and IO errors
-  (:func:`examples.common.errors.user_errors`) print as one ``error: ...`` line with exit status 1;
+* errors: :class:`~examples.common.errors.UserError` and the data and IO errors each module defines
+  (:data:`USER_ERRORS`) print as one ``error: ...`` line with exit status 1;
   any other exception is a bug and keeps its traceback.
 """
 
@@ -26,11 +26,25 @@ import tokenize
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import ml_collections
-
 from examples.common import cpu_runtime, errors
+from examples.common.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
+from examples.common.config_record import flat_fields, is_group
+from examples.common.fileio import RunIOError
+from examples.common.nonfinite import NonFiniteLossError
 
 HELP_ARGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+# What prints as one ``error:`` line: each module's error a user can cause or fix. A missing file
+# (missing data), a file in the wrong format, a full disk or an unwritable workdir, a diverged run,
+# no readable checkpoint, a checkpoint of another tree. Every other exception is a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+  errors.UserError,
+  NonFiniteLossError,
+  NoReadableCheckpointError,
+  CheckpointMismatchError,
+  FileNotFoundError,
+  errors.DataError,
+  RunIOError,
+)
 _FIELD_LINE = re.compile(r"^\s*config\.([A-Za-z_][\w.]*)\s*=")
 
 
@@ -63,23 +77,9 @@ def field_help(config_module: str) -> dict[str, str]:
   return fields
 
 
-def _is_dict(value: Any) -> bool:
-  return isinstance(value, (Mapping, ml_collections.ConfigDict))
-
-
-def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
-  """Every field of a config by dotted name, nested ``ConfigDict`` s and their fields alike."""
-  out = {}
-  for key, value in config.items():
-    out[f"{prefix}{key}"] = value
-    if _is_dict(value):
-      out.update(_flat(value, f"{prefix}{key}."))
-  return out
-
-
 def help_text(doc: str, config_module: str) -> str:
   """Usage, the flags, and every config field with its default and meaning."""
-  defaults = _flat(importlib.import_module(config_module).get_config())
+  defaults = flat_fields(importlib.import_module(config_module).get_config(), groups=True)
   meanings = field_help(config_module)
   path = config_module.replace(".", "/") + ".py"
   lines = [
@@ -91,7 +91,7 @@ def help_text(doc: str, config_module: str) -> str:
     "",
     f"Config fields (defaults from {path}; a config file may change them):",
   ]
-  shown = {name: "{...}" if _is_dict(value) else repr(value) for name, value in defaults.items()}
+  shown = {name: "{...}" if is_group(value) else repr(value) for name, value in defaults.items()}
   width = max(len(f"{name} = {value}") for name, value in shown.items())
   for name in defaults:
     left = f"{name} = {shown[name]}"
@@ -124,7 +124,7 @@ def _overrides(argv: Sequence[str]) -> list[str]:
 
 def check_overrides(argv: Sequence[str], config: Mapping[str, Any]) -> None:
   """Raises :class:`UserError` for a ``--config.FIELD`` that ``config`` does not have."""
-  fields = _flat(config)
+  fields = flat_fields(config, groups=True)
   for name in _overrides(argv):
     if name not in fields:
       near = difflib.get_close_matches(name, list(fields), n=3, cutoff=0.6)
@@ -166,7 +166,6 @@ def run(
     argv: the command line (default ``sys.argv``).
   """
   from absl import flags
-  from absl import logging as absl_logging
   from ml_collections import config_flags
 
   argv = list(sys.argv if argv is None else argv)
@@ -199,19 +198,30 @@ def run(
   if not flags.FLAGS.is_parsed():  # absl's own flags (logging): their defaults
     flags.FLAGS.mark_as_parsed()
   cpu_runtime.prefer_small_temporaries()
+  setup_logging()
+  config = config_flag.value
+  try:
+    if "distributed" in config:
+      _start_processes(config)
+    train_and_evaluate(config, workdir.value)
+  except USER_ERRORS as error:
+    _fail(str(error))
+
+
+def setup_logging() -> None:
+  """The examples' one logging set-up: absl's handler, INFO shown, Orbax's INFO lines dropped.
+
+  The trainers and sweeps log through the standard ``logging`` module (loggers under
+  ``examples``); the entry point and the sweep scripts call this once before training.
+  """
+  from absl import logging as absl_logging
+
   absl_logging.use_absl_handler()
   absl_logging.set_verbosity(absl_logging.INFO)
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
     handler.addFilter(_DropOrbaxInfo())
   logging.getLogger("examples").setLevel(logging.INFO)
-  config = config_flag.value
-  try:
-    if "distributed" in config:
-      _start_processes(config)
-    train_and_evaluate(config, workdir.value)
-  except errors.user_errors() as error:
-    _fail(str(error))
 
 
 def _start_processes(config: Any) -> None:

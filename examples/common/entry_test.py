@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from examples.common import entry, errors
+from examples.common import config_record, entry, errors
 
 CONFIG = "examples/image_classification/configs/fashion_mnist_cnn.py"
 FAMILIES = (
@@ -46,7 +46,9 @@ def test_help_lists_every_field_with_default_and_meaning(capsys):
 @pytest.mark.parametrize("module", FAMILIES)
 def test_every_config_field_has_a_meaning(module):
   fields = entry.field_help(module)
-  declared = set(entry._flat(importlib.import_module(module).get_config()))
+  declared = set(
+    config_record.flat_fields(importlib.import_module(module).get_config(), groups=True)
+  )
   assert declared == set(fields)
   assert not [name for name, meaning in fields.items() if not meaning]
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from examples.common import metrics
+from examples.common import fileio, metrics
 
 
 def test_writes_one_line_per_epoch_and_tensorboard_events(tmp_path):
@@ -87,7 +87,7 @@ def test_a_full_disk_is_one_message_naming_the_file_and_keeps_the_old_records(
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", full_disk)
-    with pytest.raises(metrics.RunIOError) as raised:
+    with pytest.raises(fileio.RunIOError) as raised:
       writer.write({"epoch": 1, "train_loss": 0.5})
   message = str(raised.value)
   assert message.startswith(f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device")
@@ -107,5 +107,5 @@ def test_an_unwritable_workdir_is_one_message(tmp_path, monkeypatch):
     return real_open(path, flags, mode, **kwargs)
 
   monkeypatch.setattr(os, "open", refuse)
-  with pytest.raises(metrics.RunIOError, match=r"cannot write .*metrics.jsonl: Permission denied"):
+  with pytest.raises(fileio.RunIOError, match=r"cannot write .*metrics.jsonl: Permission denied"):
     metrics.MetricsWriter(str(tmp_path))

@@ -1,4 +1,4 @@
-"""An epoch's per-step losses: the progress bar and the non-finite stop, synced every few steps."""
+"""An epoch's per-step losses: the progress bar, the non-finite stop and the epoch's means."""
 
 from typing import Any
 
@@ -14,6 +14,9 @@ class StepLosses:
 
   Keeps the device arrays and syncs with the host once per ``check_every`` steps, where it raises
   :class:`~examples.common.nonfinite.NonFiniteLossError` on a NaN/inf loss and moves the tqdm bar.
+  :meth:`finish` returns the epoch's mean loss and the mean of each extra value: plain means of the
+  float32 values, or with ``weight`` given to :meth:`add` (a window's length, say) weighted means
+  in float64.
 
   Args:
     epoch: named in the progress bar and in the error.
@@ -35,12 +38,23 @@ class StepLosses:
     self.epoch, self.first_step, self.total = epoch, first_step, total
     self.check_every = max(1, int(check_every))
     self.losses: list[Any] = []
+    self.weights: list[float] = []
     self.extras: dict[str, list[Any]] = {}
     self._checked = 0
     self._bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not progress_bar, leave=False)
 
-  def add(self, loss: Any, **extras: Any) -> None:
+  @property
+  def step(self) -> int:
+    """The global step of the next loss (``first_step`` plus the losses added so far)."""
+    return self.first_step + len(self.losses)
+
+  def add(self, loss: Any, *, weight: float | None = None, **extras: Any) -> None:
+    """Adds one step's loss (a device scalar), its weight in the mean, and other values."""
+    if self.losses and (weight is None) != (not self.weights):
+      raise ValueError("Give a weight to every loss of an epoch or to none.")
     self.losses.append(loss)
+    if weight is not None:
+      self.weights.append(weight)
     for key, value in extras.items():
       self.extras.setdefault(key, []).append(value)
     if len(self.losses) - self._checked >= self.check_every or len(self.losses) == self.total:
@@ -54,14 +68,21 @@ class StepLosses:
       self._bar.update(len(new))
     self._checked = len(self.losses)
 
-  def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Checks the remaining losses, closes the bar; returns all losses and extras as arrays."""
+  def finish(self) -> dict[str, float]:
+    """Checks the remaining losses and closes the bar; returns the means (``loss`` and extras)."""
     try:
       self._check()
     finally:
       self._bar.close()
-    extras = {k: np.asarray(jax.device_get(v)) for k, v in self.extras.items()}
-    return np.asarray(jax.device_get(self.losses)), extras
+    values = {"loss": self.losses, **self.extras}
+    if self.weights:
+      return {
+        key: float(
+          np.average(np.asarray(jax.device_get(v)).astype(np.float64), weights=self.weights)
+        )
+        for key, v in values.items()
+      }
+    return {key: float(np.mean(np.asarray(jax.device_get(v)))) for key, v in values.items()}
 
   def __enter__(self) -> "StepLosses":
     return self

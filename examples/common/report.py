@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from examples.common.config_record import CONFIG_FILE
 from examples.common.errors import UserError
 from examples.common.machine import MACHINE_FILE, summary
 from examples.common.metrics import read_metrics
 from examples.common.optimizers import has_residual, parse_views, trajectory
-
-CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """A run's directory: its config lock, its records, its checkpoints, opened and closed as one.
 
-``with RunDirectory(config, workdir, views, template=state) as run:`` does, in this order:
+``RunDirectory(config, workdir, views)`` checks the config lock, and ``with run.open(state):`` (or
+``with RunDirectory(config, workdir, views, template=state) as run:``) opens the run:
 
-1. **The config lock** (nothing is written before it passes): a workdir that holds a
+1. **The config lock**, checked once, when the object is made (nothing is read or written before
+   it passes, so a trainer makes it before loading its data): a workdir that holds a
    ``config.json`` resumes only with the same config. A field that changes results (optimizer list
    or settings, model, data, learning rate and schedule, seed, ...) is refused with one
    :class:`~examples.common.errors.UserError` naming each differing field with both values. The
@@ -34,10 +36,11 @@ import ml_collections
 
 from examples.common import machine
 from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
+from examples.common.config_record import CONFIG_FILE, as_json, flat_fields
 from examples.common.errors import UserError
-from examples.common.metrics import MetricsWriter, atomic_write_text, reporting_io_errors
+from examples.common.fileio import atomic_write_json
+from examples.common.metrics import MetricsWriter
 from examples.common.optimizers import View
-from examples.common.report import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +82,9 @@ def model_item(views: Sequence[View], view: View) -> str:
   return "model" if len(views) == 1 else f"model-{view.name}"
 
 
-def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in record.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as ``config.json`` holds it (tuples become lists)."""
-  return json.loads(json.dumps(config.to_dict(), default=str))
-
-
 def config_differences(recorded: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Each locked field whose value differs from the recorded one, as ``field: old -> new``."""
-  old, new = _flat(recorded), _flat(_as_json(config))
+  old, new = flat_fields(recorded), flat_fields(as_json(config))
   differences = []
   for field in sorted(old.keys() | new.keys()):
     if field.split(".")[0] in MAY_CHANGE or old.get(field) == new.get(field):
@@ -138,21 +126,13 @@ def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
 
 
-def _write_json(path: str, data: Any) -> None:
-  """Replaces ``path`` atomically with the user's umask; a full disk is one :class:`RunIOError`."""
-  directory = os.path.dirname(path) or "."
-  with reporting_io_errors(directory):
-    os.makedirs(directory, exist_ok=True)
-  atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
 def write_config(config: ml_collections.ConfigDict, workdir: str, views: Sequence[View]) -> None:
   """``config.json`` in ``workdir``, and with several views one per view folder."""
-  record = _as_json(config)
-  _write_json(os.path.join(workdir, CONFIG_FILE), record)
+  record = as_json(config)
+  atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
   if len(views) > 1:
     for view in views:
-      _write_json(
+      atomic_write_json(
         os.path.join(view_workdir(workdir, views, view), CONFIG_FILE),
         {**record, "optimizer": view.name, "views": [v.name for v in views]},
       )
@@ -166,7 +146,7 @@ def record_machine(workdir: str, epoch_started: int) -> None:
     with open(path) as f:
       entries = json.load(f)
   entries.append({"epoch_started": epoch_started, "machine": machine.describe()})
-  _write_json(path, entries)
+  atomic_write_json(path, entries)
 
 
 def _shape_mismatch(
@@ -185,10 +165,11 @@ class RunDirectory:
   """One run's workdir, opened by ``with``: see the module docstring.
 
   Args:
-    config: the run's config (locked to the workdir).
+    config: the run's config (locked to the workdir: checked here, before anything else).
     workdir: the run's directory.
     views: the views of ``config.optimizer`` (one record folder each when several).
-    template: the initial training state, the tree a checkpoint's ``state`` is restored into.
+    template: the initial training state, the tree a checkpoint's ``state`` is restored into
+      (or given later by :meth:`open`).
     log_fields: record fields shown in each epoch's log line.
 
   Attributes (after ``__enter__``):
@@ -203,9 +184,10 @@ class RunDirectory:
     workdir: str,
     views: Sequence[View],
     *,
-    template: Any,
+    template: Any = None,
     log_fields: Sequence[str] = (),
   ):
+    check_config_lock(config, workdir)  # the one check: nothing is read or written before it
     self.config, self.workdir, self.views = config, workdir, list(views)
     self.template, self.log_fields = template, tuple(log_fields)
     self.primary = jax.process_index() == 0
@@ -214,8 +196,18 @@ class RunDirectory:
     self.state: Any = template
     self._writers: dict[str, MetricsWriter] = {}
 
+  def open(self, template: Any) -> "RunDirectory":
+    """Sets the state a checkpoint is restored into; ``with run.open(state):`` opens the run.
+
+    For a trainer that locks the workdir first (constructing this class) and builds its state
+    after loading the data.
+    """
+    self.template = self.state = template
+    return self
+
   def __enter__(self) -> "RunDirectory":
-    check_config_lock(self.config, self.workdir)
+    if self.template is None:
+      raise ValueError("RunDirectory needs the state to restore into: use run.open(state).")
     with self._stack as stack:
       os.makedirs(self.workdir, exist_ok=True)
       self.checkpointer = stack.enter_context(
@@ -257,10 +249,24 @@ class RunDirectory:
   def records(self) -> dict[str, list[Record]]:
     return {name: writer.records for name, writer in self._writers.items()}
 
-  def write(self, epoch: int, records: Mapping[str, Mapping[str, Any]]) -> None:
-    """Writes each view's record of ``epoch`` (``{"epoch": epoch}`` is added) and logs it."""
+  def write(
+    self,
+    epoch: int,
+    records: Mapping[str, Mapping[str, Any]],
+    *,
+    shared: Mapping[str, Any] | None = None,
+    seconds: float | None = None,
+  ) -> None:
+    """Writes each view's record of ``epoch`` and logs it.
+
+    A view's record is ``{"epoch": epoch, **shared, **records[name], "seconds": seconds}``:
+    ``shared`` holds the fields of the one training (step, learning rate, training loss),
+    ``records`` each view's own, ``seconds`` the epoch's wall time (left out when ``None``).
+    """
     for view in self.views:
-      record = {"epoch": epoch, **records[view.name]}
+      record = {"epoch": epoch, **(shared or {}), **records[view.name]}
+      if seconds is not None:
+        record["seconds"] = seconds
       self._writers[view.name].write(record)
       shown = " ".join(
         f"{k} {record[k]:.4g}" for k in self.log_fields if isinstance(record.get(k), (int, float))

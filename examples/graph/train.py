@@ -7,9 +7,11 @@ clusters, and after every ``eval_every`` epochs scores the RSGD point ``x = y + 
 ``config.json``, ``metrics.jsonl`` (one line per epoch) and TensorBoard scalars into ``workdir``,
 and an Orbax checkpoint per ``checkpoint_every`` epochs, from which a rerun resumes.
 :func:`train_and_evaluate` holds the epoch loop; the run directory (config lock, resume, records,
-checkpoints) is :class:`examples.common.rundir.RunDirectory`. ``config.optimizer`` may list views of one
-trajectory (``adam,adam-scale,adam-sign,adam-topk``): one training, each view evaluated at its own
-point, with its own ``<workdir>/<name>/metrics.jsonl``.
+checkpoints) is :class:`examples.common.rundir.RunDirectory`, opened by
+:func:`examples.common.skeleton.start_run`. ``config.optimizer`` may list views of one trajectory
+(``adam,adam-scale,adam-sign,adam-topk``): one training, each view evaluated at its own point, with
+its own ``<workdir>/<name>/metrics.jsonl``. It trains on one device: the README says why its padded
+cluster batches do not split over devices as the other families' batches do.
 
 The setting is inductive, as in the Cluster-GCN and GraphSAGE PPI experiments: training sees only
 the graph induced by the training nodes; evaluation runs on the whole graph.
@@ -17,6 +19,7 @@ the graph induced by the training nodes; evaluation runs on the whole graph.
 
 import collections
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -25,15 +28,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 
 import rsgd_optax as rsgd
-from examples.common import config_checks, optimizers, progress, rundir
+from examples.common import config_checks, optimizers, progress, skeleton
 from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
 from examples.graph import batching, partition, scores
 from examples.graph.graphsage_data import GraphData, load_graphsage
 from examples.graph.models import ClusterGCN
+
+logger = logging.getLogger(__name__)
 
 # How many times each jitted function was traced (= compiled). Padding keeps it at one per function.
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
@@ -76,8 +80,16 @@ CONFIG_CHOICES = {
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Every field in its range; ``clusters_per_batch`` at most ``num_clusters`` (the batch size)."""
+  """Every field in its range; ``clusters_per_batch`` at most ``num_clusters`` (the batch size).
+
+  :func:`train_and_evaluate` checks the ranges in :func:`examples.common.skeleton.start_run`.
+  """
   config_checks.check(config, CONFIG_RANGES, CONFIG_CHOICES)
+  check_batch_size(config)
+
+
+def check_batch_size(config: ml_collections.ConfigDict) -> None:
+  """``clusters_per_batch`` at most ``num_clusters``: a batch is that many clusters."""
   config_checks.check_batch_size(
     config.clusters_per_batch, config.num_clusters, field="clusters_per_batch", of="clusters"
   )
@@ -265,8 +277,8 @@ def train_epoch(
     for batch in graph.train.epoch(rng):
       state, rest, loss = steps.train(state, rest, batching.to_device(batch))
       tracker.add(loss)
-    losses, _ = tracker.finish()
-  return state, {"step": (epoch + 1) * num_batches, "train_loss": float(losses.mean())}
+    train_loss = tracker.finish()["loss"]
+  return state, {"step": (epoch + 1) * num_batches, "train_loss": train_loss}
 
 
 def evaluate_views(
@@ -292,24 +304,22 @@ def evaluate_views(
   return results
 
 
-def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
-) -> dict[str, Any] | dict[str, dict[str, Any]]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skeleton.RunResults:
   """Trains and evaluates per ``config``; resumes from ``workdir``'s newest readable checkpoint.
 
   ``config.optimizer`` is one name or a list of views of one trajectory (``adam,adam-scale,
   adam-sign,adam-topk``: one training, ``<workdir>/<name>/metrics.jsonl`` per view).
 
   Returns:
-    The last epoch's metrics record (what ``metrics.jsonl`` ends with); with several views, a dict
-    from each name to its last record.
+    Each view's per-epoch records and, as its final results, its last record (what its
+    ``metrics.jsonl`` ends with): :class:`~examples.common.skeleton.RunResults`.
   """
-  view_list = optimizers.parse_views(config.optimizer)  # fails fast on a bad name or a mixed list
-  check_config(config)
+  log_fields = ("train_loss", "val_micro_f1", "test_micro_f1", "proximity")
+  run = skeleton.start_run(config, workdir, CONFIG_RANGES, CONFIG_CHOICES, log_fields=log_fields)
+  check_batch_size(config)
   tx = build_optimizer(config)
-  rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
   graph = prepare_graph(config)  # data errors surface before anything is written to workdir
-  logging.info(
+  logger.info(
     "Graph: %d nodes, %d edges, %d classes (%s); %d train clusters, batch pad %d nodes/%d edges.",
     graph.data.num_nodes,
     len(graph.data.edges),
@@ -328,26 +338,22 @@ def train_and_evaluate(
   params = nnx.to_pure_dict(params)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   steps = make_steps(train_graphdef, eval_graphdef, tx, graph.data.multilabel)
-  log_fields = ("train_loss", "val_micro_f1", "test_micro_f1", "proximity")
-  with rundir.RunDirectory(
-    config, workdir, view_list, template=state, log_fields=log_fields
-  ) as run:
+  with run.open(state):
     state = run.state
     for epoch in range(run.start_epoch, config.num_epochs):
       started = time.time()
       state, fields = train_epoch(config, steps, state, model, graph, epoch)
       last = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.eval_every == 0 or last:
-        results = evaluate_views(steps, state, eval_rest, graph, view_list)
+        results = evaluate_views(steps, state, eval_rest, graph, run.views)
       else:
-        results = {view.name: ({}, None) for view in view_list}
-      seconds = time.time() - started
+        results = {view.name: ({}, None) for view in run.views}
       run.write(
         epoch,
-        {name: {**fields, **metrics, "seconds": seconds} for name, (metrics, _) in results.items()},
+        {name: metrics for name, (metrics, _) in results.items()},
+        shared=fields,
+        seconds=time.time() - started,
       )
       if (epoch + 1) % config.checkpoint_every == 0 or last:
         run.save(epoch, state, {name: shipped for name, (_, shipped) in results.items()})
-    records = run.records
-  last_records = {name: (records[-1] if records else {}) for name, records in records.items()}
-  return last_records[view_list[0].name] if len(view_list) == 1 else last_records
+  return skeleton.finish(run)

@@ -53,7 +53,7 @@ def first_run(data_dir, tmp_path_factory):
   train.TRACE_COUNTS.clear()
   # A hidden width no other test uses, so no earlier compilation is reused.
   config = tiny_config(data_dir, hidden=12)
-  record = train.train_and_evaluate(config, workdir)
+  record = train.train_and_evaluate(config, workdir).final["adam-scale"]
   return config, workdir, record, dict(train.TRACE_COUNTS)
 
 
@@ -86,11 +86,11 @@ def test_one_compilation_across_batches_of_different_sizes(first_run, data_dir):
 def test_resume_continues_exactly(first_run, data_dir, tmp_path):
   config, workdir, _, _ = first_run
   config = tiny_config(data_dir, hidden=12, num_epochs=3)
-  resumed = train.train_and_evaluate(config, workdir)
+  resumed = train.train_and_evaluate(config, workdir).final["adam-scale"]
   assert [r["epoch"] for r in read_metrics(workdir)] == [0, 1, 2]
   # A finished run resumes to nothing and returns its last record.
-  assert train.train_and_evaluate(config, workdir) == resumed
-  fresh = train.train_and_evaluate(config, str(tmp_path / "fresh"))
+  assert train.train_and_evaluate(config, workdir).final["adam-scale"] == resumed
+  fresh = train.train_and_evaluate(config, str(tmp_path / "fresh")).final["adam-scale"]
   for key in ("train_loss", "val_micro_f1", "test_micro_f1", "proximity"):
     assert resumed[key] == pytest.approx(fresh[key], rel=1e-4), key
 
@@ -146,7 +146,7 @@ def test_multiclass_graph_reports_accuracy_equal_to_micro_f1(tmp_path):
     num_epochs=1,
     partition_method="random",
   )
-  record = train.train_and_evaluate(config, str(tmp_path / "run"))
+  record = train.train_and_evaluate(config, str(tmp_path / "run")).final["rsgdm-scale"]
   assert record["val_accuracy"] == pytest.approx(record["val_micro_f1"])
   assert record["test_accuracy"] == pytest.approx(record["test_micro_f1"])
 
@@ -196,7 +196,7 @@ def _without_seconds(records):
 
 def test_views_equal_separate_runs_field_for_field(data_dir, tmp_path):
   config = tiny_config(data_dir, optimizer=",".join(GRAPH_VIEWS), eval_every=2, num_epochs=3)
-  last = train.train_and_evaluate(config, str(tmp_path / "views"))
+  last = train.train_and_evaluate(config, str(tmp_path / "views")).final
   assert set(last) == set(GRAPH_VIEWS)
   with Checkpointer(str(tmp_path / "views" / "checkpoints")) as ckpt:
     shared = ckpt.restore({f"model-{n}": None for n in GRAPH_VIEWS}, epoch=2)

@@ -10,15 +10,13 @@ The README's main job (2 trainings, about 6 minutes on 2 shared CPU cores)::
 Writes ``<workdir>/report/table.md`` and ``<workdir>/report/curves.png``. Rerunning resumes.
 """
 
-import logging
 import os
 import time
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from examples.common import cpu_runtime
+from examples.common import cpu_runtime, entry
 from examples.image_classification import report, sweep
 
 FLAGS = flags.FLAGS
@@ -26,12 +24,11 @@ FLAGS = flags.FLAGS
 
 def start(argv: list[str]) -> float:
   """What a sweep script does first (this one and ``compressed_sweep``): refuses stray arguments,
-  sets the CPU runtime flag and the log levels; the start time."""
+  sets the CPU runtime flag and the examples' one logging set-up; the start time."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cpu_runtime.prefer_small_temporaries()
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save INFO lines
-  logging.getLogger("examples").setLevel(logging.INFO)
+  entry.setup_logging()
   return time.time()
 
 

@@ -9,7 +9,7 @@ interrupted sweep has whole seeds of every exchange, and rerunning the command r
   epochs (mean ± sample std over seeds, as the other tables), each exchange's paired difference to
   the exact mean (same seed: same initialization and data order), and the bytes each device sends
   per step, two ways: read from the compiled train step's HLO (every collective, ring algorithms:
-  :func:`benchmarks.wire_bytes.collectives`), and the gradient exchange alone computed from the wire
+  :func:`examples.common.hlo.collectives`), and the gradient exchange alone computed from the wire
   formats (:func:`gradient_bytes`);
 * ``<workdir>/report/curves.png``: training loss and test accuracy per epoch of each exchange, at the
   base's params ``y`` and at the last view's point ``x`` (two panels to a row, for the docs' column).
@@ -38,9 +38,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from benchmarks.wire_bytes import collectives
-from examples.common import compression, report
+from examples.common import compression, report, sharding
 from examples.common.errors import UserError
+from examples.common.hlo import collectives
 from examples.image_classification import compare, input_pipeline, sweep, train
 from examples.image_classification.report import find_runs
 
@@ -83,7 +83,7 @@ def gradient_bytes(value: str, shapes: Sequence[tuple[int, ...]], devices: int) 
 def step_bytes(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The bytes each device sends in one compiled train step of ``config``, read from its HLO."""
   data = input_pipeline.create_input(config)
-  mesh = train.create_mesh(config.num_devices, config.platform or None)
+  mesh = sharding.create_mesh(config.num_devices, config.platform or None)
   spec = train.OptimizerSpec.from_config(config, data.steps_per_epoch)
   tx, _ = spec.build()
   graphdef, state = train.init_state(config, data.num_classes, data.image_shape, tx, mesh, spec)
@@ -200,7 +200,7 @@ def make_table(
     + "\n".join(diffs)
     + "\n\nMiB sent (HLO): every collective of the compiled train step (the gradient exchange, "
     "batch norm's per-channel moments of the global batch, the loss and accuracy), ring "
-    "algorithms (benchmarks/wire_bytes.py). Gradient MiB (formats): the gradient exchange alone "
+    "algorithms (examples/common/hlo.py). Gradient MiB (formats): the gradient exchange alone "
     "from its wire format (float32 all-reduce; packed sign bits and a float32 scale per leaf; "
     "int32 index + float32 value pairs).\n\n" + report.machine_caption(runs) + "\n"
   )

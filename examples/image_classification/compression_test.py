@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from examples.common import sharding
 from examples.common.checkpoint import stored_shapes
 from examples.common.errors import UserError
 from examples.common.metrics import read_metrics
@@ -59,7 +60,7 @@ def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
     "", optimizer="sgdm,rsgdm-scale", weight_decay=DECAY, grad_compression=setting
   )
   config.model_kwargs.use_batch_norm = False
-  mesh = train.create_mesh(DEVICES, "cpu")
+  mesh = sharding.create_mesh(DEVICES, "cpu")
   spec = train.OptimizerSpec.from_config(config, steps_per_epoch=100)
   tx, _ = spec.build()
   graphdef, state = train.init_state(config, 10, (8, 8, 1), tx, mesh, spec)
@@ -92,7 +93,7 @@ def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
     mean = jax.tree.map(lambda *c: sum(c) / DEVICES, *sent)
     trace = jax.tree.map(lambda m, t, p: m + DECAY * p + MOMENTUM * t, mean, trace, params)
     params = jax.tree.map(lambda p, t: p - LR * t, params, trace)
-    state, loss, _ = steps.train(state, *train._put(steps_sharding(mesh), images, labels))
+    state, loss, _ = steps.train(state, *sharding.put_local(steps_sharding(mesh), images, labels))
     want_loss = np.mean(
       [
         float(jit_loss(current, images[i * 4 : (i + 1) * 4], labels[i * 4 : (i + 1) * 4]))
@@ -138,7 +139,7 @@ def test_top_k_of_everything_is_the_uncompressed_trainer(fmnist_dir, tmp_path):
         fmnist_dir, optimizer=views, num_epochs=1, num_devices=DEVICES, grad_compression=setting
       ),
       str(tmp_path / setting),
-    )
+    ).records
     for setting in ("none", "topk@1")
   }
   for name in ("sgdm", "rsgdm-scale"):
@@ -157,7 +158,7 @@ def test_a_resume_on_another_device_count_folds_the_memory(fmnist_dir, tmp_path,
   ]["bias"] == (DEVICES, 10)
   config.num_epochs, config.num_devices = 2, 2
   with caplog.at_level(logging.INFO, logger="examples"):
-    resumed = train.train_and_evaluate(config, workdir)
+    resumed = train.train_and_evaluate(config, workdir).records
   assert "memory was saved on 4 devices; folded onto 2" in caplog.text
   epoch, shapes = stored_shapes(os.path.join(workdir, "checkpoints"), "state")
   assert epoch == 1 and shapes["opt_state"][0]["memory"]["fc2"]["bias"] == (2, 10)

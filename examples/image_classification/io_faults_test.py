@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from examples.common.checkpoint import TMP_SUFFIX
-from examples.common.metrics import RunIOError, read_metrics
+from examples.common.fileio import RunIOError
+from examples.common.metrics import read_metrics
 from examples.image_classification import testdata, train
 from examples.image_classification.train_test import tiny_config
 
@@ -26,7 +27,9 @@ def data_and_uninterrupted(tmp_path_factory):
   root = tmp_path_factory.mktemp("io_faults")
   data_dir = str(root / "data")
   testdata.write_fashion_mnist(data_dir, train=64, test=24, size=8)
-  records = train.train_and_evaluate(tiny_config(data_dir, optimizer=VIEWS), str(root / "run"))
+  records = train.train_and_evaluate(
+    tiny_config(data_dir, optimizer=VIEWS), str(root / "run")
+  ).records
   return data_dir, records
 
 
@@ -48,7 +51,7 @@ def _fails_then_resumes(monkeypatch, os_function, fake, message, data_and_uninte
   monkeypatch.undo()
   # Epoch 1 was not checkpointed, and no temporary checkpoint is left.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["0"]
-  resumed = train.train_and_evaluate(config, str(workdir))
+  resumed = train.train_and_evaluate(config, str(workdir)).records
   for name, records in uninterrupted.items():
     assert _without_seconds(resumed[name]) == _without_seconds(records)
     assert _without_seconds(read_metrics(str(workdir / name))) == _without_seconds(records)

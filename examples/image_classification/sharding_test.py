@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from examples.common import sharding
 from examples.common.errors import UserError
 from examples.image_classification import input_pipeline, train
 from examples.image_classification.train_test import fmnist_dir, tiny_config  # noqa: F401
@@ -30,7 +31,7 @@ def test_fsdp_metrics_match_replicated(fmnist_dir, tmp_path):  # noqa: F811
       platform="cpu",
       sharding=layout,
     )
-    runs[layout] = train.train_and_evaluate(config, str(tmp_path / layout))
+    runs[layout] = train.train_and_evaluate(config, str(tmp_path / layout)).records
   for name, records in runs["replicated"].items():
     for want, got in zip(records, runs["fsdp"][name], strict=True):
       for field, value in want.items():
@@ -44,7 +45,7 @@ def test_fsdp_holds_about_a_quarter_of_the_state_per_device(fmnist_dir):  # noqa
   )
   data = input_pipeline.create_input(config)
   tx, _ = train.OptimizerSpec.from_config(config, data.steps_per_epoch).build()
-  mesh = train.create_mesh(NUM_DEVICES, "cpu")
+  mesh = sharding.create_mesh(NUM_DEVICES, "cpu")
   bytes_per_layout = {}
   for layout in ("replicated", "fsdp"):
     config.sharding = layout

@@ -6,13 +6,13 @@ residual optimizers is the reference (SGD(m)) trajectory ``y``; each epoch evalu
 what gets checkpointed for shipping) and, for comparison, ``params`` itself.
 
 Views: ``config.optimizer`` may list several names that share one trajectory
-(``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``, ``rsgdm-scale@0.25``; :mod:`examples.common.views`).
+(``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``, ``rsgdm-scale@0.25``; :mod:`examples.common.optimizers`).
 The run trains the base trajectory once with every residual in one chain and evaluates each name at
 its own point, writing ``<workdir>/<name>/metrics.jsonl`` equal (on the CPU, bit for bit) to a run
 of that name alone. :func:`train_and_evaluate` holds the epoch loop (train, evaluate every view,
 record, save); the run directory (config lock, resume, records, checkpoints) is
-:class:`examples.common.rundir.RunDirectory` and the progress bar and non-finite stop are
-:class:`examples.common.progress.StepLosses`.
+:class:`examples.common.rundir.RunDirectory`, opened by :func:`examples.common.skeleton.start_run`,
+and the progress bar, non-finite stop and epoch means are :class:`examples.common.progress.StepLosses`.
 
 Batch normalization: the running statistics are gathered along the reference trajectory (the only
 forward passes in train mode are at ``params``). By default ``eval_params`` is evaluated with those
@@ -60,11 +60,10 @@ import rsgd_optax as rsgd
 from examples.common import (
   checkpoint,
   compression,
-  config_checks,
   optimizers,
   progress,
-  rundir,
   sharding,
+  skeleton,
   watchdog,
 )
 from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
@@ -75,28 +74,6 @@ from examples.image_classification.models import MODELS, create_model
 logger = logging.getLogger(__name__)
 
 TrainState = dict[str, Any]  # params, batch_stats, opt_state, step
-
-
-def create_mesh(num_devices: int = 0, platform: str | None = None) -> Mesh:
-  """A one-axis ``data`` mesh over the first ``num_devices`` devices (0: all of them).
-
-  ``platform`` ("cpu", "gpu", ...) picks a backend other than the default one.
-  """
-  try:
-    devices = jax.devices(platform)
-  except RuntimeError as error:
-    raise UserError(
-      f"config.platform={platform!r} has no devices here ({error}); set it to '' for the default "
-      "backend."
-    ) from error
-  if num_devices:
-    if num_devices > len(devices):
-      raise UserError(
-        f"config.num_devices={num_devices} but only {len(devices)} devices exist; set it to 0 "
-        "for all of them."
-      )
-    devices = devices[:num_devices]
-  return Mesh(np.array(devices), ("data",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,23 +330,22 @@ def with_memory_rows(state: TrainState, rows: int, mesh: Mesh) -> TrainState:
   return {**state, "opt_state": jax.tree.map(target, state["opt_state"], is_leaf=_is_memory)}
 
 
-def _put(sharding: NamedSharding, *arrays: np.ndarray) -> list[jax.Array]:
-  return [jax.make_array_from_process_local_data(sharding, a) for a in arrays]
-
-
 def evaluate(
   steps: Steps,
   params,
   batch_stats,
   batches: Iterator,
-  sharding: NamedSharding,
+  batch_sharding: NamedSharding,
   beat: Callable[[], None] = lambda: None,
 ) -> tuple[float, float]:
   """Mean loss and accuracy over ``batches`` (padding masked out)."""
   total = np.zeros(3, np.float32)
   for images, labels, mask in batches:
     total = steps.evaluate(
-      total, params, batch_stats, *_put(sharding, images, labels, mask.astype(np.float32))
+      total,
+      params,
+      batch_stats,
+      *sharding.put_local(batch_sharding, images, labels, mask.astype(np.float32)),
     )
     beat()
   loss_sum, correct, count = np.asarray(jax.device_get(total), np.float64)
@@ -377,7 +353,12 @@ def evaluate(
 
 
 def recompute_batch_stats(
-  steps: Steps, params, batch_stats, batches: Iterator, sharding: NamedSharding, max_batches: int
+  steps: Steps,
+  params,
+  batch_stats,
+  batches: Iterator,
+  batch_sharding: NamedSharding,
+  max_batches: int,
 ):
   """Batch-norm statistics re-estimated at ``params``: the mean of per-batch moments."""
   moments = []
@@ -386,7 +367,9 @@ def recompute_batch_stats(
       break
     if not mask.all():  # padded batches would bias the statistics
       continue
-    moments.append(steps.batch_moments(params, batch_stats, *_put(sharding, images)))
+    moments.append(
+      steps.batch_moments(params, batch_stats, *sharding.put_local(batch_sharding, images))
+    )
   if not moments:
     return batch_stats
   return steps.mean_moments(moments)
@@ -437,7 +420,7 @@ def train_epoch(
   state: TrainState,
   data: input_pipeline.Input,
   epoch: int,
-  sharding: NamedSharding,
+  batch_sharding: NamedSharding,
   *,
   check_every: int,
   progress_bar: bool,
@@ -453,15 +436,16 @@ def train_epoch(
   )
   with tracker:
     for images, labels in data.train_batches(epoch):
-      state, loss, accuracy = steps.train(state, *_put(sharding, images, labels))
+      state, loss, accuracy = steps.train(
+        state, *sharding.put_local(batch_sharding, images, labels)
+      )
       tracker.add(loss, accuracy=accuracy)
       beat()  # the stall watchdog (examples/common/watchdog.py)
-    losses, extras = tracker.finish()
-  running = {
-    "running_train_loss": float(np.mean(losses)),
-    "running_train_accuracy": float(np.mean(extras["accuracy"])),
+    means = tracker.finish()
+  return state, {
+    "running_train_loss": means["loss"],
+    "running_train_accuracy": means["accuracy"],
   }
-  return state, running
 
 
 def evaluate_views(
@@ -469,7 +453,7 @@ def evaluate_views(
   steps: Steps,
   state: TrainState,
   data: input_pipeline.Input,
-  sharding: NamedSharding,
+  batch_sharding: NamedSharding,
   view_list: list[optimizers.View],
   beat: Callable[[], None] = lambda: None,
 ) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
@@ -484,7 +468,9 @@ def evaluate_views(
 
   @functools.cache
   def reference() -> tuple[float, float]:
-    return evaluate(steps, params, state["batch_stats"], data.eval_batches("test"), sharding, beat)
+    return evaluate(
+      steps, params, state["batch_stats"], data.eval_batches("test"), batch_sharding, beat
+    )
 
   recompute = config.get("recompute_bn_stats", False)
   results = {}
@@ -500,17 +486,17 @@ def evaluate_views(
         eval_params,
         eval_stats,
         data.eval_batches("train_eval"),
-        sharding,
+        batch_sharding,
         config.bn_recompute_batches,
       )
     if view.has_residual or recompute:
       test_loss, test_accuracy = evaluate(
-        steps, eval_params, eval_stats, data.eval_batches("test"), sharding, beat
+        steps, eval_params, eval_stats, data.eval_batches("test"), batch_sharding, beat
       )
     else:
       test_loss, test_accuracy = reference()
     train_loss, train_accuracy = evaluate(
-      steps, eval_params, eval_stats, data.eval_batches("train_eval"), sharding, beat
+      steps, eval_params, eval_stats, data.eval_batches("train_eval"), batch_sharding, beat
     )
     if view.has_residual:
       reference_loss, reference_accuracy = reference()
@@ -564,18 +550,17 @@ CONFIG_CHOICES = {
 }
 
 
-def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
-) -> list[dict[str, Any]] | dict[str, list[dict[str, Any]]]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skeleton.RunResults:
   """Trains ``config.model`` with ``config.optimizer``, resuming from ``workdir`` if possible.
 
   ``config.optimizer`` is one name, or a comma-separated list of names that share one trajectory
   (``sgdm,rsgdm-scale,rsgdm-sign,rsgdm-topk``): one training, one record per view
-  (``<workdir>/<name>/metrics.jsonl``); see :mod:`examples.common.optimizers`.
+  (``<workdir>/<name>/metrics.jsonl``; one name: ``<workdir>/metrics.jsonl``); see
+  :mod:`examples.common.optimizers`.
 
   Returns:
-    One name: its per-epoch records (also in ``<workdir>/metrics.jsonl``). Several: a dict from
-    each name to its records (also in ``<workdir>/<name>/metrics.jsonl``).
+    Each view's per-epoch records and its last record, by name
+    (:class:`~examples.common.skeleton.RunResults`).
 
   Raises:
     examples.common.errors.UserError: a config value out of range, or a workdir trained with
@@ -583,8 +568,8 @@ def train_and_evaluate(
     examples.common.nonfinite.NonFiniteLossError: the training loss became NaN or infinite; the
       last good checkpoint is kept.
   """
-  view_list = optimizers.parse_views(config.optimizer)  # fails fast, before loading data
-  config_checks.check(config, CONFIG_RANGES, CONFIG_CHOICES)
+  log_fields = ("train_loss", "test_accuracy", "reference_test_accuracy", "proximity")
+  run = skeleton.start_run(config, workdir, CONFIG_RANGES, CONFIG_CHOICES, log_fields=log_fields)
   if config.get("grad_compression", compression.NONE) != compression.NONE:
     if config.sharding != "replicated":
       raise UserError(
@@ -593,20 +578,14 @@ def train_and_evaluate(
         "FSDP reduce-scatters them into shards; use sharding='replicated', or grad_compression="
         "'none' with FSDP."
       )
-  rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
   data = input_pipeline.create_input(config)  # checks batch_size against the training set
-  mesh = create_mesh(config.num_devices, config.platform or None)
-  if config.batch_size % mesh.size:
-    raise UserError(
-      f"config.batch_size={config.batch_size} does not split over {mesh.size} devices; make it "
-      "a multiple of the device count."
-    )
-  batch_sharding = NamedSharding(mesh, P("data"))
+  mesh = sharding.create_mesh(config.num_devices, config.platform or None)
+  sharding.check_batch_split(config.batch_size, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   spec = OptimizerSpec.from_config(config, data.steps_per_epoch)
   tx, schedule = spec.build()
   graphdef, state = init_state(config, data.num_classes, data.image_shape, tx, mesh, spec)
   steps = make_steps(graphdef, spec, _floats(data.mean), _floats(data.std), mesh, config.sharding)
-  log_fields = ("train_loss", "test_accuracy", "reference_test_accuracy", "proximity")
   # The watchdog ends a multi-process run whose peer died or stalled (a collective that never
   # returns) with the relaunch message; it sits outside the run directory, which closes first.
   # The error-feedback memory has one row per device. A checkpoint written on another device
@@ -616,12 +595,7 @@ def train_and_evaluate(
   devices = mesh.shape[spec.compression_axis]
   fold_memory = saved_rows is not None and saved_rows != devices
   template = with_memory_rows(state, saved_rows, mesh) if fold_memory else state
-  with (
-    watchdog.for_run(config) as dog,
-    rundir.RunDirectory(
-      config, workdir, view_list, template=template, log_fields=log_fields
-    ) as run,
-  ):
+  with watchdog.for_run(config) as dog, run.open(template):
     state = run.state
     if fold_memory and run.start_epoch:
       fold = jax.jit(
@@ -649,16 +623,13 @@ def train_and_evaluate(
         progress_bar=config.progress_bar,
         beat=dog.beat,
       )
-      results = evaluate_views(config, steps, state, data, batch_sharding, view_list, dog.beat)
+      results = evaluate_views(config, steps, state, data, batch_sharding, run.views, dog.beat)
       step = int(state["step"])
-      fields = {"step": step, "lr": float(schedule(step - 1)), **running}
-      seconds = time.time() - started
       run.write(
         epoch,
-        {name: {**fields, **metrics, "seconds": seconds} for name, (metrics, _) in results.items()},
+        {name: metrics for name, (metrics, _) in results.items()},
+        shared={"step": step, "lr": float(schedule(step - 1)), **running},
+        seconds=time.time() - started,
       )
       run.save(epoch, state, {name: shipped for name, (_, shipped) in results.items()})
-    records = run.records
-  if len(view_list) == 1:
-    return records[view_list[0].name]
-  return records
+  return skeleton.finish(run)

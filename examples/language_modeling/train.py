@@ -22,7 +22,15 @@ are and checkpointed as ``nnx.state``. Everything a resumed run needs is in the 
 the last finished epoch (model, optimizer state with the averaging switches, best models so far)
 and in ``metrics.jsonl`` (each view's validation losses so far, which its trigger list starts from
 on resume). The run directory (config lock, resume, records, checkpoints) is
-:class:`examples.common.rundir.RunDirectory`.
+:class:`examples.common.rundir.RunDirectory`, opened by :func:`examples.common.skeleton.start_run`.
+
+Data parallelism: each window's columns (the batch) split over a one-axis ``data`` mesh
+(``config.num_devices`` devices of ``config.platform``; :mod:`examples.common.sharding`), the model,
+optimizer state and best models whole on every device, and the LSTM state split as its columns
+are; XLA sums the gradient over the devices. Dropout masks do not depend on the layout (JAX's
+partitionable random bits), so a run on several devices equals one on a single device up to float
+rounding. Evaluation columns split too when their count divides evenly (the test set's one column
+is evaluated whole on every device).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import time
@@ -40,11 +49,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
-from examples.common import config_checks, optimizers, progress, rundir
+from examples.common import config_checks, optimizers, progress, rundir, sharding, skeleton
 from examples.common.config_checks import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, PROBABILITY
 from examples.common.errors import UserError
 from examples.language_modeling import input_pipeline, models
@@ -56,6 +66,8 @@ from rsgd_optax import (
   nonmonotone_trigger,
   start_averaging,
 )
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 
@@ -168,15 +180,28 @@ def eval_step(
   return jnp.sum(cross_entropy * mask), mask.sum(), outputs.carries
 
 
-def evaluate(model: models.AWDLSTM, data: np.ndarray, config: ml_collections.ConfigDict) -> float:
-  """Mean cross-entropy per token over batchified ``data`` (every target counted once)."""
-  carries = model.initial_carry(data.shape[1])
+def evaluate(
+  model: models.AWDLSTM, data: np.ndarray, config: ml_collections.ConfigDict, mesh: Mesh
+) -> float:
+  """Mean cross-entropy per token over batchified ``data`` (every target counted once).
+
+  The columns split over ``mesh`` when their count divides evenly (the test set's single column
+  does not: it is evaluated whole on every device).
+  """
+  columns = sharding.batch_sharding(mesh, batch_dim=1, batch_size=data.shape[1])
+  carries = _carries_on(model.initial_carry(data.shape[1]), mesh, data.shape[1])
   total, tokens = 0.0, 0.0
   for window in input_pipeline.eval_windows(data, bptt=config.bptt, bucket=config.bptt_bucket):
-    loss_sum, count, carries = eval_step(model, carries, window.inputs, window.targets, window.mask)
+    inputs, targets, mask = sharding.put_global(columns, window.inputs, window.targets, window.mask)
+    loss_sum, count, carries = eval_step(model, carries, inputs, targets, mask)
     total += float(loss_sum)
     tokens += float(count)
   return total / tokens
+
+
+def _carries_on(carries: list[models.Carry], mesh: Mesh, batch_size: int) -> list[models.Carry]:
+  """The LSTM state ``(batch, hidden)`` split over ``mesh`` as its batch's columns are."""
+  return jax.device_put(carries, sharding.batch_sharding(mesh, batch_size=batch_size))
 
 
 def _with_params(model: models.AWDLSTM, params: nnx.State) -> models.AWDLSTM:
@@ -270,37 +295,40 @@ def train_epoch(
   optimizer: nnx.Optimizer,
   train_data: np.ndarray,
   epoch: int,
+  mesh: Mesh,
 ) -> dict[str, Any]:
-  """One pass over the training windows (updates ``model`` and ``optimizer`` in place)."""
+  """One pass over the training windows (updates ``model`` and ``optimizer`` in place).
+
+  Each window's columns split over ``mesh`` (the model is whole on every device); XLA sums the
+  gradient over the devices.
+  """
   rng = np.random.default_rng([config.seed, epoch])
   base_key = jax.random.key(config.seed)
-  carries = model.initial_carry(config.batch_size)
-  first_step = int(optimizer.step[...])
-  lengths = []
+  columns = sharding.batch_sharding(mesh, batch_dim=1)
+  carries = _carries_on(model.initial_carry(config.batch_size), mesh, config.batch_size)
   with progress.StepLosses(
-    epoch, first_step, None, check_every=config.log_every_steps, progress_bar=config.progress_bar
+    epoch,
+    int(optimizer.step[...]),
+    None,
+    check_every=config.log_every_steps,
+    progress_bar=config.progress_bar,
   ) as tracker:
     for window in input_pipeline.train_windows(
       train_data, bptt=config.bptt, rng=rng, bucket=config.bptt_bucket, max_len=config.bptt + 20
     ):
-      step = first_step + len(lengths)
       learning_rate = jnp.float32(config.learning_rate * window.seq_len / config.bptt)
       raw, carries = train_step(
         model,
         optimizer,
         carries,
-        window.inputs,
-        window.targets,
-        window.mask,
+        *sharding.put_global(columns, window.inputs, window.targets, window.mask),
         learning_rate,
-        jax.random.fold_in(base_key, step),
+        jax.random.fold_in(base_key, tracker.step),
         ar=config.ar,
         tar=config.tar,
       )
-      tracker.add(raw)
-      lengths.append(window.seq_len)
-    losses, _ = tracker.finish()
-  train_loss = float(np.average(losses.astype(np.float64), weights=lengths))
+      tracker.add(raw, weight=window.seq_len)  # the loss per token: windows weighted by length
+    train_loss = tracker.finish()["loss"]
   return {
     "step": int(optimizer.step[...]),
     "train_loss": train_loss,
@@ -308,17 +336,21 @@ def train_epoch(
   }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skeleton.RunResults:
   """Trains, evaluates and checkpoints one run in ``workdir``; resumes from its last checkpoint.
 
-  Returns the run's results (also written to ``results.json`` in the view's folder): best
-  validation and test perplexity, the epoch of the best model and the epoch at which averaging
-  started. With several views (``sgd,rsgd-sign,...``), a dict from each name to its results.
-  Each view keeps its own trigger (its validation losses), switch epoch, average and best model.
+  Returns each view's per-epoch records and, as its final results (also written to
+  ``results.json`` in the view's folder), its best validation and test perplexity, the epoch of
+  its best model and the epoch at which averaging started
+  (:class:`~examples.common.skeleton.RunResults`).
+  With several views (``sgd,rsgd-sign,...``) each keeps its own trigger (its validation losses),
+  switch epoch, average and best model.
   """
-  view_list = optimizers.parse_views(config.optimizer)
-  config_checks.check(config, CONFIG_RANGES)
-  rundir.check_config_lock(config, workdir)  # before the data: a refused run loads nothing
+  run = skeleton.start_run(
+    config, workdir, CONFIG_RANGES, log_fields=("train_ppl", "val_ppl", "proximity")
+  )
+  mesh = sharding.create_mesh(config.num_devices, config.platform or None)
+  sharding.check_batch_split(config.batch_size, mesh)
   corpus = input_pipeline.load_corpus(config.data_source, max_train_tokens=config.max_train_tokens)
   train_data = _batchify(corpus.train, config.batch_size, "batch_size")
   valid_data = _batchify(corpus.valid, config.eval_batch_size, "eval_batch_size")
@@ -332,29 +364,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # injected hyperparameters in place, and its state is a handful of large LSTM matrices, so the
   # per-array host cost measured in docs/design_notes.md is small next to the step.
   model = build_model(config, corpus.vocab_size)
-  optimizer = nnx.Optimizer(model, build_optimizer(config, view_list), wrt=nnx.Param)
-  best = {view.name: _snapshot(nnx.state(model, nnx.Param)) for view in view_list}
+  optimizer = nnx.Optimizer(model, build_optimizer(config, run.views), wrt=nnx.Param)
+  replicated = NamedSharding(mesh, P())
+  nnx.update(model, jax.device_put(nnx.state(model), replicated))
+  nnx.update(optimizer, jax.device_put(nnx.state(optimizer), replicated))
+  best = {view.name: _snapshot(nnx.state(model, nnx.Param)) for view in run.views}
 
   def checkpoint_state() -> dict[str, Any]:
     return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best}
 
-  log_fields = ("train_ppl", "val_ppl", "proximity")
-  with rundir.RunDirectory(
-    config, workdir, view_list, template=checkpoint_state(), log_fields=log_fields
-  ) as run:
+  with run.open(checkpoint_state()):
     nnx.update(model, run.state["model"])
     nnx.update(optimizer, run.state["optimizer"])
     best = dict(run.state["best"])
-    triggers = {view.name: Trigger.from_records(run.records[view.name]) for view in view_list}
+    triggers = {view.name: Trigger.from_records(run.records[view.name]) for view in run.views}
     for epoch in range(run.start_epoch, config.num_epochs):
       started = time.time()
-      fields = train_epoch(config, model, optimizer, train_data, epoch)
+      fields = train_epoch(config, model, optimizer, train_data, epoch, mesh)
       records = {}
-      for which, view in enumerate(view_list):
+      for which, view in enumerate(run.views):
         params = nnx.state(model, nnx.Param)
         shipped = eval_params(optimizer.opt_state, params, which=which)
         averaging = bool(averaging_started(optimizer.opt_state, which=which))
-        val_loss = evaluate(_with_params(model, shipped), valid_data, config)
+        val_loss = evaluate(_with_params(model, shipped), valid_data, config, mesh)
         record = {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "averaging": averaging}
         if view.has_residual:
           inner = find_averaging_state(optimizer.opt_state, which=which).inner_state
@@ -367,26 +399,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if _switch_now(config, epoch, trigger.val_losses):
             optimizer.opt_state = start_averaging(optimizer.opt_state, which=which)
             record["switched"] = True
-            logging.info("Epoch %d: %s switches to averaging.", epoch, view.name)
+            logger.info("Epoch %d: %s switches to averaging.", epoch, view.name)
         records[view.name] = record
-      seconds = time.time() - started
-      run.write(epoch, {name: {**fields, **r, "seconds": seconds} for name, r in records.items()})
+      run.write(epoch, records, shared=fields, seconds=time.time() - started)
       run.save(epoch, checkpoint_state(), best)
-    records_by_view = run.records
-  results = {
+  final = {
     view.name: _final_results(
       config,
       view,
-      records_by_view[view.name],
+      run.records[view.name],
       best[view.name],
-      lambda params, data: evaluate(_with_params(model, params), data, config),
+      lambda params, data: evaluate(_with_params(model, params), data, config, mesh),
       valid_data,
       test_data,
-      rundir.view_workdir(workdir, view_list, view),
+      rundir.view_workdir(workdir, run.views, view),
     )
-    for view in view_list
+    for view in run.views
   }
-  return results[view_list[0].name] if len(view_list) == 1 else results
+  return skeleton.finish(run, final)
 
 
 def _final_results(config, view, records, best_params, evaluate_at, valid_data, test_data, folder):
@@ -410,7 +440,7 @@ def _final_results(config, view, records, best_params, evaluate_at, valid_data, 
   if jax.process_index() == 0:
     with open(os.path.join(folder, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
-  logging.info(
+  logger.info(
     "%s: validation ppl %.2f | test ppl %.2f", view.name, results["val_ppl"], results["test_ppl"]
   )
   return results

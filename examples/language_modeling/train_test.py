@@ -56,7 +56,7 @@ def _records(workdir):
 
 def test_runs_switch_to_averaging_report_and_resume_exactly(ptb_dir, tmp_path):
   config = tiny_config(ptb_dir, optimizer="rsgd-sign", averaging_start_epoch=0)
-  results = train.train_and_evaluate(config, str(tmp_path / "full"))
+  results = train.train_and_evaluate(config, str(tmp_path / "full")).final["rsgd-sign"]
   records = _records(tmp_path / "full")
   assert [r["epoch"] for r in records] == [0, 1, 2]
   assert [r["averaging"] for r in records] == [False, True, True]
@@ -74,7 +74,7 @@ def test_runs_switch_to_averaging_report_and_resume_exactly(ptb_dir, tmp_path):
   config.num_epochs = 2
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
   config.num_epochs = 3
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed")).final["rsgd-sign"]
   assert _records(tmp_path / "resumed") == records
   assert resumed == results
 
@@ -111,14 +111,14 @@ def test_views_equal_their_runs_alone_each_across_its_own_switch(ptb_dir, tmp_pa
   alone = {
     name: train.train_and_evaluate(
       tiny_config(ptb_dir, optimizer=name, **settings), str(tmp_path / name)
-    )
+    ).final[name]
     for name in names
   }
   # The triggers fire at different epochs, so each view must switch on its own.
   assert len({alone[name]["switch_epoch"] for name in names}) > 1
   together = train.train_and_evaluate(
     tiny_config(ptb_dir, optimizer=",".join(names), **settings), str(tmp_path / "views")
-  )
+  ).final
   assert sorted(together) == sorted(names)
   for name in names:
     assert _records(tmp_path / "views" / name) == _records(tmp_path / name), name
@@ -133,3 +133,51 @@ def test_views_that_do_not_share_plain_sgd_steps_are_refused(ptb_dir, tmp_path):
       tiny_config(ptb_dir, optimizer="sgd,rsgdm-sign"), str(tmp_path / "mixed")
     )
   assert not (tmp_path / "mixed").exists()
+
+
+def _close(got: dict, want: dict, skip: set[str] = frozenset()) -> bool:
+  """Equal fields, floats to float rounding (a sum over devices adds in another order)."""
+  assert got.keys() == want.keys()
+  return all(
+    got[k] == pytest.approx(v, rel=1e-4, abs=1e-6) if isinstance(v, float) else got[k] == v
+    for k, v in want.items()
+    if k not in skip
+  )
+
+
+def test_four_devices_equal_one(ptb_dir, tmp_path, monkeypatch):
+  """The batch columns split over 4 devices (the test process has 8 CPU devices): every record and
+  result equals the one-device run's up to float rounding; the windows were split."""
+  placed = []
+  put_global = train.sharding.put_global
+
+  def recording(sharding, *arrays):
+    placed.append((len(sharding.device_set), sharding.is_fully_replicated, arrays[0].shape))
+    return put_global(sharding, *arrays)
+
+  monkeypatch.setattr(train.sharding, "put_global", recording)
+  runs = {}
+  for devices in (1, 4):
+    config = tiny_config(
+      ptb_dir, optimizer="sgd,rsgd-scale", num_epochs=2, averaging_start_epoch=0, platform="cpu"
+    )
+    config.num_devices = devices
+    runs[devices] = train.train_and_evaluate(config, str(tmp_path / str(devices)))
+  # Training and validation windows (4 columns) split over the 4 devices; the test set's 2 columns
+  # do not split evenly and stay whole on each device.
+  four = [(replicated, shape[1]) for count, replicated, shape in placed if count == 4]
+  assert (False, 4) in four and (True, 2) in four and (True, 4) not in four
+  one, split = runs[1], runs[4]
+  assert sorted(split.records) == ["rsgd-scale", "sgd"]
+  for name in split.records:
+    for want, got in zip(one.records[name], split.records[name], strict=True):
+      assert _close(got, want, skip={"seconds"}), (name, got, want)
+    assert _close(split.final[name], one.final[name]), name
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(ptb_dir, tmp_path):
+  config = tiny_config(ptb_dir, batch_size=6, platform="cpu")
+  config.num_devices = 4
+  with pytest.raises(UserError, match=r"config\.batch_size=6 does not split over 4 devices"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.averaging_start_epoch = -1  # switch at the latest after this epoch; -1: never forced
   config.rsgd_alpha = 0.25  # the paper's Table 2 uses alpha = 1/4 for -scale
   config.topk_fraction = 0.01  # *-topk: fraction of entries kept
+
+  # Devices: the batch columns split over a one-axis "data" mesh, the model replicated.
+  config.num_devices = 1  # 1: one device, as the committed runs; 0: every device of the backend
+  config.platform = ""  # "": the default backend; or "cpu", "gpu", "tpu"
   config.log_every_steps = 50  # steps between loss checks (non-finite stop, progress bar)
   config.progress_bar = False  # show a tqdm bar per epoch
   return config
