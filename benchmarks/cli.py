@@ -25,7 +25,11 @@ def positive_int(text: str) -> int:
 def parser(doc: str | None) -> argparse.ArgumentParser:
   """A parser described by the module docstring's first line, with ``--out``."""
   parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
-  parser.add_argument("--out", default=None, help="write every measurement here as JSON")
+  parser.add_argument(
+    "--out",
+    default=None,
+    help="write every measurement here as JSON (committed ones: benchmarks/results/)",
+  )
   return parser
 
 
@@ -38,14 +42,19 @@ def report(results: dict[str, Any], markdown: Callable[[dict[str, Any]], str], o
   return results
 
 
-def run_on_host_devices(module: str, arguments: list[str]) -> dict[str, Any]:
-  """Runs ``python -m module --out <file> *arguments`` with 8 host (CPU) devices; its JSON back.
+def run_on_host_devices(
+  module: str, arguments: list[str], devices: int = HOST_DEVICES
+) -> dict[str, Any]:
+  """Runs ``python -m module --out <file> *arguments`` with ``devices`` host (CPU) devices.
 
   The device count is fixed when JAX starts, so a benchmark that needs a mesh runs in a process
   of its own. Compile times are measured there, so JAX's persistent compilation cache is off.
+  Returns the JSON the module wrote.
   """
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + HOST_DEVICE_FLAG).strip()
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  flags.append(f"--xla_force_host_platform_device_count={devices}")
+  env["XLA_FLAGS"] = " ".join(flags)
   env["JAX_PLATFORMS"] = "cpu"
   env["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # a cached compile would time a file read
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

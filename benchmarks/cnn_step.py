@@ -6,7 +6,7 @@ defined here stands in, and the result says so.
 The state crosses ``jax.jit`` as plain dicts of arrays, not as ``nnx.State``: an ``nnx.State`` from
 ``nnx.split`` holds ``nnx.Variable`` leaves, which JAX flattens and rebuilds in Python on every call.
 With DenseNet-121's 362 parameter arrays that host cost grows with every array the optimizer state
-adds, and it is what a blocked step on a GPU measured (BENCHMARKS.md).
+adds, and it is what a blocked step on a GPU measured (docs/design_notes.md).
 """
 
 from __future__ import annotations

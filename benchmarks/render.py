@@ -11,15 +11,17 @@ from typing import Any
 from benchmarks import wire_bytes
 
 
-def markdown(results: dict[str, Any]) -> str:
-  """The goals table, then the raw timings."""
-  lines = ["| what | goal | measured | met |", "|---|---|---|---|"]
-  for row in results["goals"]:
-    value = "skipped" if row["value"] is None else f"{row['value']:.3g}"
-    lines.append(f"| {row['what']} | {row['goal']} | {value} | {row['met']} |")
+def markdown(results: dict[str, Any], with_goals: bool = True) -> str:
+  """The goals table (unless ``with_goals`` is false), then the raw timings."""
+  lines: list[str] = []
+  if with_goals:
+    lines += ["| what | goal | measured | met |", "|---|---|---|---|"]
+    for row in results["goals"]:
+      value = "skipped" if row["value"] is None else f"{row['value']:.3g}"
+      lines.append(f"| {row['what']} | {row['goal']} | {value} | {row['met']} |")
+    lines.append("")
   tree = results["resnet50_tree"]
   lines += [
-    "",
     f"ResNet-50-shaped tree: {tree['leaves']} leaves, {tree['entries']:,} float32 entries. "
     f"Copy bandwidth: {results['bandwidth']['bytes_per_second'] / 1e9:.2f} GB/s.",
     "",
@@ -72,30 +74,48 @@ def markdown(results: dict[str, Any]) -> str:
     f"{cnn['blocked_sgdm_seconds'] * 1e3:.1f} ms, RSGDm {cnn['blocked_rsgdm_seconds'] * 1e3:.1f} ms "
     f"({cnn['blocked_step_ratio']:.3f}x; state arrays {cnn['state_arrays']['sgdm']} against "
     f"{cnn['state_arrays']['rsgdm']}). SGDm compiled twice: {cnn['control_ratio']:.3f}x.",
+  ]
+  if "schemes" in cnn:  # records from before the whole step was timed with each residual lack it
+    lines += [
+      "",
+      "The same whole step with each residual (pipelined; temporaries and compile time of the "
+      f"whole step; SGDm compiled twice compiles in {cnn['control_compile_ratio']:.2f}x):",
+      "",
+      "| whole step | ms a step | x sgdm | compile s | x sgdm | temp MB |",
+      "|---|---|---|---|---|---|",
+      *(
+        f"| {name} | {row['seconds'] * 1e3:.1f} | {row['step_ratio']:.3f} | "
+        f"{row['compile_seconds']:.1f} | {row['compile_ratio']:.2f} | "
+        f"{row['temp_bytes'] / 1e6:.1f} |"
+        for name, row in cnn["schemes"].items()
+      ),
+    ]
+  # Records from before the FSDP and wire-bytes rows were measured lack them.
+  if "fsdp" in results:
+    lines += ["", *fsdp_lines(results["fsdp"])]
+  if "wire_bytes" in results:
+    lines += ["", *wire_bytes.markdown(results["wire_bytes"])]
+  lines += [
     "",
-    "The same whole step with each residual (pipelined; temporaries and compile time of the whole "
-    f"step; SGDm compiled twice compiles in {cnn['control_compile_ratio']:.2f}x):",
-    "",
-    "| whole step | ms a step | x sgdm | compile s | x sgdm | temp MB |",
-    "|---|---|---|---|---|---|",
-    *(
-      f"| {name} | {row['seconds'] * 1e3:.1f} | {row['step_ratio']:.3f} | "
-      f"{row['compile_seconds']:.1f} | {row['compile_ratio']:.2f} | {row['temp_bytes'] / 1e6:.1f} |"
-      for name, row in cnn["schemes"].items()
-    ),
-    "",
-    *fsdp_lines(results["fsdp"]),
-    "",
-    *wire_bytes.markdown(results["wire_bytes"]),
-    "",
-    f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} CPUs, "
-    f"jax {results['machine']['jax']} on {results['machine']['device_kind']} "
-    f"({results['machine']['backend']}); medians of {results['rounds']} interleaved rounds.",
+    f"Machine: {machine_line(results)}; medians of {results['rounds']} interleaved rounds.",
   ]
   settings = results["machine"].get("settings")
   if settings:
     lines.append("Measured with " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
   return "\n".join(lines)
+
+
+def machine_line(results: dict[str, Any]) -> str:
+  """The machine a record of :mod:`benchmarks.run` was measured on, as the record says it."""
+  machine = results["machine"]
+  if machine["backend"] == "cpu":
+    model = (
+      f"{machine['cpu']} ({machine['cpu_id']})" if machine.get("cpu") else "model not recorded"
+    )
+    where = f"{machine['processor']} CPU, {machine['cpu_count']} cores, {model}"
+  else:
+    where = f"{machine['device_kind']} ({machine['cpu_count']} host CPUs)"
+  return f"{where}, jax {machine['jax']}"
 
 
 def fsdp_lines(result: dict[str, Any]) -> list[str]:

@@ -2,10 +2,12 @@
 
 Run from the repository root::
 
-  python -m benchmarks.run --size full --out results.json   # minutes on a 2-core CPU
-  python -m benchmarks.run --size tiny                      # seconds (the CI smoke test)
+  python -m benchmarks.run --size full --out benchmarks/results/cpu.json   # minutes on a 2-core CPU
+  python -m benchmarks.run --size tiny                                     # seconds (CI smoke test)
 
-Prints a Markdown table of the goals of the performance issue and writes every measurement as JSON.
+Prints a Markdown table of the goals (``benchmarks/goals.py``) and the measurements behind them, and
+writes every measurement as JSON to ``--out`` (nothing is written without it). The committed records
+are ``benchmarks/results/<machine>.json``; ``benchmarks/BENCHMARKS.md`` renders its tables from them.
 The FSDP rows (the tree sharded over 8 CPU devices) and the rows of the compressed gradient exchange
 (bytes on the wire read from the compiled HLO, 8 CPU devices) run in subprocesses: see
 ``benchmarks/fsdp.py`` and ``benchmarks/wire_bytes.py``.

@@ -1,4 +1,4 @@
-"""Today's top-k engine against an earlier copy of ``rsgd_optax/_topk.py``, side by side in one process.
+"""The top-k engine against an earlier copy of ``rsgd_optax/_topk.py``, side by side in one process.
 
   git show <commit>:rsgd_optax/_topk.py > /tmp/topk_old.py
   python -m benchmarks.topk_side_by_side --old /tmp/topk_old.py --what tree   # ResNet-50 tree

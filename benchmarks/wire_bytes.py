@@ -23,9 +23,18 @@ compute of encoding and decoding, not a network, and are noisy on a shared machi
 
 The device count is fixed when JAX starts, so this runs as its own process::
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.wire_bytes --out w.json
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.wire_bytes \
+    --out benchmarks/results/wire-bytes-cpu.json
 
 :func:`run_in_subprocess` starts it so from another process (``benchmarks.run``).
+
+How the bytes grow with the number of devices ``P``: ``--scaling-devices 8,16,32,64`` compiles (does
+not run) one step of the float32 all-reduce and of both exchanges of ``compressed_mean``
+(``all_gather`` and ``two_phase``) with both schemes on one axis of ``P`` host devices, each ``P`` in
+a process of its own (:func:`scaling_in_subprocesses`), and records the HLO's bytes next to the
+wire formats' (:func:`formula_bytes`) and the compiled step's temporaries::
+
+  python -m benchmarks.wire_bytes --scaling-devices 8,16,32,64 --out w.json
 """
 
 from __future__ import annotations
@@ -195,16 +204,186 @@ def run_in_subprocess(width_scale: float, stage_blocks: tuple[int, ...], rounds:
   return cli.run_on_host_devices("benchmarks.wire_bytes", arguments)
 
 
+# ---------------------------------------------------------------------------------------------
+# How the bytes grow with the devices: one axis of P devices, both exchanges of both schemes,
+# compiled (not run) from abstract inputs, so that P = 64 fits in a small machine's memory.
+
+SCALING_DEVICES = (8, 16, 32, 64)
+
+
+def scaling_exchanges() -> dict[str, tuple[Any, str | None]]:
+  """Name -> (scheme, exchange) of the rows; ``psum_f32`` (None, None) is the float32 all-reduce."""
+  return {
+    "psum_f32": (None, None),
+    "sign_all_gather": (rsgd.scaled_sign(), "all_gather"),
+    "sign_two_phase": (rsgd.scaled_sign(), "two_phase"),
+    "topk1pct_all_gather": (rsgd.top_k(TOPK_FRACTION), "all_gather"),
+    "topk1pct_two_phase": (rsgd.top_k(TOPK_FRACTION), "two_phase"),
+  }
+
+
+def formula_bytes(name: str, sizes: list[int], devices: int) -> float:
+  """Bytes one device sends per step by the ring formulas, from the exchange's wire format.
+
+  float32 all-reduce of ``d`` entries: ``2 (P - 1) / P 4 d``. All-gather exchange: ``(P - 1)`` times
+  the device's payload (sign: ``ceil(d / 8)`` bytes of bits and a float32 scale per leaf; top-k:
+  8 bytes per kept entry). Two-phase exchange: the chunk (``c = sum_l ceil(d_l / P)`` entries) goes
+  to each of the other devices once in each phase: sign ``2 (P - 1) ceil(c / 8)`` bytes, plus the
+  scales (an all-gather of the senders' and an all-reduce of the server's); top-k
+  ``2 (P - 1) 8 K``, ``K`` the entries kept in a chunk (``top_k_count`` of each leaf's piece).
+  """
+  p, leaves = devices, len(sizes)
+  if name == "psum_f32":
+    return 2 * (p - 1) / p * 4 * sum(sizes)
+  pieces = [-(-d // p) for d in sizes]
+  if name == "sign_all_gather":
+    return (p - 1) * (-(-sum(sizes) // 8) + 4 * leaves)
+  if name == "sign_two_phase":
+    return 2 * (p - 1) * -(-sum(pieces) // 8) + (p - 1) * 4 * leaves + 2 * (p - 1) / p * 4 * leaves
+  if name == "topk1pct_all_gather":
+    return (p - 1) * 8 * sum(rsgd._schemes.top_k_count(TOPK_FRACTION, d) for d in sizes)
+  kept = sum(rsgd._schemes.top_k_count(TOPK_FRACTION, n) for n in pieces)
+  return 2 * (p - 1) * 8 * kept
+
+
+def scaling_row(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+  """Every exchange of :func:`scaling_exchanges` on one ``data`` axis of all the devices."""
+  devices = len(jax.devices())
+  kind = (jax.sharding.AxisType.Explicit,)
+  mesh = jax.make_mesh((devices,), ("data",), axis_types=kind, devices=jax.devices())
+  sizes = [int(np.prod(s)) for s in shapes.values()]
+  gradient_bytes = 4 * sum(sizes)
+  params = {n: jax.ShapeDtypeStruct(s, np.float32) for n, s in shapes.items()}
+  grads = {
+    n: jax.ShapeDtypeStruct((devices, *s), np.float32, sharding=NamedSharding(mesh, P("data")))
+    for n, s in shapes.items()
+  }
+  rows = {}
+  with jax.set_mesh(mesh):
+    for name, (scheme, exchange) in scaling_exchanges().items():
+      if scheme is None:
+        front, pmean_axes = optax.identity(), ("data",)
+      else:
+        front, pmean_axes = rsgd.compressed_mean(scheme, "data", exchange=exchange), None
+      tx = optax.chain(front, optax.sgd(LEARNING_RATE))
+      state = jax.eval_shape(tx.init, params)
+      specs = rsgd.memory_specs(state, "data")
+      abstract = (
+        jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())),
+          params,
+        ),
+        jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, s)),
+          state,
+          specs,
+        ),
+        grads,
+      )
+      local_step = functools.partial(_local_step, tx=tx, pmean_axes=pmean_axes)
+      step = jax.jit(
+        jax.shard_map(
+          local_step, mesh=mesh, in_specs=(P(), specs, P("data")), out_specs=(P(), specs)
+        ),
+        donate_argnums=(0, 1),
+      )
+      start = time.perf_counter()
+      compiled = step.lower(*abstract).compile()
+      compile_seconds = time.perf_counter() - start
+      ops = collectives(compiled.as_text())
+      sent = sum(op["bytes_sent"] for op in ops)
+      temp = int(compiled.memory_analysis().temp_size_in_bytes)
+      rows[name] = {
+        "collectives": [{k: v for k, v in op.items() if k != "group"} for op in ops],
+        "bytes_sent_per_device": sent,
+        "formula_bytes_per_device": formula_bytes(name, sizes, devices),
+        "temp_bytes_per_device": temp,
+        "temp_per_gradient": temp / gradient_bytes,
+        "compile_seconds": compile_seconds,
+      }
+  base = rows["psum_f32"]["bytes_sent_per_device"]
+  for row in rows.values():
+    row["bytes_ratio"] = base / row["bytes_sent_per_device"]
+  return {"devices": devices, "gradient_bytes_per_device": gradient_bytes, "exchanges": rows}
+
+
+def scaling_markdown(result: dict[str, Any]) -> list[str]:
+  tree = result["tree"]
+  lines = [
+    f"Bytes each device sends per step against the number of devices `P` (one axis), "
+    f"{tree['entries']:,} float32 entries in {tree['leaves']} leaves (ResNet-50 shapes at width "
+    f"x{tree['width_scale']}), from the compiled HLO (ring formulas); temporaries from the compiled "
+    "step's memory analysis, per device, in units of the float32 gradient.",
+    "",
+    "| P | exchange | MiB sent / device | x fewer than f32 all-reduce | formula MiB | "
+    "temp / gradient | compile s |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  mib = 1 << 20
+  for row in result["rows"]:
+    for name, ex in row["exchanges"].items():
+      lines.append(
+        f"| {row['devices']} | {name} | {ex['bytes_sent_per_device'] / mib:.3f} | "
+        f"{ex['bytes_ratio']:.1f} | {ex['formula_bytes_per_device'] / mib:.3f} | "
+        f"{ex['temp_per_gradient']:.2f} | {ex['compile_seconds']:.0f} |"
+      )
+  return lines
+
+
+def scaling_in_subprocesses(
+  width_scale: float, stage_blocks: tuple[int, ...], devices: tuple[int, ...] = SCALING_DEVICES
+) -> dict[str, Any]:
+  """:func:`scaling_row` for each device count, each in a fresh process with that many devices."""
+  shapes = resnet50_tree.resnet50_shapes(width_scale, stage_blocks)
+  blocks = ",".join(map(str, stage_blocks))
+  arguments = ["--scaling", "--width-scale", str(width_scale), "--stage-blocks", blocks]
+  from examples.common import machine
+
+  record = machine.describe()
+  record["devices"] = f"{','.join(map(str, devices))} x cpu (host devices, a process each)"
+  return {
+    "machine": record,
+    "tree": {
+      "width_scale": width_scale,
+      "stage_blocks": list(stage_blocks),
+      "leaves": len(shapes),
+      "entries": int(sum(np.prod(s) for s in shapes.values())),
+    },
+    "topk_fraction": TOPK_FRACTION,
+    "ring_formula": "all-gather (P-1)B_in; all-reduce 2(P-1)/P B; all-to-all (P-1)/P B",
+    "rows": [cli.run_on_host_devices("benchmarks.wire_bytes", arguments, p) for p in devices],
+  }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--width-scale", type=float, default=1.0)
   parser.add_argument("--stage-blocks", default=",".join(map(str, resnet50_tree.STAGE_BLOCKS)))
   parser.add_argument("--rounds", type=int, default=5, help="timing rounds; 0: bytes only")
   parser.add_argument("--out", default=None)
+  parser.add_argument(
+    "--scaling",
+    action="store_true",
+    help="bytes and temporaries of both exchanges on one axis "
+    "of all the host devices (set by XLA_FLAGS), compiled only",
+  )
+  parser.add_argument(
+    "--scaling-devices",
+    default=None,
+    help="comma-separated device counts: run --scaling for "
+    "each in a process of its own and write them together",
+  )
   args = parser.parse_args(argv)
   blocks = tuple(int(b) for b in args.stage_blocks.split(","))
-  result = wire_rows(args.width_scale, blocks, args.rounds)
-  print("\n".join(markdown(result)))
+  if args.scaling_devices:
+    counts = tuple(int(p) for p in args.scaling_devices.split(","))
+    result = scaling_in_subprocesses(args.width_scale, blocks, counts)
+    print("\n".join(scaling_markdown(result)))
+  elif args.scaling:
+    result = scaling_row(resnet50_tree.resnet50_shapes(args.width_scale, blocks))
+  else:
+    result = wire_rows(args.width_scale, blocks, args.rounds)
+    print("\n".join(markdown(result)))
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=2)

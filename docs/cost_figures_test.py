@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _json(key):
-  return json.loads((ROOT / "benchmarks" / f"results-{key}.json").read_text())
+  return json.loads((ROOT / "benchmarks" / "results" / f"{key}.json").read_text())
 
 
 def test_committed_markdown_agrees_with_the_json():
@@ -65,3 +65,55 @@ def test_docs_table_says_when_a_file_is_stale():
   assert "**Stale:**" not in cpu
   ratio = _json("cpu")["resnet50_tree"]["optimizers"]["residual_topk"]["looped_step_ratio"]
   assert "| `residual_topk` | " in cpu and f" {ratio:.2f} " in cpu
+
+
+def _block(text, name):
+  """The text of one generated block."""
+  return text.split(f"<!-- cost-block:{name} -->\n")[1].split("<!-- /cost-block -->")[0]
+
+
+def _cells(text, first):
+  """The cells after the first of the first table row that starts with ``first``."""
+  return re.search(rf"^\| {re.escape(first)} \| (.*) \|$", text, re.M).group(1).split(" | ")
+
+
+def test_benchmarks_page_is_short_and_shows_the_records():
+  """BENCHMARKS.md's tables read back against the records, without the generator's formatting."""
+  page = (ROOT / "benchmarks" / "BENCHMARKS.md").read_text()
+  assert len(page.splitlines()) <= 250
+  cpu, gpu = _json("cpu"), _json("gpu-h100")
+  for block, results in (
+    (_block(page, "benchmarks-cpu"), cpu),
+    (_block(page, "benchmarks-gpu-h100"), gpu),
+  ):
+    for name, row in results["resnet50_tree"]["optimizers"].items():
+      if "step_seconds" not in row:
+        continue
+      cells = [float(cell) for cell in _cells(block, name)[:4]]
+      want = [row["step_seconds"] * 1e3, row["step_ratio"], row["fraction_of_bandwidth"]]
+      assert cells[:3] == [round(want[0], 1), round(want[1], 2), round(want[2], 2)], name
+      assert cells[3] == round(row["looped_step_seconds"] * 1e3, 2), name
+    # Each table names the machine and the jax of its record.
+    assert f"jax {results['machine']['jax']}" in block
+  cpu_block = _block(page, "benchmarks-cpu")
+  assert f"{cpu['machine']['cpu']} ({cpu['machine']['cpu_id']})" in cpu_block
+  assert "| what | goal | measured | met |" in cpu_block
+  topk_compile = cpu["fsdp"]["optimizers"]["residual_topk"]["compile_ratio"]
+  fsdp_topk = _cells(cpu_block.split("| fsdp step |")[1], "residual_topk")
+  assert float(fsdp_topk[3]) == round(topk_compile, 2)  # the FSDP top-k step's compile ratio
+  # The stale H100 record: its note, and no verdicts against goals it predates.
+  gpu_block = _block(page, "benchmarks-gpu-h100")
+  assert gpu["machine"]["device_kind"] in gpu_block and "**Stale:**" in gpu_block
+  assert "| what | goal |" not in gpu_block
+  # What a top-k call costs beyond a looped step, under each process setting.
+  settings = _block(page, "benchmarks-settings")
+  for key in ("cpu-allocator-glibc", "cpu-allocator-tcmalloc", "cpu-allocator-hugetlb"):
+    row = _json(key)["resnet50_tree"]["optimizers"]["residual_topk"]
+    extra = 1e3 * (row["step_seconds"] - row["looped_step_seconds"])
+    assert re.search(
+      rf"\| {1e3 * row['step_seconds']:.1f} \| [\d.]+ \| {extra:.1f} \|", settings
+    ), key
+  # The wire bytes: the float32 all-reduce on 8 devices, in MiB.
+  wire = _json("wire-bytes-cpu")
+  psum = wire["meshes"]["data8"]["exchanges"]["psum_f32"]["bytes_sent_per_device"] / 2**20
+  assert float(_cells(_block(page, "benchmarks-wire-bytes"), "data8")[1]) == round(psum, 3)

@@ -27,7 +27,13 @@ from rsgd_optax._averaging import (
   nonmonotone_trigger,
   start_averaging,
 )
-from rsgd_optax._compressed import CompressedMeanState, compressed_mean, memory_specs, resize_memory
+from rsgd_optax._compressed import (
+  CompressedMeanState,
+  TwoPhaseMeanState,
+  compressed_mean,
+  memory_specs,
+  resize_memory,
+)
 from rsgd_optax._finite import apply_if_finite_across
 from rsgd_optax._lookup import eval_params, find_averaging_state, find_residual_state, proximity
 from rsgd_optax._residual import (
@@ -51,6 +57,7 @@ __all__ = (
   "ResidualState",
   "Scheme",
   "StepAwareScheme",
+  "TwoPhaseMeanState",
   "apply_if_finite_across",
   "averaging_started",
   "compress",

@@ -95,7 +95,7 @@ def apply_if_finite_across(
     >>> import jax, jax.numpy as jnp, numpy as np, optax
     >>> from jax.sharding import PartitionSpec as P
     >>> import rsgd_optax as rsgd
-    >>> mesh = jax.make_mesh((1,), ("data",))
+    >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     >>> tx = rsgd.apply_if_finite_across(
     ...     optax.chain(rsgd.compressed_mean(rsgd.scaled_sign(), "data"), optax.sgd(0.1)),
     ...     "data", max_consecutive_errors=3)

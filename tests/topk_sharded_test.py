@@ -200,7 +200,7 @@ def test_in_place_selection_of_several_rows_matches_a_stable_sort():
   leaves = [_data(kind, shape, seed) for seed, (kind, shape, _) in enumerate(cases)]
   ks = [k for _, _, k in cases]
   rows = list(range(len(leaves)))
-  select = jax.jit(lambda ls: _topk._select(ls, rows, [0] * len(ls), ks, split=True))
+  select = jax.jit(lambda ls: _topk._select(ls, rows, [0] * len(ls), ks, _topk._Layout.OWN_SHAPE))
   for out, x, k in zip(select([jnp.asarray(x) for x in leaves]), leaves, ks, strict=True):
     kept = reference_kept(x.reshape(-1), k)
     np.testing.assert_array_equal(np.asarray(out).reshape(-1), np.where(kept, x.reshape(-1), 0))
@@ -212,9 +212,9 @@ def test_in_place_selection_across_leaves_matches_a_stable_sort():
   offsets = [0, 10, 30]
   flat = np.concatenate([x.reshape(-1) for x in leaves])
   for k in (1, 60):
-    out = jax.jit(lambda ls, k=k: _topk._select(ls, [0, 0, 0], offsets, [k], split=True))(
-      [jnp.asarray(x) for x in leaves]
-    )
+    out = jax.jit(
+      lambda ls, k=k: _topk._select(ls, [0, 0, 0], offsets, [k], _topk._Layout.OWN_SHAPE)
+    )([jnp.asarray(x) for x in leaves])
     kept = reference_kept(flat, k)
     actual = np.concatenate([np.asarray(o).reshape(-1) for o in out])
     np.testing.assert_array_equal(actual, np.where(kept, flat, 0))

@@ -174,16 +174,56 @@ def test_radix_select_counts_no_padding_among_ties(rows):
   np.testing.assert_array_equal(ties, zeros + padding)
   # The last tie kept is each row's fifth zero, in flat order.
   tied = [(keys[0] == tiles.per_slab(threshold)) & tiles.valid]
-  last = _topk._last_kept_tie([tiles], tied, need_at_threshold, ties, split=False)
+  last = _topk._last_kept_tie([tiles], tied, need_at_threshold, ties, _topk._Layout.PACKED)
   fifth_zero = [int(np.flatnonzero(np.asarray(a) == 0)[4]) for a in arrays]
   np.testing.assert_array_equal(last, fifth_zero)
   # With all zeros of a row kept, the last is its last zero, not a padding entry.
-  last = _topk._last_kept_tie([tiles], tied, zeros, ties, split=False)
+  last = _topk._last_kept_tie([tiles], tied, zeros, ties, _topk._Layout.PACKED)
   last_zero = [int(np.flatnonzero(np.asarray(a) == 0)[-1]) for a in arrays]
   np.testing.assert_array_equal(last, last_zero)
   # A row that keeps every tie needs no cut.
-  last = _topk._last_kept_tie([tiles], tied, zeros, zeros, split=False)
+  last = _topk._last_kept_tie([tiles], tied, zeros, zeros, _topk._Layout.PACKED)
   np.testing.assert_array_equal(last, np.iinfo(np.int32).max)
+
+
+def test_worked_example_of_the_derivation():
+  # The worked example of the derivation comment in _topk.py, step by step: 6-bit keys counted in
+  # two passes of 3-bit (octal) digits, a (2, 4) leaf in its own shape (two slabs of 4), k = 3.
+  x = np.array([[13, -42, 7, -5], [-13, 3, 13, 13]], np.float32)
+  k, keys = 3, np.abs(x).astype(np.uint32)
+  part = _topk._own_part(jnp.asarray(x), 0, 0, _topk._Layout.OWN_SHAPE)
+  first_need = jnp.asarray([k], jnp.int32)
+  # Pass 1: the top digit of every key.
+  hist = np.bincount((keys >> 3).ravel(), minlength=8)
+  at_least = np.cumsum(hist[::-1])[::-1]
+  np.testing.assert_array_equal(hist, [3, 4, 0, 0, 0, 1, 0, 0])
+  np.testing.assert_array_equal(at_least, [8, 5, 1, 1, 1, 1, 0, 0])
+  digit = int(np.flatnonzero(at_least >= k).max())
+  assert (digit, hist[digit], at_least[digit + 1]) == (1, 4, 1)  # c, ties, above
+  chosen = _topk._choose_digit(jnp.asarray(hist[None], jnp.int32), first_need)
+  np.testing.assert_array_equal(np.ravel(chosen), [1, 4, 1])
+  # The code's first pass alone (the top 3 bits as keys): prefix 1, need 3 - 1 = 2, ties 4.
+  after_one = _topk._radix_select([part], [jnp.asarray(keys >> 3)], first_need, 3, 3)
+  np.testing.assert_array_equal(np.ravel(after_one), [1, 2, 4])
+  # Pass 2: the low digit of the keys that start with 1.
+  hist = np.bincount((keys & 7)[keys >> 3 == 1], minlength=8)
+  np.testing.assert_array_equal(hist, [0, 0, 0, 0, 0, 4, 0, 0])
+  # Both passes: T = 0o15 = 13, two of its four ties among the 3 largest.
+  threshold, need, ties = _topk._radix_select([part], [jnp.asarray(keys)], first_need, 6, 3)
+  assert (int(threshold[0]), int(need[0]), int(ties[0])) == (0o15, 2, 4) == (13, 2, 4)
+  np.testing.assert_array_equal(np.sort(np.abs(x).ravel())[::-1][k - 1], 13)
+  # Tie cut: ties per slab 1, 3 (running 1, 4); slab 1's flags 1, 0, 1, 1 (running 1, 1, 2, 3).
+  tied = keys == 13
+  np.testing.assert_array_equal(tied.sum(axis=1), [1, 3])
+  np.testing.assert_array_equal(np.cumsum(tied.sum(axis=1)), [1, 4])
+  np.testing.assert_array_equal(np.cumsum(tied[1]), [1, 1, 2, 3])
+  assert np.flatnonzero(tied.ravel())[2 - 1] == 4
+  last = _topk._last_kept_tie([part], [jnp.asarray(tied)], need, ties, _topk._Layout.OWN_SHAPE)
+  np.testing.assert_array_equal(last, [4])
+  # Kept: -42 and the 13 and -13 at flat indices 0 and 4, as a stable sort keeps them.
+  out = keep_top_k(jnp.asarray(x), k)
+  assert_same(out, reference_keep(x, k), jnp.asarray(x))
+  np.testing.assert_array_equal(np.flatnonzero(np.asarray(out).ravel()), [0, 1, 4])
 
 
 @pytest.mark.parametrize("bins", [256, 32_768, 65_536])

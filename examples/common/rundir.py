@@ -156,7 +156,7 @@ def _shape_mismatch(
     f"The checkpoint of epoch {epoch} in {checkpointer.directory} does not fit this config's "
     f"model and optimizer ({str(error).splitlines()[0][:200]}): it was written with another "
     f"config (model, optimizer list or settings, data) or by an older version of this example "
-    f"(one optimizer chain layout since issue 20). Resume with the config that wrote it "
+    f"(whose optimizer chains were laid out differently). Resume with the config that wrote it "
     f"({CONFIG_FILE} of that run), or train in a new --workdir."
   )
 

@@ -181,7 +181,7 @@ class Steps:
 
   The state passes through ``jax.jit`` as plain dicts of arrays (``nnx.to_pure_dict``), as
   in the image trainer: an ``nnx.Optimizer`` would be flattened and rebuilt in Python on every call,
-  a host cost per array that grows with every residual view (benchmarks/BENCHMARKS.md).
+  a host cost per array that grows with every residual view (docs/design_notes.md).
   """
 
   train: Any

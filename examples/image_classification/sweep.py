@@ -90,18 +90,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
       continue
     started = time.time()
     try:
-      result = train.train_and_evaluate(
+      by_view = train.train_and_evaluate(
         run_config(config, label, seed), training_workdir(workdir, group, seed)
       ).records
-      last = {name: result[name] for name in group}
-      accuracies = ", ".join(f"{name} {last[name][-1]['test_accuracy']:.4f}" for name in group)
+      accuracies = ", ".join(f"{name} {by_view[name][-1]['test_accuracy']:.4f}" for name in group)
       logger.info(
         "[%d/%d] seed %d: test accuracy %s after %d epochs, %.0fs.",
         index,
         len(grid),
         seed,
         accuracies,
-        len(last[group[0]]),
+        len(by_view[group[0]]),
         time.time() - started,
       )
     except NonFiniteLossError as e:

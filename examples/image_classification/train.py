@@ -393,7 +393,7 @@ def init_state(
     raise ValueError(f"Model {config.model} has state besides params and batch statistics.")
   # Plain dicts of arrays, not nnx.State: the Variable leaves of an nnx.State are flattened and
   # rebuilt in Python on every jitted call, a host cost per array that grows with the optimizer
-  # state (benchmarks/BENCHMARKS.md).
+  # state (docs/design_notes.md).
   params = nnx.to_pure_dict(params)
   if spec is not None and spec.compressed:
     with jax.set_mesh(mesh):  # compressed_mean's init sizes the memory by the mesh axis

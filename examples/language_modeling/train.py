@@ -362,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
   # This family passes nnx objects through ``nnx.jit`` rather than plain dicts of arrays (the
   # image and graph trainers): its step writes the per-batch learning rate into the optimizer's
   # injected hyperparameters in place, and its state is a handful of large LSTM matrices, so the
-  # per-array host cost measured in benchmarks/BENCHMARKS.md is small next to the step.
+  # per-array host cost measured in docs/design_notes.md is small next to the step.
   model = build_model(config, corpus.vocab_size)
   optimizer = nnx.Optimizer(model, build_optimizer(config, run.views), wrt=nnx.Param)
   replicated = NamedSharding(mesh, P())
