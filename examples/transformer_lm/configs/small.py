@@ -2,7 +2,7 @@
 
 ``default.py`` scaled down: 2 layers of width 128 (4 heads), context 64, 32 windows a step (2,048
 tokens), 446 steps an epoch over all 929,589 training tokens, 4 epochs, peak learning rate 2e-3
-after 100 warm-up steps; validation and test perplexity on the first 20,000 tokens of each stream,
+after 100 warm-up steps; validation and test perplexity on the first 10,000 tokens of each stream,
 4 times an epoch. The views are those of ``default.py``.
 
   python -m examples.transformer_lm.main \\
@@ -16,7 +16,7 @@ from examples.transformer_lm.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.max_eval_tokens = 20_000
+  config.max_eval_tokens = 10_000
   config.context = 64
   config.layers = 2
   config.width = 128
