@@ -36,7 +36,7 @@ from examples.common import machine
 from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
 from examples.common.errors import UserError
 from examples.common.metrics import MetricsWriter, atomic_write_text, reporting_io_errors
-from examples.common.optimizers import View
+from examples.common.optimizers import View, canonical_spec
 from examples.common.report import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ MAY_CHANGE = frozenset(
     "log_every_steps",
     "checkpoint_every",
     "data_dir",
+    "data_source",
     "num_workers",
     "num_devices",
     "platform",
@@ -97,6 +98,9 @@ def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def config_differences(recorded: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Each locked field whose value differs from the recorded one, as ``field: old -> new``."""
   old, new = _flat(recorded), _flat(_as_json(config))
+  for values in (old, new):  # two spellings of one optimizer list are one list
+    if isinstance(values.get("optimizer"), str):
+      values["optimizer"] = _canonical_optimizer(values["optimizer"])
   differences = []
   for field in sorted(old.keys() | new.keys()):
     if field.split(".")[0] in MAY_CHANGE or old.get(field) == new.get(field):
@@ -109,6 +113,13 @@ def config_differences(recorded: Mapping[str, Any], config: ml_collections.Confi
       continue
     differences.append(f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}")
   return differences
+
+
+def _canonical_optimizer(spec: str) -> str:
+  try:
+    return canonical_spec(spec)
+  except UserError:  # not a valid list (an older version's name): compared as written
+    return spec
 
 
 def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -134,7 +145,7 @@ def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
       f"{workdir} was trained with another config ({path}); it resumes only with the same values. "
       f"Differing: {'; '.join(differences)}. Resume with the recorded values, or train in a new "
       f"--workdir. Fields that may change on resume: num_epochs (more), "
-      f"{', '.join(sorted(MAY_CHANGE))}."
+      f"{', '.join(sorted(field for field in MAY_CHANGE if field in config))}."
     )
 
 

@@ -173,3 +173,33 @@ def test_files_get_the_users_umask(tmp_path):
     os.umask(previous)
   for name in ("config.json", "machine.json", "sgdm/config.json"):
     assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
+
+
+def _recorded(workdir, **fields):
+  """A workdir whose ``config.json`` records ``_config(**fields)`` (nothing trained)."""
+  (workdir / "config.json").write_text(json.dumps(_config(**fields).to_dict()))
+
+
+@pytest.mark.parametrize(
+  ("recorded", "resumed"),
+  [
+    ("sgdm, rsgdm-scale", "sgdm,rsgdm-scale"),
+    ("sgdm,rsgdm-topk@1e-2", "sgdm , rsgdm-topk@0.01"),
+    ("rsgdm-scale@0.250", "rsgdm-scale@.25"),
+  ],
+)
+def test_two_spellings_of_one_optimizer_list_pass_the_lock(tmp_path, recorded, resumed):
+  _recorded(tmp_path, optimizer=recorded)
+  rundir.check_config_lock(_config(optimizer=resumed), str(tmp_path))
+  with pytest.raises(UserError, match="Differing: optimizer"):
+    rundir.check_config_lock(_config(optimizer="sgdm,rsgdm-topk@0.02"), str(tmp_path))
+
+
+def test_the_lock_lists_only_the_fields_the_family_has(tmp_path):
+  _recorded(tmp_path)
+  with pytest.raises(UserError) as error:
+    rundir.check_config_lock(_config(learning_rate=0.2), str(tmp_path))
+  # The toy config has progress_bar of the fields that may change, and none of the others.
+  assert str(error.value).endswith(
+    "Fields that may change on resume: num_epochs (more), progress_bar."
+  )

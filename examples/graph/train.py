@@ -86,6 +86,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def prepare_graph(config: ml_collections.ConfigDict) -> PreparedGraph:
   """Loads the dataset, partitions it and builds the padded batchers."""
   data = load_graphsage(config.data_dir, config.dataset)
+  # More clusters than training nodes would leave clusters empty (batches of padding).
+  config_checks.check_batch_size(
+    config.num_clusters, data.train_nodes.size, field="num_clusters", of="training nodes"
+  )
   full_adj = partition.adjacency(data.num_nodes, data.edges)
   train_nodes = data.train_nodes
   train_adj = full_adj[train_nodes][:, train_nodes]
