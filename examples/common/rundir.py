@@ -122,12 +122,66 @@ def _canonical_optimizer(spec: str) -> str:
     return spec
 
 
+def check_workdir(workdir: str | None) -> None:
+  """Refuses, in one line and before anything is written, a workdir a run cannot use.
+
+  Empty, a file, a path under a file, on a read-only file system, or not writable by this user
+  (the nearest existing folder of a workdir still to be made is checked).
+
+  Raises:
+    UserError: saying what is wrong with ``workdir`` and what to give instead.
+  """
+  if not workdir or not str(workdir).strip():
+    raise UserError(
+      "The workdir is empty: give the directory that holds (or will hold) the run's checkpoints "
+      "and records, e.g. --workdir=runs/first."
+    )
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(
+      f"The workdir {workdir} is a file, not a directory: give a new directory to start a run, "
+      "or the run's own directory to resume it."
+    )
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(
+      f"The workdir {workdir} lies under {existing}, which is a file: give a directory path "
+      "whose parents are directories."
+    )
+  if os.statvfs(existing).f_flag & os.ST_RDONLY:
+    raise UserError(
+      f"The workdir {workdir} lies on a read-only file system ({existing}): give a workdir on a "
+      "writable one (or copy the run there to resume it)."
+    )
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(
+      f"The workdir {workdir} is not writable by this user ({existing}): give a workdir you can "
+      "write, or change its permissions."
+    )
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` and its ``checkpoints`` folder; a refusal of the file system (a path
+  where nothing can be created, say) is one :class:`UserError` naming the workdir."""
+  try:
+    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+  except OSError as error:
+    raise UserError(
+      f"The workdir {workdir} cannot be created or written ({error.strerror}: {error.filename}): "
+      "give a workdir you can write."
+    ) from None
+
+
 def check_config_lock(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a config that differs from ``<workdir>/config.json`` in a locked field.
+  """Refuses a workdir that cannot be used (:func:`check_workdir`) or a config that differs from
+  ``<workdir>/config.json`` in a locked field.
 
   Raises:
     UserError: naming each differing field with the recorded and the new value.
   """
+  check_workdir(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return
@@ -228,7 +282,7 @@ class RunDirectory:
   def __enter__(self) -> "RunDirectory":
     check_config_lock(self.config, self.workdir)
     with self._stack as stack:
-      os.makedirs(self.workdir, exist_ok=True)
+      make_workdir(self.workdir)
       self.checkpointer = stack.enter_context(
         Checkpointer(os.path.join(self.workdir, "checkpoints"))
       )

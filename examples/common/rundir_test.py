@@ -203,3 +203,51 @@ def test_the_lock_lists_only_the_fields_the_family_has(tmp_path):
   assert str(error.value).endswith(
     "Fields that may change on resume: num_epochs (more), progress_bar."
   )
+
+
+def _workdir_faults(tmp_path):
+  """Each workdir a run cannot use, with what its one line says; made under ``tmp_path``."""
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a directory")
+  faults = {
+    "empty": ("", "The workdir is empty"),
+    "blank": ("  ", "The workdir is empty"),
+    "a file": (str(a_file), "is a file, not a directory"),
+    "under a file": (str(a_file / "run"), f"lies under {a_file}, which is a file"),
+    # A file system that refuses to create anything in it (sysfs; whoever runs the tests).
+    "refused by the file system": ("/sys/rsgd-run", "cannot be created or written"),
+  }
+  if os.geteuid() != 0:  # permission bits bind every user but root
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    faults["not writable"] = (str(locked / "run"), "is not writable by this user")
+  else:  # root passes permission bits: a folder it cannot enter (another process's) instead
+    faults["not writable"] = ("/proc/1/rsgd-run", "is not writable by this user")
+  return faults
+
+
+@pytest.mark.parametrize(
+  "fault",
+  ["empty", "blank", "a file", "under a file", "refused by the file system", "not writable"],
+)
+def test_every_workdir_fault_is_one_line_and_nothing_is_written(tmp_path, fault):
+  workdir, message = _workdir_faults(tmp_path)[fault]
+  before = _tree_digest(tmp_path)
+  with pytest.raises(UserError) as error:
+    _train(workdir, _config(num_epochs=1))
+  assert message in str(error.value) and "\n" not in str(error.value)
+  assert _tree_digest(tmp_path) == before
+
+
+def test_a_workdir_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch):
+  # No test may mount a file system: the read-only flag statvfs reports is what is checked.
+  real = os.statvfs
+
+  def read_only(path):
+    result = real(path)
+    return os.statvfs_result((*result[:8], result.f_flag | os.ST_RDONLY, *result[9:]))
+
+  monkeypatch.setattr(os, "statvfs", read_only)
+  with pytest.raises(UserError, match=r"lies on a read-only file system \(.*\): give a workdir"):
+    rundir.check_workdir(str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
