@@ -8,10 +8,12 @@
    :class:`~examples.common.errors.UserError` naming each differing field with both values. The
    fields in :data:`MAY_CHANGE` may change on resume (``num_epochs`` may only grow: a shorter run is
    another run). To change anything else, train in a new ``--workdir``.
+   **The data lock**: a trainer that passes ``data=`` (what it loaded) resumes only on the same
+   data, wherever it lies now (``data.json`` holds its fingerprint).
 2. **Resume** from the newest readable checkpoint (``checkpoints/``; an unreadable newer one is
    named, set aside and skipped). A checkpoint whose arrays do not fit the config's state is
    reported as a config mismatch, never as unreadable.
-3. **The records**: ``config.json`` (and with several views ``<workdir>/<name>/config.json``, whose
+3. **The records**: ``config.json``, ``data.json`` (and with several views ``<workdir>/<name>/config.json``, whose
    ``optimizer`` is that view's name, so reports read both layouts alike), ``machine.json`` (the
    machines the run has trained on, one entry per start), and per view ``metrics.jsonl`` and
    TensorBoard scalars (one view: in ``<workdir>``; several: in ``<workdir>/<name>/``), cut back to
@@ -32,7 +34,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from examples.common import machine
+from examples.common import datalock, machine
 from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
 from examples.common.errors import UserError
 from examples.common.metrics import MetricsWriter, atomic_write_text, reporting_io_errors
@@ -44,7 +46,8 @@ logger = logging.getLogger(__name__)
 Record = dict[str, Any]
 
 # Fields that do not change a run's results, so a resumed run may set them differently: how it
-# shows progress, how often it saves, where the data lies, how many processes and devices share the
+# shows progress, how often it saves, where the data lies (the data itself is locked by its
+# fingerprint, ``data.json``: see :mod:`examples.common.datalock`), how many processes and devices share the
 # work (the trainers' results do not depend on the device count or layout, up to float rounding),
 # and the sweep around a training (``sweep``: its grid of seeds and names). ``num_epochs`` may grow.
 # Every other field is locked to the workdir.
@@ -255,6 +258,10 @@ class RunDirectory:
     views: the views of ``config.optimizer`` (one record folder each when several).
     template: the initial training state, the tree a checkpoint's ``state`` is restored into.
     log_fields: record fields shown in each epoch's log line.
+    data: what the run trains on, as loaded (arrays, a dataclass of them, file names): its
+      :func:`~examples.common.datalock.fingerprint` is recorded in ``data.json`` and a resume on
+      other data is refused (:func:`~examples.common.datalock.check_data_lock`). ``None``: not
+      locked.
 
   Attributes (after ``__enter__``):
     start_epoch: the first epoch to train (0, or the restored epoch + 1).
@@ -270,8 +277,10 @@ class RunDirectory:
     *,
     template: Any,
     log_fields: Sequence[str] = (),
+    data: Any = None,
   ):
     self.config, self.workdir, self.views = config, workdir, list(views)
+    self.data_record = None if data is None else datalock.fingerprint(data)
     self.template, self.log_fields = template, tuple(log_fields)
     self.primary = jax.process_index() == 0
     self._stack = contextlib.ExitStack()
@@ -281,6 +290,8 @@ class RunDirectory:
 
   def __enter__(self) -> "RunDirectory":
     check_config_lock(self.config, self.workdir)
+    if self.data_record is not None:
+      datalock.check_data_lock(self.workdir, self.data_record)
     with self._stack as stack:
       make_workdir(self.workdir)
       self.checkpointer = stack.enter_context(
@@ -289,6 +300,8 @@ class RunDirectory:
       latest = self._restore()
       if self.primary:
         write_config(self.config, self.workdir, self.views)
+        if self.data_record is not None:
+          _write_json(os.path.join(self.workdir, datalock.DATA_FILE), self.data_record)
         record_machine(self.workdir, self.start_epoch)
       for view in self.views:
         self._writers[view.name] = stack.enter_context(

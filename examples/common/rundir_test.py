@@ -251,3 +251,29 @@ def test_a_workdir_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch)
   with pytest.raises(UserError, match=r"lies on a read-only file system \(.*\): give a workdir"):
     rundir.check_workdir(str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def _train_on(workdir, config, data):
+  """The toy trainer, locked to ``data`` (its result does not depend on it)."""
+  views = optimizers.parse_views(config.optimizer)
+  template = {"x": jnp.ones(config.width), "step": jnp.int32(0)}
+  with rundir.RunDirectory(config, str(workdir), views, template=template, data=data) as run:
+    for epoch in range(run.start_epoch, config.num_epochs):
+      run.write(epoch, {view.name: {"value": float(epoch)} for view in views})
+      run.save(epoch, run.state)
+    return run.start_epoch
+
+
+def test_a_run_resumes_on_its_data_wherever_it_lies_and_refuses_other_data(tmp_path):
+  data = {"train": np.arange(12, dtype=np.uint8).reshape(3, 4), "labels": np.arange(3)}
+  _train_on(tmp_path, _config(num_epochs=1), data)
+  recorded = json.loads((tmp_path / "data.json").read_text())
+  assert (recorded["arrays"], recorded["bytes"]) == (2, 12 + data["labels"].nbytes)
+  before = _tree_digest(tmp_path)
+  other = {**data, "train": data["train"] + 1}
+  with pytest.raises(UserError, match=r"was trained on other data \(.*data\.json: 2 arrays, "):
+    _train_on(tmp_path, _config(num_epochs=2), other)
+  assert _tree_digest(tmp_path) == before
+  # The same data (another copy, as loaded from another folder) resumes.
+  moved = {name: array.copy() for name, array in data.items()}
+  assert _train_on(tmp_path, _config(num_epochs=2), moved) == 1

@@ -334,7 +334,7 @@ def train_and_evaluate(
   steps = make_steps(train_graphdef, eval_graphdef, tx, graph.data.multilabel)
   log_fields = ("train_loss", "val_micro_f1", "test_micro_f1", "proximity")
   with rundir.RunDirectory(
-    config, workdir, view_list, template=state, log_fields=log_fields
+    config, workdir, view_list, template=state, log_fields=log_fields, data=graph.data
   ) as run:
     state = run.state
     for epoch in range(run.start_epoch, config.num_epochs):

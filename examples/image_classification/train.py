@@ -619,7 +619,7 @@ def train_and_evaluate(
   with (
     watchdog.for_run(config) as dog,
     rundir.RunDirectory(
-      config, workdir, view_list, template=template, log_fields=log_fields
+      config, workdir, view_list, template=template, log_fields=log_fields, data=data.contents()
     ) as run,
   ):
     state = run.state

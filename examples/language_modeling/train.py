@@ -340,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   log_fields = ("train_ppl", "val_ppl", "proximity")
   with rundir.RunDirectory(
-    config, workdir, view_list, template=checkpoint_state(), log_fields=log_fields
+    config, workdir, view_list, template=checkpoint_state(), log_fields=log_fields, data=corpus
   ) as run:
     nnx.update(model, run.state["model"])
     nnx.update(optimizer, run.state["optimizer"])
