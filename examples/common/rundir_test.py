@@ -13,6 +13,7 @@ import pytest
 from examples.common import optimizers, rundir
 from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError
 from examples.common.errors import UserError
+from examples.common.faultprobes import SYSFS_REFUSAL
 from examples.common.metrics import MetricsWriter, read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.common.progress import StepLosses
@@ -215,7 +216,7 @@ def _workdir_faults(tmp_path):
     "a file": (str(a_file), "is a file, not a directory"),
     "under a file": (str(a_file / "run"), f"lies under {a_file}, which is a file"),
     # A file system that refuses to create anything in it (sysfs; whoever runs the tests).
-    "refused by the file system": ("/sys/rsgd-run", "cannot be created or written"),
+    "refused by the file system": ("/sys/rsgd-run", SYSFS_REFUSAL),
   }
   if os.geteuid() != 0:  # permission bits bind every user but root
     locked = tmp_path / "locked"
