@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from examples.common import datalock, machine
+from examples.common import compression, datalock, machine
 from examples.common.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
 from examples.common.errors import UserError
 from examples.common.metrics import MetricsWriter, atomic_write_text, reporting_io_errors
@@ -101,9 +101,11 @@ def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def config_differences(recorded: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Each locked field whose value differs from the recorded one, as ``field: old -> new``."""
   old, new = _flat(recorded), _flat(_as_json(config))
-  for values in (old, new):  # two spellings of one optimizer list are one list
+  for values in (old, new):  # two spellings of one name are one name
     if isinstance(values.get("optimizer"), str):
       values["optimizer"] = _canonical_optimizer(values["optimizer"])
+    if isinstance(values.get("grad_compression"), str):
+      values["grad_compression"] = compression.canonical(values["grad_compression"])
   differences = []
   for field in sorted(old.keys() | new.keys()):
     if field.split(".")[0] in MAY_CHANGE or old.get(field) == new.get(field):

@@ -196,6 +196,13 @@ def test_two_spellings_of_one_optimizer_list_pass_the_lock(tmp_path, recorded, r
     rundir.check_config_lock(_config(optimizer="sgdm,rsgdm-topk@0.02"), str(tmp_path))
 
 
+def test_two_spellings_of_one_compression_pass_the_lock(tmp_path):
+  _recorded(tmp_path, grad_compression="topk@1e-2")
+  rundir.check_config_lock(_config(grad_compression="topk@0.01"), str(tmp_path))
+  with pytest.raises(UserError, match=r"Differing: grad_compression: 'topk@0.01' -> 'topk@0.02'"):
+    rundir.check_config_lock(_config(grad_compression="topk@0.02"), str(tmp_path))
+
+
 def test_the_lock_lists_only_the_fields_the_family_has(tmp_path):
   _recorded(tmp_path)
   with pytest.raises(UserError) as error:

@@ -43,6 +43,7 @@ VALUES = [
   ("--config.lr_decay_factor=-inf", "config.lr_decay_factor=-inf (must be a finite number > 0)"),
   ("--config.optimizer=rsgdm-topk@nan", "'rsgdm-topk@nan': the value after @ must be a finite"),
   ("--config.optimizer=sgdm,rsgdm-scale@inf", "'rsgdm-scale@inf': the value after @ must be"),
+  ("--config.grad_compression=topk@nan", "config.grad_compression='topk@nan' (must be one of"),
 ]
 
 
