@@ -44,7 +44,12 @@ def _feed(digest: Any, value: Any, counts: dict[str, int]) -> None:
     digest.update(memoryview(array).cast("B"))
     counts["arrays"] += 1
     counts["bytes"] += array.nbytes
-  elif value is None or isinstance(value, (str, bytes, bool, int, float, np.generic)):
+  elif isinstance(value, (str, bytes)):
+    encoded = value.encode() if isinstance(value, str) else value
+    digest.update(f"{type(value).__name__} {len(encoded)} ".encode())
+    digest.update(encoded)
+    counts["bytes"] += len(encoded)
+  elif value is None or isinstance(value, (bool, int, float, np.generic)):
     digest.update(f"{type(value).__name__} {value!r}".encode())
   else:
     raise TypeError(f"cannot fingerprint a {type(value).__name__}")
@@ -54,7 +59,7 @@ def fingerprint(data: Any) -> dict[str, Any]:
   """The SHA-256 of ``data``'s contents (arrays: dtype, shape and bytes), and what it covered.
 
   ``data`` is any nesting of dataclasses, mappings, lists and tuples of NumPy arrays, strings and
-  numbers. Returns ``{"sha256", "arrays", "bytes"}``.
+  numbers. Returns ``{"sha256", "arrays", "bytes"}`` (the bytes of its arrays and strings).
   """
   digest = hashlib.sha256()
   counts = {"arrays": 0, "bytes": 0}

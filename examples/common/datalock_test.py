@@ -27,7 +27,7 @@ def test_equal_contents_give_equal_fingerprints_and_count_what_they_cover():
   assert first == copy
   data = _data()
   assert first["arrays"] == 2
-  assert first["bytes"] == data.images.nbytes + data.labels.nbytes
+  assert first["bytes"] == data.images.nbytes + data.labels.nbytes + len("a") + len("b")
   assert first["sha256"] == datalock.fingerprint(dataclasses.replace(data))["sha256"]
 
 

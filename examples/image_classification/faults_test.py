@@ -1,6 +1,7 @@
 """The image trainer's fault matrix: values, workdir and data, each one line with exit status 1
 and the workdir untouched. (A corrupt checkpoint: train_test's fallback test.)"""
 
+import os
 import shutil
 
 import pytest
@@ -90,3 +91,21 @@ def test_a_workdir_of_other_data_is_one_line_and_left_as_it_was(capsys, images, 
   argv = _argv(workdir, images / "a")
   assert_one_line(*run_main(capsys, "image_classification", argv), "was trained on other data")
   assert tree_digest(str(workdir)) == before
+
+
+def test_image_folders_are_locked_to_their_file_names_and_labels(tmp_path):
+  def contents(data_dir):
+    folders = input_pipeline.ImageFolderInput(
+      str(data_dir), batch_size=2, seed=0, num_workers=0, train_eval_examples=2
+    )
+    return datalock.fingerprint(folders.contents())
+
+  testdata.write_image_folders(str(tmp_path / "a"), per_class=2, classes=2)
+  shutil.copytree(tmp_path / "a", tmp_path / "moved")
+  here = contents(tmp_path / "a")
+  assert contents(tmp_path / "moved") == here
+  train = tmp_path / "moved" / "train"
+  first_class = sorted(os.listdir(train))[0]
+  image = sorted(os.listdir(train / first_class))[0]
+  os.rename(train / first_class / image, train / first_class / f"x{image}")
+  assert contents(tmp_path / "moved")["sha256"] != here["sha256"]

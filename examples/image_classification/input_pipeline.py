@@ -358,9 +358,10 @@ class ImageFolderInput(Input):
     yield from self._iterate(dataset)
 
   def contents(self) -> Any:
-    """Each image's path below ``data_dir`` and its label (the files are not read: too many)."""
+    """Each image's path below ``data_dir`` and its label, one line each (the files themselves
+    are not read: too many)."""
     return {
-      split: [(os.path.relpath(path, self.data_dir), label) for path, label in items]
+      split: "\n".join(f"{os.path.relpath(path, self.data_dir)}\t{label}" for path, label in items)
       for split, items in (("train", self.train_items), ("test", self.test_items))
     }
 
