@@ -466,7 +466,7 @@ class Checkpointer:
     return None, None
 
   def _set_aside(self, epochs: list[int]) -> None:
-    """Moves skipped (unreadable or corrupt) checkpoints to ``<directory>-unreadable/<epoch>-<t>``."""
+    """Moves skipped (unreadable or corrupt) checkpoints to ``<directory>-unreadable/``."""
     if not epochs or jax.process_index() != 0:
       return
     aside = self.directory.rstrip(os.sep) + "-unreadable"

@@ -10,13 +10,13 @@
    another run). To change anything else, train in a new ``--workdir``.
    **The data lock**: a trainer that passes ``data=`` (what it loaded) resumes only on the same
    data, wherever it lies now (``data.json`` holds its fingerprint).
-2. **Resume** from the newest readable checkpoint (``checkpoints/``; an unreadable newer one is
-   named, set aside and skipped). A checkpoint whose arrays do not fit the config's state is
+2. **Resume** from the newest sound checkpoint (``checkpoints/``; a newer one that cannot be read
+   or fails its checksums is named, set aside and skipped). A checkpoint whose arrays do not fit the config's state is
    reported as a config mismatch, never as unreadable.
-3. **The records**: ``config.json``, ``data.json`` (and with several views ``<workdir>/<name>/config.json``, whose
-   ``optimizer`` is that view's name, so reports read both layouts alike), ``machine.json`` (the
-   machines the run has trained on, one entry per start), and per view ``metrics.jsonl`` and
-   TensorBoard scalars (one view: in ``<workdir>``; several: in ``<workdir>/<name>/``), cut back to
+3. **The records**: ``config.json``, ``data.json`` (and with several views
+   ``<workdir>/<name>/config.json``, whose ``optimizer`` is that view's name, so reports read both
+   layouts alike), ``machine.json`` (the machines the run has trained on, one entry per start), and
+   per view ``metrics.jsonl`` and TensorBoard scalars (one view: in ``<workdir>``; several: in ``<workdir>/<name>/``), cut back to
    the restored epoch.
 
 Leaving the ``with`` block closes every writer and the checkpointer on every exit (a non-finite
@@ -47,8 +47,8 @@ Record = dict[str, Any]
 
 # Fields that do not change a run's results, so a resumed run may set them differently: how it
 # shows progress, how often it saves, where the data lies (the data itself is locked by its
-# fingerprint, ``data.json``: see :mod:`examples.common.datalock`), how many processes and devices share the
-# work (the trainers' results do not depend on the device count or layout, up to float rounding),
+# fingerprint, ``data.json``: see :mod:`examples.common.datalock`), how many processes and devices
+# share the work (the trainers' results do not depend on the device count or layout, up to float rounding),
 # and the sweep around a training (``sweep``: its grid of seeds and names). ``num_epochs`` may grow.
 # Every other field is locked to the workdir.
 MAY_CHANGE = frozenset(
