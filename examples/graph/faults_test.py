@@ -8,12 +8,17 @@ import shutil
 import pytest
 
 from examples.common import datalock, faultprobes
-from examples.common.faultprobes import assert_one_line, keep_xla_flags, run_main, tree_digest
+from examples.common.errors import UserError
+from examples.common.faultprobes import (
+  assert_one_line,
+  keep_xla_flags,  # noqa: F401 (autouse: every test here)
+  run_main,
+  tree_digest,
+)
 from examples.graph import train
 from examples.graph.conftest import write_ppi_like
 from examples.graph.graphsage_data import load_graphsage
-
-__all__ = ["keep_xla_flags"]  # the autouse fixture, used by every test here
+from examples.graph.train_test import tiny_config
 
 CONFIG = "--config=examples/graph/configs/ppi.py"
 TINY = (
@@ -81,8 +86,6 @@ def test_a_workdir_of_other_data_is_one_line_and_left_as_it_was(capsys, graphs, 
 
 def test_a_resume_on_moved_data_corrupt_checkpoint_and_other_data(graphs, tmp_path, caplog):
   """One 2-epoch run; a byte of its newest checkpoint flipped; its data moved; other data."""
-  from examples.graph.train_test import tiny_config  # the trainer tests' tiny graph settings
-
   config = tiny_config(str(graphs / "a"))
   workdir = str(tmp_path / "run")
   uninterrupted = train.train_and_evaluate(config, workdir)
@@ -108,7 +111,7 @@ def test_a_resume_on_moved_data_corrupt_checkpoint_and_other_data(graphs, tmp_pa
   }
   config.data_dir = str(graphs / "b")
   before = tree_digest(workdir)
-  with pytest.raises(Exception, match="was trained on other data"):
+  with pytest.raises(UserError, match="was trained on other data"):
     train.train_and_evaluate(config, workdir)
   assert tree_digest(workdir) == before
   assert os.path.exists(os.path.join(workdir, datalock.DATA_FILE))

@@ -7,10 +7,13 @@ import shutil
 import pytest
 
 from examples.common import datalock, faultprobes
-from examples.common.faultprobes import assert_one_line, keep_xla_flags, run_main, tree_digest
+from examples.common.faultprobes import (
+  assert_one_line,
+  keep_xla_flags,  # noqa: F401 (autouse: every test here)
+  run_main,
+  tree_digest,
+)
 from examples.image_classification import input_pipeline, testdata
-
-__all__ = ["keep_xla_flags"]  # the autouse fixture, used by every test here
 
 CONFIG = "--config=examples/image_classification/configs/fashion_mnist_cnn.py"
 TINY = (

@@ -8,12 +8,15 @@ import shutil
 import pytest
 
 from examples.common import datalock, faultprobes, rundir
-from examples.common.faultprobes import assert_one_line, keep_xla_flags, run_main, tree_digest
+from examples.common.faultprobes import (
+  assert_one_line,
+  keep_xla_flags,  # noqa: F401 (autouse: every test here)
+  run_main,
+  tree_digest,
+)
 from examples.language_modeling import input_pipeline
 from examples.language_modeling.conftest import tiny_config, write_ptb
 from examples.language_modeling.main_test import TINY
-
-__all__ = ["keep_xla_flags"]  # the autouse fixture, used by every test here
 
 CONFIG = "--config=examples/language_modeling/configs/small.py"
 
