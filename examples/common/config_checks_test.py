@@ -104,3 +104,11 @@ def test_two_spellings_of_one_list_are_one_list(spec, expected):
 def test_two_spellings_of_one_view_are_a_duplicate():
   with pytest.raises(UserError, match=r"names rsgdm-topk@0\.01 more than once"):
     optimizers.parse_views("sgdm,rsgdm-topk@0.01,rsgdm-topk@1e-2")
+
+
+def test_a_sweep_groups_names_in_their_one_spelling():
+  names = ["sgdm", " rsgdm-topk@1e-2", "adam", "rsgdm-scale@0.50"]
+  assert optimizers.group_by_trajectory(names) == [
+    ["sgdm", "rsgdm-topk@0.01", "rsgdm-scale@0.5"],
+    ["adam"],
+  ]

@@ -236,11 +236,12 @@ def parse_views(spec: str) -> list[View]:
 
 
 def group_by_trajectory(names: Sequence[str]) -> list[list[str]]:
-  """Groups names (in their order of first appearance) into lists that can share one training."""
+  """Groups names (in their order of first appearance, each in its one spelling,
+  :func:`canonical_name`) into lists that can share one training."""
   groups: dict[str, list[str]] = {}
   for name in names:
     optimizer, _ = split_setting(name)
-    groups.setdefault(trajectory(optimizer), []).append(name)
+    groups.setdefault(trajectory(optimizer), []).append(canonical_name(name))
   return list(groups.values())
 
 
