@@ -7,10 +7,11 @@ stopped on a non-finite loss simply does not save the bad epoch, so the last goo
 Each checkpoint proves its integrity: once Orbax has finalized a save, process 0 writes
 ``<epoch>/CHECKSUMS.json`` (atomically) with the size and SHA-256 of every file Orbax wrote for
 that epoch. A restore first checks them; a checkpoint whose files differ (a flipped bit, a file
-cut short or missing) or that has no checksums while the others have (a run killed between
+cut short or missing) or that has no checksums while an older one has (a run killed between
 Orbax's finalize and the checksums) is named, set aside and skipped like an unreadable one, and
-the one before it is restored. A directory in which no checkpoint has checksums (written by an
-older version) is restored unverified.
+the one before it is restored. A checkpoint without checksums and none older with them (written
+by an older version, or the first save of a run killed right after Orbax's finalize, which is
+complete) is restored unverified.
 
 A save that fails for lack of space or permissions raises
 :class:`~examples.common.metrics.RunIOError` (one message: the directory and the cause) instead of
@@ -396,13 +397,14 @@ class Checkpointer:
     """Checks epoch ``epoch`` against its checksums before anything of it is read.
 
     Raises:
-      CorruptCheckpointError: its files differ from its checksums, or it has none while another
-        checkpoint here has them (its save was cut off before they were written).
+      CorruptCheckpointError: its files differ from its checksums, or it has none while an older
+        checkpoint here has them (it was written by a version that writes them, and its save was
+        cut off before they were written).
     """
     if verify_checksums(os.path.join(self.directory, str(epoch))):
       return
-    others = [e for e in self.all_epochs() if e != epoch]
-    if any(os.path.exists(os.path.join(self.directory, str(e), CHECKSUMS_FILE)) for e in others):
+    older = [e for e in self.all_epochs() if e < epoch]
+    if any(os.path.exists(os.path.join(self.directory, str(e), CHECKSUMS_FILE)) for e in older):
       raise CorruptCheckpointError(
         f"it has no {CHECKSUMS_FILE} (its save was cut off before they were written)"
       )

@@ -267,3 +267,14 @@ def test_checkpoints_of_an_older_version_without_checksums_restore(two_epochs, t
     epoch, restored = ckpt.restore_newest_readable({"state": abstract_like(_state(0.0))})
   assert epoch == 1
   np.testing.assert_array_equal(restored["state"]["params"]["w"], np.ones(3))
+
+
+def test_a_corrupt_checkpoint_falls_back_to_an_older_one_without_checksums(two_epochs, tmp_path):
+  directory = str(tmp_path / "ckpt")
+  shutil.copytree(two_epochs, directory)
+  os.remove(os.path.join(directory, "0", CHECKSUMS_FILE))  # written by an older version
+  _flip_byte(os.path.join(directory, "1", "state", "_METADATA"))
+  with Checkpointer(directory) as ckpt:
+    epoch, restored = ckpt.restore_newest_readable({"state": abstract_like(_state(0.0))})
+  assert epoch == 0
+  np.testing.assert_array_equal(restored["state"]["params"]["w"], np.zeros(3))
