@@ -5,6 +5,7 @@ above it (``examples/common/layout_test.py`` checks it), and none imports ``benc
 family.
 
 - ``errors``: ``UserError`` and ``DataError``, the base errors a user can cause and fix.
+- ``datalock``: the fingerprint of the data a run loaded (``data.json``), the data lock.
 - ``fileio``: atomic writes of a run's files, and ``RunIOError`` (one line naming the file).
 - ``config_record``: ``config.json``'s name, the config as JSON, its fields by dotted name.
 - ``machine``: the machine a result came from (``machine.json``, report captions).
@@ -14,14 +15,17 @@ family.
 - ``cpu_runtime``: XLA's CPU scheduling flag for fewer and smaller temporaries.
 - ``distributed``: starting JAX on several processes.
 - ``watchdog``: the stall watchdog that ends a multi-process run whose peer died.
-- ``config_checks``: ranges of config values, checked before anything is written.
+- ``config_checks``: ranges of config values and one rule for numbers (none may be non-finite),
+  checked before anything is written.
 - ``compression``: ``config.grad_compression`` by name (the compressed gradient exchange).
 - ``optimizers``: the one registry of optimizer names, ``parse_views`` and ``make_optimizer``.
 - ``progress``: ``StepLosses``, an epoch's per-step losses (progress bar, non-finite stop, means).
 - ``metrics``: ``MetricsWriter`` (``metrics.jsonl`` and TensorBoard, resume-safe), ``read_metrics``.
-- ``checkpoint``: ``Checkpointer`` (Orbax, one checkpoint of named items per epoch) and its errors.
+- ``checkpoint``: ``Checkpointer`` (Orbax, one checkpoint of named items per epoch with the
+  checksums of its files; restores the newest sound one) and its errors.
 - ``report``: runs grouped by a config field, mean ± std, paired gains, Markdown tables, plots.
 - ``rundir``: ``RunDirectory``, the config lock, resume, records and checkpoints of one workdir.
 - ``skeleton``: what every trainer does around its loop: ``start_run``, ``finish``, ``RunResults``.
 - ``entry``: the one entry point of the three ``main.py`` (flags, ``--help``, logging, errors).
+- ``faultprobes``: the faults a user runs into, as probes of a family's entry point (tests).
 """

@@ -4,6 +4,15 @@ Orbax writes each checkpoint into a temporary directory and renames it only when
 atomic finalize), so a run killed mid-save leaves the previous checkpoint as the latest one. A run
 stopped on a non-finite loss simply does not save the bad epoch, so the last good one stays.
 
+Each checkpoint proves its integrity: once Orbax has finalized a save, process 0 writes
+``<epoch>/CHECKSUMS.json`` (atomically) with the size and SHA-256 of every file Orbax wrote for
+that epoch. A restore first checks them; a checkpoint whose files differ (a flipped bit, a file
+cut short or missing) or that has no checksums while an older one has (a run killed between
+Orbax's finalize and the checksums) is named, set aside and skipped like an unreadable one, and
+the one before it is restored. A checkpoint without checksums and none older with them (written
+by an older version, or the first save of a run killed right after Orbax's finalize, which is
+complete) is restored unverified.
+
 A save that fails for lack of space or permissions raises
 :class:`~examples.common.fileio.RunIOError` (one message: the directory and the cause) instead of
 Orbax's hundreds of log lines: it first waits for the writes Orbax abandoned (their threads keep
@@ -16,6 +25,8 @@ stays the latest, so rerunning the same command once there is space resumes from
 import contextlib
 import gc
 import glob
+import hashlib
+import json
 import logging
 import os
 import re
@@ -31,11 +42,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from examples.common.fileio import run_io_error
+from examples.common.fileio import atomic_write_text, run_io_error
 
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a checkpoint still being written
+CHECKSUMS_FILE = "CHECKSUMS.json"  # in each epoch's folder: size and SHA-256 of its every file
 # TensorStore reports the operating system's error inside its message ("No space left on device
 # [os_error_code='28']"), Python in its own ("[Errno 28]").
 _OS_ERROR = re.compile(r"os_error_code='(\d+)'|\[Errno (\d+)\]")
@@ -93,6 +105,66 @@ class CheckpointMismatchError(ValueError):
 
 class NoReadableCheckpointError(RuntimeError):
   """Checkpoints exist but none of them can be read."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint whose files differ from the checksums written with it, or that has none."""
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def file_checksums(step_dir: str) -> dict[str, dict[str, Any]]:
+  """``{relative path: {"size", "sha256"}}`` of every file under ``step_dir`` but the checksums."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, step_dir)
+      if relative != CHECKSUMS_FILE:
+        out[relative] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+  return dict(sorted(out.items()))
+
+
+def write_checksums(step_dir: str) -> None:
+  """Writes ``<step_dir>/CHECKSUMS.json`` atomically (a :class:`RunIOError` if it cannot)."""
+  record = {"algorithm": "sha256", "files": file_checksums(step_dir)}
+  atomic_write_text(os.path.join(step_dir, CHECKSUMS_FILE), json.dumps(record, indent=1))
+
+
+def verify_checksums(step_dir: str) -> bool:
+  """Checks ``step_dir`` against its ``CHECKSUMS.json``; ``False`` when it has none.
+
+  Raises:
+    CorruptCheckpointError: a file is missing or differs in size or content (the message names
+      the first such files).
+  """
+  path = os.path.join(step_dir, CHECKSUMS_FILE)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      recorded = json.load(f)["files"]
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise CorruptCheckpointError(f"its {CHECKSUMS_FILE} cannot be read ({error})") from None
+  bad = []
+  for relative, expected in recorded.items():
+    file = os.path.join(step_dir, relative)
+    if not os.path.isfile(file):
+      bad.append(f"{relative} is missing")
+    elif os.path.getsize(file) != expected["size"]:
+      bad.append(f"{relative} has {os.path.getsize(file)} bytes, not {expected['size']}")
+    elif _sha256(file) != expected["sha256"]:
+      bad.append(f"{relative} changed")
+  if bad:
+    shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+    raise CorruptCheckpointError(f"its files differ from the checksums written with it ({shown})")
+  return True
 
 
 def _is_abandoned_read(error: BaseException | None) -> bool:
@@ -271,6 +343,8 @@ class Checkpointer:
       self._replay(held.held)
       if failure is not None:
         raise failure
+      if jax.process_index() == 0:
+        write_checksums(os.path.join(self.directory, str(epoch)))
       return
     raise run_io_error(
       os.path.join(self.directory, str(epoch)), cause, "the checkpoint"
@@ -298,6 +372,7 @@ class Checkpointer:
     epoch = self.latest_epoch() if epoch is None else epoch
     if epoch is None:
       raise FileNotFoundError(f"No checkpoint to restore in {self.directory}.")
+    self._verify(epoch)
     args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
     running = set(threading.enumerate())
     try:
@@ -318,6 +393,29 @@ class Checkpointer:
       ) from error
     return {name: restored[name] for name in abstract_items}
 
+  def _verify(self, epoch: int) -> None:
+    """Checks epoch ``epoch`` against its checksums before anything of it is read.
+
+    Raises:
+      CorruptCheckpointError: its files differ from its checksums, or it has none while an older
+        checkpoint here has them (it was written by a version that writes them, and its save was
+        cut off before they were written).
+    """
+    if verify_checksums(os.path.join(self.directory, str(epoch))):
+      return
+    older = [e for e in self.all_epochs() if e < epoch]
+    if any(os.path.exists(os.path.join(self.directory, str(e), CHECKSUMS_FILE)) for e in older):
+      raise CorruptCheckpointError(
+        f"it has no {CHECKSUMS_FILE} (its save was cut off before they were written)"
+      )
+    logger.info(
+      "The checkpoint of epoch %d in %s has no %s (written by an older version): restored "
+      "unverified.",
+      epoch,
+      self.directory,
+      CHECKSUMS_FILE,
+    )
+
   def all_epochs(self) -> list[int]:
     """The epochs of every complete checkpoint on disk, oldest first."""
     return sorted(self._manager.all_steps())
@@ -327,7 +425,8 @@ class Checkpointer:
   ) -> tuple[int | None, dict[str, Any] | None]:
     """Restores the newest checkpoint that can be read; ``(None, None)`` when there is none.
 
-    A checkpoint that fails to read (truncated or missing array files, say) is logged as skipped
+    A checkpoint that fails to read (truncated or missing array files, say) or fails its
+    checksums (:meth:`_verify`) is logged as skipped
     and moved aside to ``<directory>-unreadable/`` (so the resumed run can write that epoch again
     and nothing is deleted); the one before it is tried. A checkpoint of another tree
     (:class:`CheckpointMismatchError`) is not skipped: an older one would not fit either.
@@ -345,9 +444,10 @@ class Checkpointer:
       except Exception as error:  # Orbax/TensorStore raise many types for unreadable files.
         _absorb_abandoned_reads()
         reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        if not isinstance(error, CorruptCheckpointError):
+          reason = f"it cannot be read: {reason}"
         logger.warning(
-          "Skipping the checkpoint of epoch %d in %s: it cannot be read (%s). Trying the one "
-          "before it.",
+          "Skipping the checkpoint of epoch %d in %s: %s. Trying the one before it.",
           epoch,
           self.directory,
           reason,
@@ -368,7 +468,7 @@ class Checkpointer:
     return None, None
 
   def _set_aside(self, epochs: list[int]) -> None:
-    """Moves unreadable checkpoints to ``<directory>-unreadable/<epoch>-<time>``."""
+    """Moves skipped (unreadable or corrupt) checkpoints to ``<directory>-unreadable/``."""
     if not epochs or jax.process_index() != 0:
       return
     aside = self.directory.rstrip(os.sep) + "-unreadable"
@@ -376,7 +476,7 @@ class Checkpointer:
     for epoch in epochs:
       target = os.path.join(aside, f"{epoch}-{time.strftime('%Y%m%dT%H%M%S')}")
       shutil.move(os.path.join(self.directory, str(epoch)), target)
-      logger.warning("Moved the unreadable checkpoint of epoch %d to %s.", epoch, target)
+      logger.warning("Moved the skipped checkpoint of epoch %d to %s.", epoch, target)
     self._manager.reload()
 
   def close(self) -> None:

@@ -2,8 +2,12 @@
 
 import errno
 import gc
+import hashlib
+import json
 import logging
 import os
+import re
+import shutil
 import sys
 import warnings
 
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 from examples.common.checkpoint import (
+  CHECKSUMS_FILE,
   TMP_SUFFIX,
   Checkpointer,
   CheckpointMismatchError,
@@ -168,3 +173,108 @@ def test_a_failed_restore_leaves_no_reads_to_report_into_later_code(tmp_path, mo
     gc.collect()
   assert [u.exc_value for u in reported] == []
   assert [str(w.message) for w in caught] == []
+
+
+# Checkpoints that prove their integrity: each kind of file Orbax writes, one byte flipped.
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+  """Checkpoints of epochs 0 and 1 (``state`` and ``model``), never changed: tests copy them."""
+  directory = str(tmp_path_factory.mktemp("two") / "ckpt")
+  with Checkpointer(directory) as ckpt:
+    for epoch in range(2):
+      ckpt.save(epoch, {"state": _state(float(epoch)), "model": {"w": jnp.zeros(2) + epoch}})
+  return directory
+
+
+def _kinds(step_dir):
+  """One file of each kind under ``step_dir``: paths with the hashed file names as ``*``."""
+  kinds = {}
+  for root, _, files in os.walk(step_dir):
+    for name in sorted(files):
+      relative = os.path.relpath(os.path.join(root, name), step_dir)
+      kind = re.sub(r"[0-9a-f]{32}", "*", relative)
+      kinds.setdefault(kind, relative)
+  return kinds
+
+
+def _flip_byte(path):
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    data[len(data) // 2] ^= 0xFF
+    f.seek(0)
+    f.write(data)
+
+
+def test_every_kind_of_checkpoint_file_is_covered_by_the_checksums(two_epochs):
+  step = os.path.join(two_epochs, "1")
+  kinds = _kinds(step)
+  # What Orbax writes (the step's and each item's metadata, the OCDBT manifests and data files,
+  # the array metadata), all of it in the checksums.
+  assert {"_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt"} <= set(kinds)
+  assert any(kind.startswith("state/ocdbt.process_0/d/") for kind in kinds)
+  with open(os.path.join(step, CHECKSUMS_FILE)) as f:
+    recorded = json.load(f)["files"]
+  on_disk = {
+    os.path.relpath(os.path.join(root, name), step)
+    for root, _, files in os.walk(step)
+    for name in files
+  }
+  assert set(recorded) == on_disk - {CHECKSUMS_FILE}
+  for relative, entry in recorded.items():
+    with open(os.path.join(step, relative), "rb") as f:
+      data = f.read()
+    assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_a_flipped_byte_in_any_kind_of_file_falls_back_to_the_checkpoint_before(
+  two_epochs, tmp_path, caplog
+):
+  for kind, relative in _kinds(os.path.join(two_epochs, "1")).items():
+    if kind == CHECKSUMS_FILE:
+      continue
+    directory = str(tmp_path / re.sub(r"\W", "_", kind) / "ckpt")
+    shutil.copytree(two_epochs, directory)
+    _flip_byte(os.path.join(directory, "1", relative))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), Checkpointer(directory) as ckpt:
+      epoch, restored = ckpt.restore_newest_readable({"state": abstract_like(_state(0.0))})
+      assert epoch == 0, kind
+      np.testing.assert_array_equal(restored["state"]["params"]["w"], np.zeros(3))
+      assert ckpt.all_epochs() == [0], kind  # the corrupt one set aside
+    assert (
+      f"Skipping the checkpoint of epoch 1 in {directory}: its files differ from the checksums "
+      f"written with it ({relative} changed)"
+    ) in caplog.text, kind
+    assert os.listdir(directory + "-unreadable")[0].startswith("1-")
+
+
+def test_a_checkpoint_without_checksums_among_checked_ones_is_skipped(two_epochs, tmp_path):
+  directory = str(tmp_path / "ckpt")
+  shutil.copytree(two_epochs, directory)
+  os.remove(os.path.join(directory, "1", CHECKSUMS_FILE))  # killed right after Orbax's finalize
+  with Checkpointer(directory) as ckpt:
+    assert ckpt.restore_newest_readable({"state": abstract_like(_state(0.0))})[0] == 0
+
+
+def test_checkpoints_of_an_older_version_without_checksums_restore(two_epochs, tmp_path):
+  directory = str(tmp_path / "ckpt")
+  shutil.copytree(two_epochs, directory)
+  for epoch in ("0", "1"):
+    os.remove(os.path.join(directory, epoch, CHECKSUMS_FILE))
+  with Checkpointer(directory) as ckpt:
+    epoch, restored = ckpt.restore_newest_readable({"state": abstract_like(_state(0.0))})
+  assert epoch == 1
+  np.testing.assert_array_equal(restored["state"]["params"]["w"], np.ones(3))
+
+
+def test_a_corrupt_checkpoint_falls_back_to_an_older_one_without_checksums(two_epochs, tmp_path):
+  directory = str(tmp_path / "ckpt")
+  shutil.copytree(two_epochs, directory)
+  os.remove(os.path.join(directory, "0", CHECKSUMS_FILE))  # written by an older version
+  _flip_byte(os.path.join(directory, "1", "state", "_METADATA"))
+  with Checkpointer(directory) as ckpt:
+    epoch, restored = ckpt.restore_newest_readable({"state": abstract_like(_state(0.0))})
+  assert epoch == 0
+  np.testing.assert_array_equal(restored["state"]["params"]["w"], np.zeros(3))

@@ -48,6 +48,7 @@ def parse(value: str) -> Compression | None:
   """``None`` for ``"none"``; else the parsed setting. Raises ``ValueError`` on anything else."""
   if not isinstance(value, str):
     raise ValueError(f"not a string: {value!r}")
+  value = "".join(value.split())  # spaces are no part of a name
   if value == NONE:
     return None
   name, at, setting = value.partition("@")
@@ -62,6 +63,21 @@ def parse(value: str) -> Compression | None:
   if not at:
     raise ValueError("topk needs its fraction after @, e.g. topk@0.01")
   return Compression("topk", config_checks.fraction_after_at(setting), error_feedback)
+
+
+def canonical(value: str) -> str:
+  """``value`` in its one spelling (``"topk @ 1e-2"`` -> ``"topk@0.01"``), so that two spellings
+  of one setting are one setting (the config lock compares these); an invalid value as given."""
+  try:
+    parsed = parse(value)
+  except ValueError:
+    return value
+  if parsed is None:
+    return NONE
+  name = parsed.scheme + ("" if parsed.error_feedback else "-noef")
+  if parsed.fraction is None:
+    return name
+  return f"{name}@{config_checks.format_setting(parsed.fraction)}"
 
 
 class Choices:

@@ -25,7 +25,21 @@ def test_valid_values(value, parsed):
 
 
 @pytest.mark.parametrize(
-  "value", ["", "topk", "topk@0", "topk@1.5", "topk@-0.1", "sign@0.1", "sign-ef", "topk@x", 1]
+  "value",
+  [
+    "",
+    "topk",
+    "topk@0",
+    "topk@1.5",
+    "topk@-0.1",
+    "sign@0.1",
+    "sign-ef",
+    "topk@x",
+    1,
+    "topk@nan",
+    "topk@inf",
+    "topk-noef@-inf",
+  ],
 )
 def test_invalid_values(value):
   assert value not in compression.CHOICES
@@ -42,3 +56,18 @@ def test_exchange_keeps_a_memory_only_with_error_feedback():
     assert compression.exchange("topk-noef@0.5", "data").init({"w": jnp.zeros(3)}) == (
       optax.EmptyState()
     )
+
+
+@pytest.mark.parametrize(
+  ("value", "expected"),
+  [
+    ("topk@1e-2", "topk@0.01"),
+    (" topk @ 0.010 ", "topk@0.01"),
+    ("topk-noef@1.0", "topk-noef@1"),
+    ("sign", "sign"),
+    ("none", "none"),
+    ("topk@nan", "topk@nan"),  # invalid: kept as given (the range check names it)
+  ],
+)
+def test_one_spelling_of_a_setting(value, expected):
+  assert compression.canonical(value) == expected

@@ -3,9 +3,15 @@
 Each family's ``train.py`` lists its fields with a :class:`Range` (or a set of choices) and calls
 :func:`check`; a value out of range is one :class:`~examples.common.errors.UserError` naming every
 bad field, its value and what it must be.
+
+One rule for every number, in every family: a number that is not finite (``nan``, ``inf``,
+``-inf``) is refused, whether or not its field has a range (every comparison with NaN is false, so
+a range alone would let it through), and so is one after an ``@`` in an optimizer name
+(:func:`fraction_after_at`).
 """
 
 import dataclasses
+import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -22,7 +28,7 @@ class Range:
   high_open: bool = False
 
   def __contains__(self, value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_finite_number(value):
       return False
     if self.low is not None and (value <= self.low if self.low_open else value < self.low):
       return False
@@ -35,6 +41,13 @@ class Range:
       return f"{'>' if self.low_open else '>='} {self.low:g}"
     left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
     return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def is_finite_number(value: Any) -> bool:
+  """Whether ``value`` is an ``int`` or ``float`` (not a ``bool``) and finite."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  return math.isfinite(value)
 
 
 AT_LEAST_0 = Range(0)
@@ -55,8 +68,30 @@ def fraction_after_at(text: str) -> float:
   except ValueError:
     raise ValueError(f"the value after @ must be a number, got {text!r}") from None
   if value not in FRACTION:
-    raise ValueError(f"the value after @ must be {FRACTION}, got {value}")
+    raise ValueError(f"the value after @ must be a finite number {FRACTION}, got {text.strip()}")
   return value
+
+
+def format_setting(value: float) -> str:
+  """The one spelling of an ``@`` value: Python's shortest round-trip form, without a trailing
+  ``.0`` (``1e-2`` and ``0.010`` are ``0.01``; ``1.0`` is ``1``)."""
+  text = repr(float(value))
+  return text[:-2] if text.endswith(".0") else text
+
+
+def non_finite_fields(config: Any, prefix: str = "") -> list[str]:
+  """Every field (dotted name; nested dicts too) of ``config`` holding a float that is not finite,
+  alone or in a sequence."""
+  bad = []
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      bad += non_finite_fields(value, f"{name}.")
+      continue
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      bad.append(name)
+  return bad
 
 
 def check(
@@ -67,11 +102,17 @@ def check(
   """Raises one :class:`UserError` naming every field out of its range or choices.
 
   A field absent from ``config`` is skipped; a sequence (``lr_decay_epochs``) is checked element by
-  element.
+  element. Every field holding a float, listed in ``ranges`` or not, must be finite.
   """
   bad = []
+  non_finite = non_finite_fields(config)
+  for name in non_finite:
+    value = _get(config, name)
+    valid = ranges.get(name)
+    must = f"a finite number {valid}" if valid is not None else "a finite number"
+    bad.append(f"config.{name}={_show(value)} (must be {must})")
   for name, valid in ranges.items():
-    if name not in config:
+    if name not in config or name in non_finite:
       continue
     value = config[name]
     values = value if isinstance(value, (tuple, list)) else (value,)
@@ -82,6 +123,17 @@ def check(
       bad.append(f"config.{name}={config[name]!r} (must be one of {', '.join(map(str, options))})")
   if bad:
     raise UserError(f"Invalid config value(s): {'; '.join(bad)}. Nothing was written.")
+
+
+def _get(config: Any, dotted: str) -> Any:
+  for key in dotted.split("."):
+    config = config[key]
+  return config
+
+
+def _show(value: Any) -> str:
+  """``nan``/``inf`` as a user types them (``repr`` of a tuple of floats shows them so too)."""
+  return str(value) if isinstance(value, float) else repr(value)
 
 
 def check_batch_size(

@@ -129,7 +129,8 @@ class View:
   """One name of a ``config.optimizer`` list.
 
   Attributes:
-    name: as written (``"rsgdm-scale@0.25"``); names its folder and its checkpoint item.
+    name: in its one spelling (``"rsgdm-scale@0.25"``, see :func:`canonical_name`); names its
+      folder and its checkpoint item.
     optimizer: the registered name without the setting (``"rsgdm-scale"``).
     setting: the ``@`` value (alpha for ``*-scale``, the fraction for ``*-topk``), or ``None``.
     which: the index of its residual among the chain's residuals (for
@@ -161,6 +162,7 @@ def split_setting(name: str) -> tuple[str, float | None]:
     UserError: an unknown name, an ``@`` on a name that takes none, a value not in (0, 1].
   """
   optimizer, at, value = name.partition("@")
+  optimizer = optimizer.strip()
   entry = lookup(optimizer)
   if not at:
     return optimizer, None
@@ -173,6 +175,28 @@ def split_setting(name: str) -> tuple[str, float | None]:
     return optimizer, config_checks.fraction_after_at(value)
   except ValueError as error:
     raise UserError(f"{name!r}: {error}.") from None
+
+
+def canonical_name(name: str) -> str:
+  """A name in its one spelling: no spaces, the ``@`` value as :func:`config_checks.format_setting`
+  writes it (``"rsgdm-topk @ 1e-2"`` -> ``"rsgdm-topk@0.01"``).
+
+  Raises:
+    UserError: as :func:`split_setting`.
+  """
+  optimizer, setting = split_setting(name.strip())
+  return optimizer if setting is None else f"{optimizer}@{config_checks.format_setting(setting)}"
+
+
+def canonical_spec(spec: str) -> str:
+  """``config.optimizer`` in its one spelling: each name by :func:`canonical_name`, joined by
+  commas without spaces (``"sgd, rsgd-topk@1e-2"`` -> ``"sgd,rsgd-topk@0.01"``); two spellings
+  of one list name the same training.
+
+  Raises:
+    UserError: as :func:`parse_views`.
+  """
+  return ",".join(view.name for view in parse_views(spec))
 
 
 def _why(entry: OptimizerName) -> str:
@@ -191,9 +215,10 @@ def parse_views(spec: str) -> list[View]:
     UserError: an unknown name, a bad ``@`` setting, a duplicate, or names whose trajectories
       differ (the message names them and says why).
   """
-  names = [part.strip() for part in str(spec).split(",")]
-  if not all(names):
+  written = [part.strip() for part in str(spec).split(",")]
+  if not all(written):
     raise UserError(f"config.optimizer={spec!r} has an empty name; separate names by one comma.")
+  names = [canonical_name(name) for name in written]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise UserError(
@@ -219,11 +244,12 @@ def parse_views(spec: str) -> list[View]:
 
 
 def group_by_trajectory(names: Sequence[str]) -> list[list[str]]:
-  """Groups names (in their order of first appearance) into lists that can share one training."""
+  """Groups names (in their order of first appearance, each in its one spelling,
+  :func:`canonical_name`) into lists that can share one training."""
   groups: dict[str, list[str]] = {}
   for name in names:
     optimizer, _ = split_setting(name)
-    groups.setdefault(trajectory(optimizer), []).append(name)
+    groups.setdefault(trajectory(optimizer), []).append(canonical_name(name))
   return list(groups.values())
 
 
@@ -237,9 +263,9 @@ def _scheme(view: View, *, alpha: float, topk_fraction: float) -> rsgd.Scheme:
 
 
 def _check_hyperparameters(momentum: float, weight_decay: float) -> None:
-  if weight_decay < 0:
-    raise UserError(f"weight_decay must be >= 0, got {weight_decay}.")
-  if not 0 <= momentum < 1:
+  if not (config_checks.is_finite_number(weight_decay) and weight_decay >= 0):
+    raise UserError(f"weight_decay must be a finite number >= 0, got {weight_decay}.")
+  if not (config_checks.is_finite_number(momentum) and 0 <= momentum < 1):
     raise UserError(f"momentum must be in [0, 1), got {momentum}.")
 
 

@@ -168,7 +168,7 @@ def test_parse_assigns_residual_indices_in_order():
     ("sgdm,ef-signsgdm", r"ef-signsgdm moves the model by its compressed step"),
     ("sgdm,rsgdm-sign,sgdm", r"names sgdm more than once"),
     ("rsgdm-sign@0.5", r"only \*-scale \(alpha\) and \*-topk \(fraction\) views take an @"),
-    ("rsgdm-scale@2", r"must be in \(0, 1\], got 2.0"),
+    ("rsgdm-scale@2", r"must be a finite number in \(0, 1\], got 2"),
     ("rsgdm-scale@x", r"must be a number, got 'x'"),
     ("sgdm,,rsgdm-sign", r"has an empty name"),
     ("sgdm,rsgdm-bogus", r"Unknown optimizer 'rsgdm-bogus'"),

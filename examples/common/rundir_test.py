@@ -13,6 +13,7 @@ import pytest
 from examples.common import optimizers, rundir
 from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError
 from examples.common.errors import UserError
+from examples.common.faultprobes import SYSFS_REFUSAL
 from examples.common.metrics import MetricsWriter, read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.common.progress import StepLosses
@@ -173,3 +174,114 @@ def test_files_get_the_users_umask(tmp_path):
     os.umask(previous)
   for name in ("config.json", "machine.json", "sgdm/config.json"):
     assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
+
+
+def _recorded(workdir, **fields):
+  """A workdir whose ``config.json`` records ``_config(**fields)`` (nothing trained)."""
+  (workdir / "config.json").write_text(json.dumps(_config(**fields).to_dict()))
+
+
+@pytest.mark.parametrize(
+  ("recorded", "resumed"),
+  [
+    ("sgdm, rsgdm-scale", "sgdm,rsgdm-scale"),
+    ("sgdm,rsgdm-topk@1e-2", "sgdm , rsgdm-topk@0.01"),
+    ("rsgdm-scale@0.250", "rsgdm-scale@.25"),
+  ],
+)
+def test_two_spellings_of_one_optimizer_list_pass_the_lock(tmp_path, recorded, resumed):
+  _recorded(tmp_path, optimizer=recorded)
+  rundir.check_config_lock(_config(optimizer=resumed), str(tmp_path))
+  with pytest.raises(UserError, match="Differing: optimizer"):
+    rundir.check_config_lock(_config(optimizer="sgdm,rsgdm-topk@0.02"), str(tmp_path))
+
+
+def test_two_spellings_of_one_compression_pass_the_lock(tmp_path):
+  _recorded(tmp_path, grad_compression="topk@1e-2")
+  rundir.check_config_lock(_config(grad_compression="topk@0.01"), str(tmp_path))
+  with pytest.raises(UserError, match=r"Differing: grad_compression: 'topk@0.01' -> 'topk@0.02'"):
+    rundir.check_config_lock(_config(grad_compression="topk@0.02"), str(tmp_path))
+
+
+def test_the_lock_lists_only_the_fields_the_family_has(tmp_path):
+  _recorded(tmp_path)
+  with pytest.raises(UserError) as error:
+    rundir.check_config_lock(_config(learning_rate=0.2), str(tmp_path))
+  # The toy config has progress_bar of the fields that may change, and none of the others.
+  assert str(error.value).endswith(
+    "Fields that may change on resume: num_epochs (more), progress_bar."
+  )
+
+
+def _workdir_faults(tmp_path):
+  """Each workdir a run cannot use, with what its one line says; made under ``tmp_path``."""
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a directory")
+  faults = {
+    "empty": ("", "The workdir is empty"),
+    "blank": ("  ", "The workdir is empty"),
+    "a file": (str(a_file), "is a file, not a directory"),
+    "under a file": (str(a_file / "run"), f"lies under {a_file}, which is a file"),
+    # A file system that refuses to create anything in it (sysfs; whoever runs the tests).
+    "refused by the file system": ("/sys/rsgd-run", SYSFS_REFUSAL),
+  }
+  if os.geteuid() != 0:  # permission bits bind every user but root
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    faults["not writable"] = (str(locked / "run"), "is not writable by this user")
+  else:  # root passes permission bits: a folder it cannot enter (another process's) instead
+    faults["not writable"] = ("/proc/1/rsgd-run", "is not writable by this user")
+  return faults
+
+
+@pytest.mark.parametrize(
+  "fault",
+  ["empty", "blank", "a file", "under a file", "refused by the file system", "not writable"],
+)
+def test_every_workdir_fault_is_one_line_and_nothing_is_written(tmp_path, fault):
+  workdir, message = _workdir_faults(tmp_path)[fault]
+  before = _tree_digest(tmp_path)
+  with pytest.raises(UserError) as error:
+    _train(workdir, _config(num_epochs=1))
+  assert message in str(error.value) and "\n" not in str(error.value)
+  assert _tree_digest(tmp_path) == before
+
+
+def test_a_workdir_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch):
+  # No test may mount a file system: the read-only flag statvfs reports is what is checked.
+  real = os.statvfs
+
+  def read_only(path):
+    result = real(path)
+    return os.statvfs_result((*result[:8], result.f_flag | os.ST_RDONLY, *result[9:]))
+
+  monkeypatch.setattr(os, "statvfs", read_only)
+  with pytest.raises(UserError, match=r"lies on a read-only file system \(.*\): give a workdir"):
+    rundir.check_workdir(str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def _train_on(workdir, config, data):
+  """The toy trainer, locked to ``data`` (its result does not depend on it)."""
+  views = optimizers.parse_views(config.optimizer)
+  template = {"x": jnp.ones(config.width), "step": jnp.int32(0)}
+  with rundir.RunDirectory(config, str(workdir), views, template=template, data=data) as run:
+    for epoch in range(run.start_epoch, config.num_epochs):
+      run.write(epoch, {view.name: {"value": float(epoch)} for view in views})
+      run.save(epoch, run.state)
+    return run.start_epoch
+
+
+def test_a_run_resumes_on_its_data_wherever_it_lies_and_refuses_other_data(tmp_path):
+  data = {"train": np.arange(12, dtype=np.uint8).reshape(3, 4), "labels": np.arange(3)}
+  _train_on(tmp_path, _config(num_epochs=1), data)
+  recorded = json.loads((tmp_path / "data.json").read_text())
+  assert (recorded["arrays"], recorded["bytes"]) == (2, 12 + data["labels"].nbytes)
+  before = _tree_digest(tmp_path)
+  other = {**data, "train": data["train"] + 1}
+  with pytest.raises(UserError, match=r"was trained on other data \(.*data\.json: 2 arrays, "):
+    _train_on(tmp_path, _config(num_epochs=2), other)
+  assert _tree_digest(tmp_path) == before
+  # The same data (another copy, as loaded from another folder) resumes.
+  moved = {name: array.copy() for name, array in data.items()}
+  assert _train_on(tmp_path, _config(num_epochs=2), moved) == 1

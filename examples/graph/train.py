@@ -98,6 +98,10 @@ def check_batch_size(config: ml_collections.ConfigDict) -> None:
 def prepare_graph(config: ml_collections.ConfigDict) -> PreparedGraph:
   """Loads the dataset, partitions it and builds the padded batchers."""
   data = load_graphsage(config.data_dir, config.dataset)
+  # More clusters than training nodes would leave clusters empty (batches of padding).
+  config_checks.check_batch_size(
+    config.num_clusters, data.train_nodes.size, field="num_clusters", of="training nodes"
+  )
   full_adj = partition.adjacency(data.num_nodes, data.edges)
   train_nodes = data.train_nodes
   train_adj = full_adj[train_nodes][:, train_nodes]
@@ -338,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
   params = nnx.to_pure_dict(params)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   steps = make_steps(train_graphdef, eval_graphdef, tx, graph.data.multilabel)
-  with run.open(state):
+  with run.open(state, data=graph.data):
     state = run.state
     for epoch in range(run.start_epoch, config.num_epochs):
       started = time.time()

@@ -157,6 +157,8 @@ def test_multiclass_graph_reports_accuracy_equal_to_micro_f1(tmp_path):
     ({"optimizer": "adamw"}, UserError, "Unknown optimizer 'adamw'"),
     ({"dropout": 1.5}, UserError, r"config\.dropout=1\.5 \(must be in \[0, 1\)\)"),
     ({"clusters_per_batch": 9}, UserError, "clusters_per_batch=9 .* between 1 and the 4 clusters"),
+    ({"num_clusters": 55}, UserError, r"num_clusters=55 .* between 1 and the 54 training nodes"),
+    ({"dropout": float("nan")}, UserError, r"config\.dropout=nan \(must be a finite number in"),
     ({"num_epochs": 0, "learning_rate": -1.0}, UserError, "learning_rate=-1.0 .*num_epochs=0"),
     ({"dataset": "nope"}, GraphDataError, "nope-G.json"),
   ],

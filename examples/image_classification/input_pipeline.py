@@ -18,6 +18,7 @@ import abc
 import dataclasses
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import grain
 import jax
@@ -69,6 +70,10 @@ class Input(abc.ABC):
   @abc.abstractmethod
   def eval_batches(self, split: str) -> Iterator[EvalBatch]:
     """Unaugmented batches of ``split`` ("test" or "train_eval"), padded, with a mask."""
+
+  @abc.abstractmethod
+  def contents(self) -> Any:
+    """What identifies the data wherever it lies (for :mod:`examples.common.datalock`)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,6 +176,10 @@ class ArrayInput(Input):
   def eval_batches(self, split: str) -> Iterator[EvalBatch]:
     data = {"test": self.test, "train_eval": self.train_eval}[split]
     return _padded_batches(data, self.batch_size, self.shard)
+
+  def contents(self) -> Any:
+    """The training and test images and labels."""
+    return {"train": self.train, "test": self.test}
 
 
 def subset(data: datasets.ArrayDataset, size: int, seed: int = 0) -> datasets.ArrayDataset:
@@ -308,6 +317,7 @@ class ImageFolderInput(Input):
     train_eval_examples: int = 10_000,
     shard: Shard | None = None,
   ):
+    self.data_dir = data_dir
     self.train_items, classes = list_image_folder(os.path.join(data_dir, "train"))
     self.test_items, _ = list_image_folder(os.path.join(data_dir, "val"), classes)
     self.num_classes = len(classes)
@@ -346,6 +356,14 @@ class ImageFolderInput(Input):
       .batch(self._local_size, drop_remainder=True, batch_fn=_stack)
     )
     yield from self._iterate(dataset)
+
+  def contents(self) -> Any:
+    """Each image's path below ``data_dir`` and its label, one line each (the files themselves
+    are not read: too many)."""
+    return {
+      split: "\n".join(f"{os.path.relpath(path, self.data_dir)}\t{label}" for path, label in items)
+      for split, items in (("train", self.train_items), ("test", self.test_items))
+    }
 
   def eval_batches(self, split: str) -> Iterator[EvalBatch]:
     items = {"test": self.test_items, "train_eval": self.train_eval_items}[split]

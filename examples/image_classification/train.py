@@ -595,7 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
   devices = mesh.shape[spec.compression_axis]
   fold_memory = saved_rows is not None and saved_rows != devices
   template = with_memory_rows(state, saved_rows, mesh) if fold_memory else state
-  with watchdog.for_run(config) as dog, run.open(template):
+  with watchdog.for_run(config) as dog, run.open(template, data=data.contents()):
     state = run.state
     if fold_memory and run.start_epoch:
       fold = jax.jit(

@@ -299,7 +299,9 @@ def test_killed_multi_view_run_resumes_to_the_same_metrics(fmnist_dir, tmp_path,
     assert _without_seconds(read_metrics(str(workdir / name))) == _without_seconds(records)
 
 
-def test_truncated_newest_checkpoint_falls_back_to_the_one_before(fmnist_dir, tmp_path, caplog):
+def test_a_truncated_or_corrupt_newest_checkpoint_falls_back_to_the_one_before(
+  fmnist_dir, tmp_path, caplog
+):
   config = tiny_config(fmnist_dir, num_epochs=3, optimizer="sgdm,rsgdm-scale")
   workdir = tmp_path / "run"
   uninterrupted = train.train_and_evaluate(config, str(workdir)).records
@@ -314,6 +316,24 @@ def test_truncated_newest_checkpoint_falls_back_to_the_one_before(fmnist_dir, tm
   assert os.listdir(tmp_path / "run" / "checkpoints-unreadable")[0].startswith("2-")
   with Checkpointer(str(workdir / "checkpoints")) as ckpt:
     assert ckpt.all_epochs() == [1, 2]
+  # A bit flipped in an array file, its size unchanged: the checksums catch it, the same way.
+  data_files = [
+    os.path.join(directory, name)
+    for directory, _, files in os.walk(workdir / "checkpoints" / "2" / "state")
+    if os.path.basename(directory) == "d"
+    for name in files
+  ]
+  with open(data_files[0], "r+b") as f:
+    f.seek(os.path.getsize(data_files[0]) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="examples"):
+    resumed = train.train_and_evaluate(config, str(workdir)).records
+  assert "epoch 2" in caplog.text and "differ from the checksums written with it" in caplog.text
+  for name, records in uninterrupted.items():
+    assert _without_seconds(resumed[name]) == _without_seconds(records)
 
 
 def test_config_out_of_range_is_refused_before_anything_is_written(fmnist_dir, tmp_path):

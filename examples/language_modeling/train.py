@@ -373,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
   def checkpoint_state() -> dict[str, Any]:
     return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "best": best}
 
-  with run.open(checkpoint_state()):
+  with run.open(checkpoint_state(), data=corpus):
     nnx.update(model, run.state["model"])
     nnx.update(optimizer, run.state["optimizer"])
     best = dict(run.state["best"])
