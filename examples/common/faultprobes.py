@@ -23,6 +23,7 @@ FAMILIES = {
   "image_classification": "examples.image_classification.configs.default",
   "language_modeling": "examples.language_modeling.configs.default",
   "graph": "examples.graph.configs.ppi",
+  "transformer_lm": "examples.transformer_lm.configs.default",
 }
 
 

@@ -309,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
   batch_sharding = sharding.batch_sharding(mesh)
   lr = learning_rate_schedule(config, schedule.total_steps)
 
-  with run.open(state):
+  with run.open(state, data=corpus):
     state = run.state
     for evaluation in range(run.start_epoch, schedule.evaluations):
       started = time.time()
