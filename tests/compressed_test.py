@@ -144,7 +144,7 @@ def _mesh(shape, names):
 
 
 def _run(tx, grads, mesh, grad_spec, memory_axis, dtype):
-  """Runs ``tx`` over the steps; returns every device's output per step and the final state."""
+  """Runs ``tx`` over the steps; returns every device's output and the state after each step."""
   params = {name: jnp.zeros(shape, dtype) for name, shape in SHAPES.items()}
   with jax.set_mesh(mesh):
     state = tx.init(params)
@@ -159,11 +159,12 @@ def _run(tx, grads, mesh, grad_spec, memory_axis, dtype):
       updates, state = tx.update(local, state)
       return jax.tree.map(lambda u: u[None], updates), state
 
-    outputs = []
+    outputs, states = [], []
     for step_grads in grads:
       out, state = step(_stacked(step_grads, mesh, grad_spec), state)
       outputs.append(out)
-  return outputs, state
+      states.append(state)
+  return outputs, states
 
 
 def _as_f32(x):
@@ -203,7 +204,8 @@ def test_eight_devices_match_the_numpy_reference(scheme, per_leaf, error_feedbac
   make_scheme, reference = SCHEMES[scheme]
   grads = _gradients(dtype)
   tx = rsgd.compressed_mean(make_scheme(per_leaf), "data", error_feedback=error_feedback)
-  outputs, state = _run(tx, grads, _mesh((DEVICES,), ("data",)), "data", "data", dtype)
+  outputs, states = _run(tx, grads, _mesh((DEVICES,), ("data",)), "data", "data", dtype)
+  state = states[-1]
   means, memory = ref_exchange(grads, lambda v: reference(v, per_leaf), error_feedback)
 
   tolerance = _tolerance(dtype)
@@ -228,9 +230,10 @@ def test_two_by_four_mesh_compresses_across_hosts_after_a_local_mean(scheme):
   hosts, local = 2, 4
   grads = _gradients(np.float32, seed=1)
   tx = rsgd.compressed_mean(make_scheme(True), "host", average_axis="local")
-  outputs, state = _run(
+  outputs, states = _run(
     tx, grads, _mesh((hosts, local), ("host", "local")), ("host", "local"), "host", np.float32
   )
+  state = states[-1]
   # The reference: each host's workers average exactly, then the hosts exchange compressed.
   host_grads = [
     [

@@ -22,7 +22,7 @@ from compressed_test import (
   _as_f32,
   _gradients,
   _mesh,
-  _stacked,
+  _run,
   _tolerance,
   ref_exchange,
   ref_sign,
@@ -47,28 +47,6 @@ def _poisoned_gradients(dtype):
   for step, (device, leaf, entry, value) in POISON.items():
     grads[step][device][leaf].reshape(-1)[entry] = value
   return grads
-
-
-def _run(tx, grads, mesh, grad_spec, memory_axis, dtype):
-  params = {name: jnp.zeros(shape, dtype) for name, shape in SHAPES.items()}
-  with jax.set_mesh(mesh):
-    state = tx.init(params)
-    specs = rsgd.memory_specs(state, memory_axis)
-
-    @jax.jit
-    @functools.partial(
-      jax.shard_map, mesh=mesh, in_specs=(P(grad_spec), specs), out_specs=(P(grad_spec), specs)
-    )
-    def step(stacked, state):
-      updates, state = tx.update(jax.tree.map(lambda g: g[0], stacked), state)
-      return jax.tree.map(lambda u: u[None], updates), state
-
-    outputs, states = [], []
-    for step_grads in grads:
-      out, state = step(_stacked(step_grads, mesh, grad_spec), state)
-      outputs.append(out)
-      states.append(state)
-  return outputs, states
 
 
 @pytest.mark.parametrize(

@@ -16,39 +16,13 @@ import numpy as np
 import optax
 import pytest
 import reference
+from compressed_test import DEVICES, SHAPES, _gradients, _mesh
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rsgd_optax as rsgd
 
-DEVICES = 8
-STEPS = 3
 FRACTION = 0.3
-SHAPES = {"b": (6,), "s": (), "w": (5, 7)}  # sorted: the order of jax's dict leaves
-
-
-def _gradients(dtype, workers, seed=0):
-  """grads[t][i]: worker i's leaves at step t; leaf "b" starts with two exact zeros (ties, +scale)."""
-  rng = np.random.default_rng(seed)
-  grads = [
-    [
-      [
-        (rng.normal(size=shape) * (1 + j)).astype(np.float32).astype(dtype)
-        for j, shape in enumerate(SHAPES.values())
-      ]
-      for _ in range(workers)
-    ]
-    for _ in range(STEPS)
-  ]
-  for worker in grads[0]:
-    worker[0][:2] = 0
-  return grads
-
-
-def _mesh(shape, names):
-  cpus = jax.devices("cpu")
-  assert len(cpus) == DEVICES, "the root conftest gives the test process eight CPU devices"
-  return jax.make_mesh(shape, names, axis_types=(AxisType.Explicit,) * len(shape), devices=cpus)
 
 
 def _run(tx, grads, mesh, memory_axis):
@@ -126,7 +100,7 @@ def _scheme(name, per_leaf):
   ],
 )
 def test_eight_devices_match_the_numpy_reference(scheme, per_leaf, error_feedback, dtype):
-  grads = _gradients(dtype, DEVICES)
+  grads = _gradients(dtype)
   tx = rsgd.compressed_mean(
     _scheme(scheme, per_leaf), "data", error_feedback=error_feedback, exchange="two_phase"
   )
@@ -146,7 +120,7 @@ def test_two_by_four_mesh_with_both_axes_compressed_matches_eight_workers(
   scheme, dtype, error_feedback
 ):
   """Compressed across ("host", "local"): eight workers, numbered row-major over the mesh."""
-  grads = _gradients(dtype, DEVICES, seed=1)
+  grads = _gradients(dtype, seed=1)
   tx = rsgd.compressed_mean(
     _scheme(scheme, True), ("host", "local"), error_feedback=error_feedback, exchange="two_phase"
   )
@@ -160,7 +134,7 @@ def test_two_by_four_mesh_with_both_axes_compressed_matches_eight_workers(
 def test_two_by_four_mesh_compresses_across_hosts_after_a_local_mean():
   """Across "host" (two servers) after an exact mean over "local": the reference gets host means."""
   hosts, local = 2, 4
-  grads = _gradients(ml_dtypes.bfloat16, DEVICES, seed=2)
+  grads = _gradients(ml_dtypes.bfloat16, seed=2)
   tx = rsgd.compressed_mean(
     rsgd.top_k(FRACTION), "host", average_axis="local", exchange="two_phase"
   )
