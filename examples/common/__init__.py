@@ -1,4 +1,5 @@
-"""Pieces shared by every example family (image classification, language modeling, graphs).
+"""Pieces shared by every example family (image classification, language modeling, transformer
+language model, graphs).
 
 One concept a module. Listed from the lowest layer up: each module imports only modules listed
 above it (``examples/common/layout_test.py`` checks it), and none imports ``benchmarks`` or a
@@ -26,6 +27,6 @@ family.
 - ``report``: runs grouped by a config field, mean ± std, paired gains, Markdown tables, plots.
 - ``rundir``: ``RunDirectory``, the config lock, resume, records and checkpoints of one workdir.
 - ``skeleton``: what every trainer does around its loop: ``start_run``, ``finish``, ``RunResults``.
-- ``entry``: the one entry point of the three ``main.py`` (flags, ``--help``, logging, errors).
+- ``entry``: the one entry point of every family's ``main.py`` (flags, ``--help``, logging, errors).
 - ``faultprobes``: the faults a user runs into, as probes of a family's entry point (tests).
 """
