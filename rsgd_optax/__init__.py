@@ -31,6 +31,7 @@ from rsgd_optax._compressed import (
   CompressedMeanState,
   TwoPhaseMeanState,
   compressed_mean,
+  memory_ratio,
   memory_specs,
   resize_memory,
 )
@@ -67,6 +68,7 @@ __all__ = (
   "find_averaging_state",
   "find_residual_state",
   "iterate_averaging",
+  "memory_ratio",
   "memory_specs",
   "nonmonotone_trigger",
   "proximity",
