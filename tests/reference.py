@@ -36,11 +36,25 @@ def scaling(alpha: float) -> Scheme:
   return lambda leaves: [alpha * v for v in _f64(leaves)]
 
 
-def scaled_sign(per_leaf: bool = True) -> Scheme:
-  """``R(v) = (||v||_1 / d) sign(v)``, ``d`` the size of the leaf (or of the whole tree)."""
+def scaled_sign(per_leaf: bool = True, block_size: int | None = None) -> Scheme:
+  """``R(v) = (||v||_1 / d) sign(v)``, ``d`` the size of the leaf (or of the whole tree).
+
+  With ``block_size=B``: each leaf flattened and cut into blocks of ``B`` consecutive entries (the
+  last one shorter), each block ``b`` scaled by its own ``||v_b||_1 / |b|`` (Zheng et al., 2019).
+  """
+
+  def blockwise(v: np.ndarray) -> np.ndarray:
+    flat = v.reshape(-1)
+    out = np.zeros_like(flat)
+    for start in range(0, flat.size, block_size):
+      block = flat[start : start + block_size]
+      out[start : start + block_size] = np.abs(block).mean() * np.sign(block)
+    return out.reshape(v.shape)
 
   def scheme(leaves: Leaves) -> Leaves:
     leaves = _f64(leaves)
+    if block_size is not None:
+      return [blockwise(v) for v in leaves]
     if per_leaf:
       return [np.abs(v).sum() / v.size * np.sign(v) for v in leaves]
     scale = sum(np.abs(v).sum() for v in leaves) / sum(v.size for v in leaves)
