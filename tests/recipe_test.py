@@ -26,7 +26,9 @@ import rsgd_optax as rsgd
 DEVICES = 8
 STEPS = 3
 FRACTION = 0.3
-SHAPES = {"b": (6,), "s": (), "w": (5, 7)}  # sorted: the order of jax's dict leaves
+# Sorted: the order of jax's dict leaves. Each device serves pieces of 1, 1 and 4 entries of them;
+# device 7's piece of "w" holds 2 entries and 2 of padding (a block of 3 there holds 2 entries).
+SHAPES = {"b": (6,), "s": (), "w": (5, 6)}
 
 
 def _gradients(dtype, seed=0):
@@ -94,7 +96,7 @@ CASES = {
   "two_phase-sign-exact_steps": ("two_phase", "sign", {"exact_steps": 1}, np.float32, True),
   "two_phase-sign-exact_steps-noef": ("two_phase", "sign", {"exact_steps": 2}, np.float32, False),
   "all_gather-sign-blocks": ("all_gather", "sign", {"block_size": 4}, np.float32, True),
-  "two_phase-sign-blocks": ("two_phase", "sign", {"block_size": 4}, np.float32, True),
+  "two_phase-sign-blocks": ("two_phase", "sign", {"block_size": 3}, np.float32, True),
   "all_gather-sign-all": (
     "all_gather",
     "sign",
@@ -105,7 +107,7 @@ CASES = {
   "two_phase-sign-all-bfloat16": (
     "two_phase",
     "sign",
-    {"block_size": 4, "exact_below": 2, "exact_steps": 1},
+    {"block_size": 3, "exact_below": 2, "exact_steps": 1},
     ml_dtypes.bfloat16,
     True,
   ),
@@ -119,9 +121,7 @@ def test_eight_devices_match_the_numpy_reference(case):
   block_size = options.pop("block_size", None)
   exact_below = options.get("exact_below", 0)
   exact_steps = options.get("exact_steps", 0)
-  compressor = (
-    rsgd.scaled_sign(block_size=block_size) if scheme == "sign" else rsgd.top_k(FRACTION)
-  )
+  compressor = rsgd.scaled_sign(block_size=block_size) if scheme == "sign" else rsgd.top_k(FRACTION)
   tx = rsgd.compressed_mean(
     compressor, "data", exchange=exchange, error_feedback=error_feedback, **options
   )
@@ -137,7 +137,8 @@ def test_eight_devices_match_the_numpy_reference(case):
     "exact_steps": exact_steps,
   }
   updates, rest, kept = reference.with_exact_leaves(run, grads, exact_below, **kw)
-  tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-2, "atol": 1e-2}
+  # float32: values up to about 40 (heavy tails), so memories v - c carry rounding of ulp(40).
+  tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-2, "atol": 1e-2}
   for t, (out, update) in enumerate(zip(outputs, updates, strict=True)):
     for leaf, name in enumerate(SHAPES):
       assert out[name].dtype == dtype and out[name].shape == SHAPES[name]
@@ -174,7 +175,7 @@ def test_eight_devices_match_the_numpy_reference(case):
   _, before, _ = reference.with_exact_leaves(run, grads[:-1], exact_below, **kw)
   last = [[g[leaf] for leaf in kept] for g in grads[-1]]
   expected_ratio = reference.memory_ratio(last, before[0])
-  assert 0 < expected_ratio < 1
+  assert expected_ratio > 0.1
   np.testing.assert_allclose(ratio, expected_ratio, rtol=1e-2 if dtype != np.float32 else 1e-5)
 
 
