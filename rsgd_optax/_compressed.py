@@ -646,6 +646,34 @@ def compressed_mean(
     as in the scheme, ties toward the lower index; values in the widest dtype of the tree (with
     ``"two_phase"``: per piece or chunk, indices within the chunk).
 
+  **The anchors' recipe** (each part off by default). The systems that train with compressed
+  gradients near the exact mean's accuracy (PowerSGD's sign reducer, Deep Gradient Compression,
+  1-bit Adam) add a few measures around the compressor; each is an option here, and works with
+  both exchanges:
+
+  - ``exact_below=N``: leaves with fewer than ``N`` entries (biases, normalization scales) are
+    averaged exactly, ``jax.lax.pmean`` in float32 (``2 (P - 1) / P * 4`` bytes an entry), and keep
+    no memory. The compressed leaves are exchanged as if the tree held no others (with
+    ``per_leaf=False``, the tree's scale or top-k is theirs).
+  - ``exact_steps=T``: the first ``T`` updates are the exact mean of every leaf (a float32
+    ``pmean``), with every memory left as it is (zero); compression starts at update ``T + 1``.
+    The state counts the updates (``count``, replicated). A ``lax.cond`` on the count picks the
+    branch, so a step pays for one of the two exchanges, not both.
+  - block-wise scales for sign: ``scaled_sign(block_size=B)`` sends one float32 scale per block of
+    ``B`` consecutive entries, ``R(v)_b = mean |v_b| sign(v_b)``: ``4 / B`` more bytes an entry
+    (``B = 256``: 1/64 on top of the 1/8 of the bits). With ``"all_gather"`` the blocks cut the
+    flattened leaf; with ``"two_phase"`` they cut each device's piece of it (a block never spans
+    two servers), in both phases, whose scales then travel with their chunk (no ``psum``).
+  - :func:`rsgd_optax.memory_ratio`: ``max_i ||e_i|| / ||g_i + e_i||``, to log, for example,
+    every epoch: the memory growing past what it is added to comes before a collapse.
+
+  With ``d_l`` the entries of leaf ``l`` and ``t`` the update's number (from 1):
+
+  .. math::
+    \text{update}_l = \frac{1}{n} \sum_{i=1}^{n} g_{i,l}
+    \quad \text{and} \quad e_{i,l},\ s_{j,l} \text{ unchanged}
+    \qquad \text{if } d_l < N_{\text{exact\_below}} \text{ or } t \le T_{\text{exact\_steps}}.
+
   Leaves that are not floating point, and empty leaves, are not exchanged: they pass through,
   made the same on every device (a leaf that varies along the axes takes the first device's value,
   as ``shard_map`` does for a replicated output it does not check), so ``P()`` out_specs hold.
@@ -684,11 +712,16 @@ def compressed_mean(
       sends fewer bytes (about ``P / 2`` times fewer), and its temporaries do not grow with the
       devices; on 2 devices the bytes are the same and
       ``"all_gather"`` compresses once instead of twice.
+    exact_below: leaves with fewer entries than this are averaged exactly (``pmean``) and keep no
+      memory; 0 (default) compresses every leaf.
+    exact_steps: the first this many updates are the exact mean of every leaf, memories untouched;
+      0 (default) compresses from the first update. With it the state keeps a step ``count``.
 
   Returns:
     An :class:`optax.GradientTransformation`; its state is a :class:`CompressedMeanState` with error
     feedback (:class:`TwoPhaseMeanState` with ``exchange="two_phase"``), :class:`optax.EmptyState`
-    without. Updates keep the gradients' dtypes; leaves that are
+    without (without, but with ``exact_steps``: the same class with ``memory=None``, holding the
+    count). Updates keep the gradients' dtypes; leaves that are
     not floating point pass through unchanged.
 
   Example:
@@ -1030,8 +1063,9 @@ def memory_ratio(opt_state: PyTree, grads: PyTree, axis_name: AxisName) -> jax.A
     \quad (0 \text{ where } g_i + e_i = 0).
 
   While error feedback keeps up, the memory stays a bounded share of what is compressed; a ratio
-  that climbs toward 1 and stays there says the memory is growing faster than the compressor sends
-  it (compressed steps too small for the learning rate), the sign that precedes a collapse. The
+  that climbs to 1 and beyond (it can exceed 1: ``g_i`` may point against ``e_i``) and stays there
+  says the memory is growing faster than the compressor sends it, the sign that precedes a
+  collapse. The
   maximum, not the mean, because one device's runaway memory is enough to spoil the common mean.
   Call it inside :func:`jax.shard_map`, next to ``update``, with the state ``update`` receives and
   the same gradients; log it, for example, once an epoch. It costs one ``pmax`` of a float.
