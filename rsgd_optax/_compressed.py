@@ -41,7 +41,7 @@ class CompressedMeanState(NamedTuple):
   """
 
   memory: PyTree
-  count: jax.Array | None = None
+  count: jax.Array | None = None  # type: ignore[assignment]  # optax's name; shadows tuple.count
 
 
 class TwoPhaseMeanState(NamedTuple):
@@ -61,7 +61,7 @@ class TwoPhaseMeanState(NamedTuple):
 
   memory: PyTree
   server_memory: PyTree
-  count: jax.Array | None = None
+  count: jax.Array | None = None  # type: ignore[assignment]  # optax's name; shadows tuple.count
 
 
 EXCHANGES = ("all_gather", "two_phase")
@@ -515,17 +515,17 @@ def _two_phase(
         totals.append(jnp.sum((piece * scale).astype(v.dtype).astype(acc), axis=1))
     else:
       # One scale per block of each piece: the scales of chunk j go to device j with its bits.
-      rows = _leaf_rows(vs, layout, devices)
-      scales = [
+      v_rows = _leaf_rows(vs, layout, devices)
+      worker_scales = [
         _piece_block_scales(r, counts, blocks, acc)
-        for r, counts in zip(rows, _block_counts(layout, devices, blocks), strict=True)
+        for r, counts in zip(v_rows, _block_counts(layout, devices, blocks), strict=True)
       ]
-      for v, r, scale, d in zip(vs, rows, scales, layout.sizes, strict=True):
+      for v, r, scale, d in zip(vs, v_rows, worker_scales, layout.sizes, strict=True):
         c = _by_entry(scale, blocks, r.shape[-1]) * jnp.where(r >= 0, 1, -1).astype(acc)
         residuals.append(v - _from_rows(c.astype(v.dtype), v, d))
-      scales_in = jax.lax.all_to_all(jnp.concatenate(scales, axis=1), names, 0, 0)
+      scales_in = jax.lax.all_to_all(jnp.concatenate(worker_scales, axis=1), names, 0, 0)
       first = 0
-      for v, piece, scale in zip(vs, _pieces(signs.T, layout), scales, strict=True):
+      for v, piece, scale in zip(vs, _pieces(signs.T, layout), worker_scales, strict=True):
         own = scales_in[:, first : first + scale.shape[1]]
         first += scale.shape[1]
         entry = _by_entry(own, blocks, piece.shape[0]).T  # (piece, senders)
@@ -556,10 +556,12 @@ def _two_phase(
       entries = [scales[i if scheme.per_leaf else 0] for i in range(len(ws))]
     else:
       # The server's blocks are its piece's: their scales need no psum, and travel with the bits.
-      counts = [jnp.asarray(c)[index] for c in _block_counts(layout, devices, blocks)]
-      scales = [_piece_block_scales(w, c, blocks, acc) for w, c in zip(ws, counts, strict=True)]
-      entries = [_by_entry(c, blocks, w.shape[0]) for c, w in zip(scales, ws, strict=True)]
-      scales_all = jax.lax.all_gather(jnp.concatenate(scales), names, to="invarying")
+      server_counts = [jnp.asarray(c)[index] for c in _block_counts(layout, devices, blocks)]
+      server_scales = [
+        _piece_block_scales(w, c, blocks, acc) for w, c in zip(ws, server_counts, strict=True)
+      ]
+      entries = [_by_entry(c, blocks, w.shape[0]) for c, w in zip(server_scales, ws, strict=True)]
+      scales_all = jax.lax.all_gather(jnp.concatenate(server_scales), names, to="invarying")
     c_pieces = []
     for v, w, ok, scale in zip(vs, ws, valid, entries, strict=True):
       sign = jnp.where(w >= 0, 1, -1).astype(acc)
@@ -574,12 +576,12 @@ def _two_phase(
     else:
       first = 0
       for v, d, piece, start, scale in zip(
-        vs, layout.sizes, layout.pieces, layout.offsets, scales, strict=True
+        vs, layout.sizes, layout.pieces, layout.offsets, server_scales, strict=True
       ):
         own = scales_all[:, first : first + scale.shape[0]]
         first += scale.shape[0]
-        rows = _by_entry(own, blocks, piece) * signs[:, start : start + piece]
-        means.append(_from_rows(rows.astype(v.dtype), v, d))
+        signed = _by_entry(own, blocks, piece) * signs[:, start : start + piece]
+        means.append(_from_rows(signed.astype(v.dtype), v, d))
   if servers is None:
     return means, residuals, None
   new_servers = []
@@ -905,13 +907,13 @@ def compressed_mean(
     out = [g if i in slots else _same_everywhere(g, (*names, *fast)) for i, g in enumerate(leaves)]
 
     def new_state(new_memory: list | None, new_server: list | None) -> Any:
-      if memory is None:
+      if new_memory is None:
         if count is None:
           return state
         return state._replace(count=new_count)
       fields = [jax.tree.unflatten(treedef, new_memory)]
       if two_phase:
-        fields.append(jax.tree.unflatten(treedef, new_server))
+        fields.append(jax.tree.unflatten(treedef, new_server or []))
       return type(state)(*fields, new_count)
 
     if not slots:
@@ -948,10 +950,12 @@ def compressed_mean(
       for i, mean in zip(squeezed, means, strict=True):
         out[i] = mean
       if memory is not None:
+        assert errors is not None
         new_memory = list(memory)
         for i, e in zip(squeezed, errors, strict=True):
           new_memory[i] = e[None]
       if servers is not None:
+        assert pieces is not None
         new_server = list(servers)
         for i, piece in zip(squeezed, pieces, strict=True):
           new_server[i] = piece[None]
@@ -1107,7 +1111,7 @@ def memory_ratio(opt_state: PyTree, grads: PyTree, axis_name: AxisName) -> jax.A
     )
   _bound_axis_size(names, "axis_name")
   leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
-  memory = treedef.flatten_up_to(found[0].memory)
+  memory = treedef.flatten_up_to(found[0].memory)  # type: ignore[attr-defined]
   e_sq = v_sq = jnp.zeros([], jnp.float32)
   for g, m in zip(leaves, memory, strict=True):
     if isinstance(m, optax.MaskedNode) or not _tree.is_float(g) or g.size == 0:

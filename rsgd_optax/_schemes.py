@@ -157,8 +157,9 @@ class _ScaledSign(StepAwareScheme):
 
   def __call__(self, tree: PyTree, step: jax.Array | int = 0) -> PyTree:
     del step
-    if self.block_size is not None:
-      return jax.tree.map(lambda v: _block_signed(v, self.block_size), tree)
+    block_size = self.block_size
+    if block_size is not None:
+      return jax.tree.map(lambda v: _block_signed(v, block_size), tree)
     if self.per_leaf:
       return jax.tree.map(lambda v: _signed(_l1_mean([v]), v), tree)
     leaves = jax.tree.leaves(tree)
