@@ -29,6 +29,7 @@ from rsgd_optax._averaging import (
 )
 from rsgd_optax._compressed import (
   CompressedMeanState,
+  ExactStepsState,
   TwoPhaseMeanState,
   compressed_mean,
   memory_ratio,
@@ -55,6 +56,7 @@ __all__ = (
   "CompressState",
   "CompressedMeanState",
   "ErrorFeedbackState",
+  "ExactStepsState",
   "ResidualState",
   "Scheme",
   "StepAwareScheme",

@@ -35,13 +35,10 @@ class CompressedMeanState(NamedTuple):
       compressed mesh axis, and ``(1, *leaf.shape)`` (this device's own row) inside it. Pass it
       through ``shard_map`` with the partition spec ``P(axis_name)`` (see
       :func:`rsgd_optax.memory_specs`). :class:`optax.MaskedNode` for leaves with no memory
-      (not floating point, or averaged exactly: ``exact_below``); None without error feedback.
-    count: the number of updates so far (int32, the same on every device: ``P()``), kept only with
-      ``exact_steps``; None otherwise.
+      (not floating point, or averaged exactly: ``exact_below``).
   """
 
   memory: PyTree
-  count: jax.Array | None = None  # type: ignore[assignment]  # optax's name; shadows tuple.count
 
 
 class TwoPhaseMeanState(NamedTuple):
@@ -56,12 +53,24 @@ class TwoPhaseMeanState(NamedTuple):
       ``devices``), so it is ``(devices, ceil(leaf.size / devices))`` outside ``shard_map`` and
       ``(1, ceil(leaf.size / devices))`` inside it. The padding entries stay zero. Row-major
       concatenation of the rows, cut to ``leaf.size``, is the server memory of the whole leaf.
-    count: as in :class:`CompressedMeanState`.
   """
 
   memory: PyTree
   server_memory: PyTree
-  count: jax.Array | None = None  # type: ignore[assignment]  # optax's name; shadows tuple.count
+
+
+class ExactStepsState(NamedTuple):
+  """State of :func:`rsgd_optax.compressed_mean` with ``exact_steps``: a step count around the rest.
+
+  Attributes:
+    count: the number of updates so far (int32, the same on every device: ``P()``, which
+      :func:`rsgd_optax.memory_specs` gives it).
+    inner: the state without ``exact_steps``: :class:`CompressedMeanState`,
+      :class:`TwoPhaseMeanState` or :class:`optax.EmptyState` (without error feedback).
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count
+  inner: Any
 
 
 EXCHANGES = ("all_gather", "two_phase")
@@ -659,7 +668,8 @@ def compressed_mean(
     ``per_leaf=False``, the tree's scale or top-k is theirs).
   - ``exact_steps=T``: the first ``T`` updates are the exact mean of every leaf (a float32
     ``pmean``), with every memory left as it is (zero); compression starts at update ``T + 1``.
-    The state counts the updates (``count``, replicated). A ``lax.cond`` on the count picks the
+    The state is an :class:`ExactStepsState`: the update ``count`` (replicated)
+    around the state without the option. A ``lax.cond`` on the count picks the
     branch, so a step pays for one of the two exchanges, not both.
   - block-wise scales for sign: ``scaled_sign(block_size=B)`` sends one float32 scale per block of
     ``B`` consecutive entries, ``R(v)_b = mean |v_b| sign(v_b)``: ``4 / B`` more bytes an entry
@@ -717,13 +727,13 @@ def compressed_mean(
     exact_below: leaves with fewer entries than this are averaged exactly (``pmean``) and keep no
       memory; 0 (default) compresses every leaf.
     exact_steps: the first this many updates are the exact mean of every leaf, memories untouched;
-      0 (default) compresses from the first update. With it the state keeps a step ``count``.
+      0 (default) compresses from the first update. With it the state is an
+      :class:`ExactStepsState`, the step ``count`` around the state without it.
 
   Returns:
     An :class:`optax.GradientTransformation`; its state is a :class:`CompressedMeanState` with error
     feedback (:class:`TwoPhaseMeanState` with ``exchange="two_phase"``), :class:`optax.EmptyState`
-    without (without, but with ``exact_steps``: the same class with ``memory=None``, holding the
-    count). Updates keep the gradients' dtypes; leaves that are
+    without; with ``exact_steps``, that state inside an :class:`ExactStepsState`. Updates keep the gradients' dtypes; leaves that are
     not floating point pass through unchanged.
 
   Example:
@@ -800,11 +810,12 @@ def compressed_mean(
     return _tree.is_float(p) and p.size >= exact_below
 
   def init_fn(params: PyTree) -> Any:
-    count = jnp.zeros([], jnp.int32) if exact_steps else None
+    inner = init_inner(params)
+    return ExactStepsState(jnp.zeros([], jnp.int32), inner) if exact_steps else inner
+
+  def init_inner(params: PyTree) -> Any:
     if not error_feedback:
-      if count is None:
-        return optax.EmptyState()
-      return TwoPhaseMeanState(None, None, count) if two_phase else CompressedMeanState(None, count)
+      return optax.EmptyState()
     rows = _memory_rows(names)
     mesh = jax.sharding.get_abstract_mesh()
     devices = math.prod(mesh.shape[n] for n in names)
@@ -822,7 +833,7 @@ def compressed_mean(
 
     memory = jax.tree.map(worker, params, is_leaf=lambda x: x is None)
     if not two_phase:
-      return CompressedMeanState(memory, count)
+      return CompressedMeanState(memory)
 
     def server(p: Any) -> Any:
       if not compressed_leaf(p):
@@ -830,7 +841,7 @@ def compressed_mean(
       return zeros(p, (rows, server_piece(p.size, devices)))
 
     servers = jax.tree.map(server, params, is_leaf=lambda x: x is None)
-    return TwoPhaseMeanState(memory, servers, count)
+    return TwoPhaseMeanState(memory, servers)
 
   def check_rows(memory: list, servers: list | None, slots: list[int], devices: int) -> None:
     for i in slots:
@@ -894,8 +905,9 @@ def compressed_mean(
     slots = [i for i in floats if leaves[i].size > 0]
     exact = [i for i in slots if leaves[i].size < exact_below]
     squeezed = [i for i in slots if i not in exact]
-    count = None if not exact_steps else state.count
-    new_count = None if count is None else optax.safe_int32_increment(count)
+    count = None
+    if exact_steps:
+      count, state = state.count, state.inner
     memory = servers = None
     if error_feedback:
       memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
@@ -907,14 +919,14 @@ def compressed_mean(
     out = [g if i in slots else _same_everywhere(g, (*names, *fast)) for i, g in enumerate(leaves)]
 
     def new_state(new_memory: list | None, new_server: list | None) -> Any:
-      if new_memory is None:
-        if count is None:
-          return state
-        return state._replace(count=new_count)
-      fields = [jax.tree.unflatten(treedef, new_memory)]
-      if two_phase:
-        fields.append(jax.tree.unflatten(treedef, new_server or []))
-      return type(state)(*fields, new_count)
+      inner = state
+      if new_memory is not None:
+        inner = CompressedMeanState(jax.tree.unflatten(treedef, new_memory))
+        if two_phase:
+          inner = TwoPhaseMeanState(inner.memory, jax.tree.unflatten(treedef, new_server or []))
+      if count is None:
+        return inner
+      return ExactStepsState(optax.safe_int32_increment(count), inner)
 
     if not slots:
       return jax.tree.unflatten(treedef, out), new_state(memory, servers)
@@ -987,16 +999,14 @@ def memory_specs(opt_state: PyTree, axis_name: AxisName) -> PyTree:
     >>> import rsgd_optax as rsgd
     >>> state = rsgd.CompressedMeanState({"w": jnp.zeros([8, 3])})
     >>> rsgd.memory_specs(state, "data")
-    CompressedMeanState(memory={'w': P('data',)}, count=None)
+    CompressedMeanState(memory={'w': P('data',)})
   """
   names = _validate_axis(axis_name, "axis_name")
   spec = PartitionSpec(names if len(names) > 1 else names[0])
 
   def specs(node: Any) -> Any:
     if _is_state(node):
-      memories = [jax.tree.map(lambda _: spec, field) for field in node[:-1]]
-      count = None if node.count is None else PartitionSpec()
-      return type(node)(*memories, count)
+      return type(node)(*(jax.tree.map(lambda _: spec, field) for field in node))
     return PartitionSpec()
 
   return jax.tree.map(specs, opt_state, is_leaf=_is_state)
@@ -1048,9 +1058,9 @@ def resize_memory(opt_state: PyTree, devices: int) -> PyTree:
     if isinstance(node, TwoPhaseMeanState):
       memory = jax.tree.map(fold, node.memory)
       servers = jax.tree.map(recut, node.memory, node.server_memory)
-      return TwoPhaseMeanState(memory, servers, node.count)
+      return TwoPhaseMeanState(memory, servers)
     if _is_state(node):
-      return CompressedMeanState(jax.tree.map(fold, node.memory), node.count)
+      return CompressedMeanState(jax.tree.map(fold, node.memory))
     return node
 
   return jax.tree.map(resize, opt_state, is_leaf=_is_state)
@@ -1099,11 +1109,7 @@ def memory_ratio(opt_state: PyTree, grads: PyTree, axis_name: AxisName) -> jax.A
     Array(0.6, dtype=float32)
   """
   names = _validate_axis(axis_name, "axis_name")
-  found = [
-    node
-    for node in jax.tree.leaves(opt_state, is_leaf=_is_state)
-    if _is_state(node) and node.memory is not None
-  ]
+  found = [node for node in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(node)]
   if not found:
     raise ValueError(
       "memory_ratio found no error-feedback memory in `opt_state`: pass the optimizer state that "

@@ -144,12 +144,14 @@ def test_eight_devices_match_the_numpy_reference(case):
       assert out[name].dtype == dtype and out[name].shape == SHAPES[name]
       np.testing.assert_allclose(_f32(out[name]), update[leaf], **tolerance, err_msg=f"{name} {t}")
 
+  if exact_steps:
+    assert isinstance(state, rsgd.ExactStepsState) and int(state.count) == STEPS
+    state = state.inner
   if not error_feedback:
-    expected_type = rsgd.TwoPhaseMeanState if exchange == "two_phase" else rsgd.CompressedMeanState
-    assert type(state) is expected_type and state.memory is None
-    assert int(state.count) == STEPS
+    assert state == optax.EmptyState()
     return
-  assert int(state.count) == STEPS if exact_steps else state.count is None
+  expected_type = rsgd.TwoPhaseMeanState if exchange == "two_phase" else rsgd.CompressedMeanState
+  assert type(state) is expected_type
   names = list(SHAPES)
   for leaf, name in enumerate(names):
     if leaf not in kept:
@@ -194,21 +196,20 @@ def test_blocks_of_one_leaf_contract_better_than_one_scale_on_a_heavy_tailed_lea
 
 
 def test_memory_ratio_without_error_feedback_memory_says_so():
-  state = rsgd.CompressedMeanState(None, jnp.zeros([], jnp.int32))
+  state = rsgd.ExactStepsState(jnp.zeros([], jnp.int32), optax.EmptyState())
   with pytest.raises(ValueError, match="no error-feedback memory"):
     rsgd.memory_ratio((optax.EmptyState(), state), {"w": jnp.zeros(3)}, "data")
 
 
-def test_memory_specs_replicate_the_step_count():
-  state = rsgd.TwoPhaseMeanState({"w": jnp.zeros([8, 3])}, {"w": jnp.zeros([8, 1])}, jnp.zeros([]))
+def test_memory_specs_replicate_the_step_count_and_resize_memory_keeps_it():
+  inner = rsgd.TwoPhaseMeanState({"w": jnp.ones([2, 3])}, {"w": jnp.ones([2, 2])})
+  state = rsgd.ExactStepsState(jnp.asarray(5, jnp.int32), inner)
   specs = rsgd.memory_specs(state, "data")
-  assert specs == rsgd.TwoPhaseMeanState({"w": P("data")}, {"w": P("data")}, P())
-
-
-def test_resize_memory_keeps_the_step_count():
-  state = rsgd.CompressedMeanState({"w": jnp.ones([2, 3])}, jnp.asarray(5, jnp.int32))
+  assert specs == rsgd.ExactStepsState(
+    P(), rsgd.TwoPhaseMeanState({"w": P("data")}, {"w": P("data")})
+  )
   resized = rsgd.resize_memory(state, 4)
-  assert resized.memory["w"].shape == (4, 3) and int(resized.count) == 5
+  assert resized.inner.memory["w"].shape == (4, 3) and int(resized.count) == 5
 
 
 @pytest.mark.parametrize(
