@@ -186,6 +186,7 @@ def _check_per_device(grad: jax.Array, memory: jax.Array, names: tuple[str, ...]
 def _encode_sign(
   per_leaf: bool, vs: list[jax.Array], block_size: int | None = None
 ) -> tuple[tuple[jax.Array, ...], list]:
+  """Packed ``v >= 0`` bits and float32 scales: per leaf, for the tree, or per block of a leaf."""
   acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
   if block_size is not None:
     scales = jnp.concatenate([_schemes.block_scales(v, block_size, acc) for v in vs])
@@ -220,17 +221,14 @@ def _entry_scales(
       out.append(scales[:, i if per_leaf else 0, None])
       continue
     blocks = -(-v.size // block_size)
-    own = scales[:, first : first + blocks]
-    out.append(
-      jnp.repeat(own, block_size, axis=1, total_repeat_length=blocks * block_size)[:, : v.size]
-    )
+    out.append(_by_entry(scales[:, first : first + blocks], block_size, v.size))
     first += blocks
   return out
 
 
 def _sum_sign(per_leaf: bool, vs: list, payload: tuple, acc: Any, block_size: int | None) -> list:
   """The senders' ``scale * (+-1)``, each rounded into its leaf's dtype as its sender did, summed."""
-  bits, scales = payload  # (senders, bytes), (senders, leaves, 1 or blocks)
+  bits, scales = payload  # (senders, bytes), (senders, leaves or 1 or blocks)
   signs = jnp.unpackbits(bits, axis=1, count=sum(v.size for v in vs)).astype(acc) * 2 - 1
   sums, start = [], 0
   for v, scale in zip(vs, _entry_scales(scales, vs, per_leaf, block_size), strict=True):
@@ -668,9 +666,9 @@ def compressed_mean(
     ``per_leaf=False``, the tree's scale or top-k is theirs).
   - ``exact_steps=T``: the first ``T`` updates are the exact mean of every leaf (a float32
     ``pmean``), with every memory left as it is (zero); compression starts at update ``T + 1``.
-    The state is an :class:`ExactStepsState`: the update ``count`` (replicated)
-    around the state without the option. A ``lax.cond`` on the count picks the
-    branch, so a step pays for one of the two exchanges, not both.
+    The state is an :class:`ExactStepsState`: the update ``count`` (replicated) around the state
+    without the option. A ``lax.cond`` on the count picks the branch, so a step pays for one of
+    the two exchanges, not both.
   - block-wise scales for sign: ``scaled_sign(block_size=B)`` sends one float32 scale per block of
     ``B`` consecutive entries, ``R(v)_b = mean |v_b| sign(v_b)``: ``4 / B`` more bytes an entry
     (``B = 256``: 1/64 on top of the 1/8 of the bits). With ``"all_gather"`` the blocks cut the
@@ -733,8 +731,8 @@ def compressed_mean(
   Returns:
     An :class:`optax.GradientTransformation`; its state is a :class:`CompressedMeanState` with error
     feedback (:class:`TwoPhaseMeanState` with ``exchange="two_phase"``), :class:`optax.EmptyState`
-    without; with ``exact_steps``, that state inside an :class:`ExactStepsState`. Updates keep the gradients' dtypes; leaves that are
-    not floating point pass through unchanged.
+    without; with ``exact_steps``, that state inside an :class:`ExactStepsState`. Updates keep the
+    gradients' dtypes; leaves that are not floating point pass through unchanged.
 
   Example:
     >>> import functools
