@@ -121,12 +121,14 @@ def _memory_rows(names: tuple[str, ...]) -> int:
   return math.prod(mesh.shape[n] for n in names)
 
 
-def _bound_axis_size(names: tuple[str, ...], what: str) -> int:
+def _bound_axis_size(
+  names: tuple[str, ...], what: str, caller: str = "compressed_mean's update"
+) -> int:
   try:
     return math.prod(jax.lax.axis_size(n) for n in names)
   except NameError as e:
     raise ValueError(
-      f"compressed_mean's update runs inside jax.shard_map, where each device holds its own "
+      f"{caller} runs inside jax.shard_map, where each device holds its own "
       f"gradient: {what} {names!r} is not a bound axis here. Wrap the train step in "
       "jax.shard_map over a mesh with that axis."
     ) from e
@@ -648,7 +650,8 @@ def compressed_mean(
     error feedback neither memory is kept.
 
   - :func:`rsgd_optax.scaled_sign`: one bit an entry (``v >= 0``, packed eight to a byte) and one
-    float32 scale ``mean |v|`` per leaf (or one for the tree with ``per_leaf=False``). One bit cannot
+    float32 scale ``mean |v|`` per leaf (or one for the tree with ``per_leaf=False``, or one per
+    block of ``B`` entries with ``scaled_sign(block_size=B)``: see below). One bit cannot
     carry ``sign(0) = 0``: an entry with ``v = 0`` is sent as ``+scale`` (the memory keeps the
     difference; without error feedback such an entry moves).
   - :func:`rsgd_optax.top_k`: ``k`` (int32 index, value) pairs per leaf (or for the tree), ``k``
@@ -1113,7 +1116,7 @@ def memory_ratio(opt_state: PyTree, grads: PyTree, axis_name: AxisName) -> jax.A
       "memory_ratio found no error-feedback memory in `opt_state`: pass the optimizer state that "
       "holds rsgd.compressed_mean(..., error_feedback=True)'s state."
     )
-  _bound_axis_size(names, "axis_name")
+  _bound_axis_size(names, "axis_name", "memory_ratio")
   leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
   memory = treedef.flatten_up_to(found[0].memory)  # type: ignore[attr-defined]
   e_sq = v_sq = jnp.zeros([], jnp.float32)

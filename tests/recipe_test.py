@@ -201,6 +201,12 @@ def test_memory_ratio_without_error_feedback_memory_says_so():
     rsgd.memory_ratio((optax.EmptyState(), state), {"w": jnp.zeros(3)}, "data")
 
 
+def test_memory_ratio_outside_shard_map_says_where_to_call_it():
+  state = rsgd.CompressedMeanState({"w": jnp.zeros([1, 3])})
+  with pytest.raises(ValueError, match=r"memory_ratio runs inside jax\.shard_map"):
+    rsgd.memory_ratio(state, {"w": jnp.zeros(3)}, "data")
+
+
 def test_memory_specs_replicate_the_step_count_and_resize_memory_keeps_it():
   inner = rsgd.TwoPhaseMeanState({"w": jnp.ones([2, 3])}, {"w": jnp.ones([2, 2])})
   state = rsgd.ExactStepsState(jnp.asarray(5, jnp.int32), inner)
