@@ -80,17 +80,23 @@ def initialize(config: Any) -> None:
 
 
 JAX_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's default
+# How far JAX's heartbeat timeout lies past the watchdog's bound: more than the watchdog's poll
+# (5 s) and a loaded machine's slack. With the default bound (90 s) it is 115 s: a survivor whose
+# watchdog somehow did not fire is still ended (by JAX's abort) within two minutes.
+HEARTBEAT_MARGIN_S = 25
 
 
 def heartbeat_timeout_s(config: Any) -> int:
   """JAX's heartbeat timeout: past the stall watchdog's bound (``config.collective_timeout_s``).
 
-  When a peer stops sending heartbeats, JAX aborts the survivors with a C++ stack and no word on
-  what to do; with the watchdog's bound below JAX's, the watchdog ends a stalled run first, with
-  the line that says to relaunch every process (:mod:`examples.common.watchdog`).
+  When a peer stops sending heartbeats, JAX aborts the survivors (SIGABRT) with a C++ stack and no
+  word on what to do; with the watchdog's bound below JAX's, the watchdog ends a stalled run
+  first, with the line that says to relaunch every process (:mod:`examples.common.watchdog`).
   """
   bound = int(config.get("collective_timeout_s", 0) or 0)
-  return max(JAX_HEARTBEAT_TIMEOUT_S, bound + 60) if bound > 0 else JAX_HEARTBEAT_TIMEOUT_S
+  if bound <= 0:
+    return JAX_HEARTBEAT_TIMEOUT_S
+  return max(JAX_HEARTBEAT_TIMEOUT_S, bound + HEARTBEAT_MARGIN_S)
 
 
 def _use_gloo_on_cpu() -> None:
