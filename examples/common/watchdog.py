@@ -111,6 +111,7 @@ class Watchdog:
     self._paused = 0
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
+    self._phase: tuple[str, int] | None = None
     self._kill_at = _fault_point()
 
   def beat(self) -> None:
@@ -118,8 +119,6 @@ class Watchdog:
     self._last = time.monotonic()
     if self._kill_at is not None and self._kill_at == self._phase:
       _kill_self()
-
-  _phase: tuple[str, int] | None = None
 
   def phase(self, name: str, epoch: int) -> None:
     """Records the phase the run enters (``train``, ``evaluate``, ``save``) at ``epoch``, and beats.
@@ -192,7 +191,7 @@ class CompiledAhead:
   without beats. Here each new signature of the arguments is first compiled on its own
   (``jitted.lower(*args, **static).compile()`` inside :func:`compiling`), then the compiled
   executable runs under the watchdog's bound. Keyword arguments are ``jitted``'s static ones.
-  The executables are kept per static arguments, the last one used tried first: a call whose
+  The executables are kept per static arguments, the newest tried first: a call whose
   arguments it was not compiled for (another shape, dtype, tree or layout) raises ``TypeError``
   or ``ValueError`` before running, and is compiled anew.
   """
