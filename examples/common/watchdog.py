@@ -46,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_CODE = 75  # EX_TEMPFAIL: a relaunch is expected to succeed
