@@ -27,7 +27,10 @@ def initialize(config: Any) -> None:
   Must run before any other JAX call. ``config.distributed`` switches it on. With
   ``coordinator_address``, ``num_processes`` and ``process_id`` all set, they are used and cluster
   detection is off; with none of them set (``""``, ``0``, ``-1``, or absent), JAX detects the
-  cluster. CPU processes talk over gloo. ``distributed_timeout_s`` bounds the wait for the peers.
+  cluster. CPU processes talk over gloo. ``distributed_timeout_s`` bounds the wait for the peers
+  at the start; :func:`heartbeat_timeout_s` bounds JAX's heartbeat and its wait for the peers at
+  exit (``jax.distributed.shutdown``: 300 s by default; a peer that died after the last checkpoint
+  then ends the survivors, with JAX's abort, within two minutes instead of five).
 
   Raises:
     ValueError: some but not all of the three are set, they are set without ``distributed``, or a
@@ -49,7 +52,11 @@ def initialize(config: Any) -> None:
   heartbeat = heartbeat_timeout_s(config)
   if not given:
     _use_gloo_on_cpu()
-    jax.distributed.initialize(initialization_timeout=timeout, heartbeat_timeout_seconds=heartbeat)
+    jax.distributed.initialize(
+      initialization_timeout=timeout,
+      heartbeat_timeout_seconds=heartbeat,
+      shutdown_timeout_seconds=heartbeat,
+    )
     return
   missing = [name for name in _EXPLICIT if name not in given]
   if missing:
@@ -76,6 +83,7 @@ def initialize(config: Any) -> None:
     cluster_detection_method="deactivate",
     initialization_timeout=timeout,
     heartbeat_timeout_seconds=heartbeat,
+    shutdown_timeout_seconds=heartbeat,
   )
 
 

@@ -10,11 +10,15 @@ would).
 
 Use::
 
+  train_step = watchdog.CompiledAhead(jax.jit(step))
   with watchdog.for_run(config) as dog:
     for epoch in ...:
+      dog.phase("train", epoch)
       for batch in ...:
         state = train_step(state, batch)
         dog.beat()
+      dog.phase("save", epoch)
+      save(state)
 
 It is active only when the run has several processes (``jax.process_count() > 1``) and
 ``config.collective_timeout_s > 0``; a single process cannot wait on a peer. The bound,
@@ -28,12 +32,15 @@ minutes; every phase of a healthy run must beat within it:
 - JAX's heartbeat timeout is set past the bound (:mod:`examples.common.distributed`), so that the
   watchdog, not JAX's abort with a C++ stack, ends a run whose peer stopped.
 
-Where a survivor waits when its peer dies (gloo on the CPU): a step or an evaluation fails within
-seconds with ``JaxRuntimeError`` ("Connection closed by peer"), and a checkpoint save waits in
-Orbax's barrier until the watchdog's bound. Left to itself the process would print the traceback and
-wait in ``jax.distributed.shutdown`` for the dead peer until JAX's heartbeat timeout aborts it
-(SIGABRT). The watchdog's ``with`` block turns that error into one line saying to relaunch, and
-ends the process at once.
+Where a survivor waits when its peer dies (measured with gloo on the CPU): a step, an evaluation
+batch and Orbax's barriers in a checkpoint save (collectives too) all fail within a second with
+``JaxRuntimeError`` ("Connection reset by peer"). Left to itself the process would print the
+traceback and wait in ``jax.distributed.shutdown`` for the dead peer until JAX aborts it
+(SIGABRT, exit code 134). The watchdog's ``with`` block turns that error into one line saying to
+relaunch, and ends the process at once. A wait that does not fail (a stalled peer, a transport
+that does not notice) ends at the bound. When process 0 dies, JAX's client in each survivor
+also ends its process at once ("the JAX distributed service detected fatal errors"), racing the
+failed collective; JAX gives no hook to print the relaunch line there.
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
 :data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see :meth:`Watchdog.phase`.
