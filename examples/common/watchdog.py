@@ -38,9 +38,11 @@ batch and Orbax's barriers in a checkpoint save (collectives too) all fail withi
 traceback and wait in ``jax.distributed.shutdown`` for the dead peer until JAX aborts it
 (SIGABRT, exit code 134). The watchdog's ``with`` block turns that error into one line saying to
 relaunch, and ends the process at once. A wait that does not fail (a stalled peer, a transport
-that does not notice) ends at the bound. When process 0 dies, JAX's client in each survivor
-also ends its process at once ("the JAX distributed service detected fatal errors"), racing the
-failed collective; JAX gives no hook to print the relaunch line there.
+that does not notice) ends at the bound. When process 0 (JAX's coordinator) dies, JAX's client in
+each survivor also ends its process at once ("the JAX distributed service detected fatal
+errors"), by an abort that first prints a C++ stack: on the CPU the failed collective reached the
+watchdog first in every run measured, but where the collective does not fail, the survivors end
+with that abort (exit code 134); JAX's public API gives no hook to print the relaunch line there.
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
 :data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see :meth:`Watchdog.phase`.
