@@ -45,7 +45,8 @@ watchdog first in every run measured, but where the collective does not fail, th
 with that abort (exit code 134); JAX's public API gives no hook to print the relaunch line there.
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
-:data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see :meth:`Watchdog.phase`.
+:data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see
+:meth:`Watchdog.phase` and :func:`fault_point`.
 """
 
 import contextlib
@@ -132,14 +133,12 @@ class Watchdog:
   def phase(self, name: str, epoch: int) -> None:
     """Records the phase the run enters (``train``, ``evaluate``, ``save``) at ``epoch``, and beats.
 
-    With :data:`FAULT_ENV` naming this phase, epoch and process, the process SIGKILLs itself: on
-    entering ``save``, and at the first beat within any other phase (mid-epoch, mid-evaluation).
+    With :data:`FAULT_ENV` naming this phase, epoch and process, the process SIGKILLs itself at
+    the first beat within the phase (mid-epoch, mid-evaluation); a save has no beats, and
+    :func:`fault_point` is called inside it instead.
     """
     self._phase = (name, epoch)
-    if name == "save":
-      self.beat()
-    else:
-      self._last = time.monotonic()
+    self._last = time.monotonic()
 
   @contextlib.contextmanager
   def paused(self) -> Iterator[None]:
@@ -221,6 +220,16 @@ class CompiledAhead:
       executable = self.jitted.lower(*args, **static).compile()
     executables.append(executable)
     return executable(*args)
+
+
+def fault_point(phase: str, epoch: int) -> None:
+  """SIGKILLs this process when :data:`FAULT_ENV` names ``phase``, ``epoch`` and this process.
+
+  For tests: a peer that dies at a chosen point (``checkpoint.Checkpointer.save`` calls it with
+  ``"save"`` between the start of its writes and their completion). Without the variable, nothing.
+  """
+  if os.environ.get(FAULT_ENV) and _fault_point() == (phase, epoch):
+    _kill_self()
 
 
 def _fault_point() -> tuple[str, int] | None:

@@ -171,11 +171,14 @@ def test_the_fault_point_kills_the_process_in_the_named_phase_and_epoch():
   body = """
     with watchdog.Watchdog(100) as dog:
       for epoch in range(3):
-        for phase in ("train", "evaluate", "save"):
+        for phase in ("train", "evaluate"):
           dog.phase(phase, epoch)
           print(phase, epoch, flush=True)
           dog.beat()
           print("beat", flush=True)
+        dog.phase("save", epoch)
+        watchdog.fault_point("save", epoch)
+        print("saved", flush=True)
     """
   for fault, last in [("evaluate:1:0", ["evaluate", "1"]), ("save:2:0", ["evaluate", "2", "beat"])]:
     child, _ = _run_child(body, **{watchdog.FAULT_ENV: fault})
@@ -183,4 +186,4 @@ def test_the_fault_point_kills_the_process_in_the_named_phase_and_epoch():
     assert child.stdout.split()[-len(last) :] == last, child.stdout
   # Another process's fault point: this one (process 0) runs to the end.
   child, _ = _run_child(body, **{watchdog.FAULT_ENV: "evaluate:1:1"})
-  assert child.returncode == 0 and child.stdout.split()[-3:] == ["save", "2", "beat"]
+  assert child.returncode == 0 and child.stdout.split()[-3:] == ["2", "beat", "saved"]

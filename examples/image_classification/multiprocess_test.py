@@ -1,7 +1,7 @@
 """Two processes x 2 CPU devices on localhost (gloo), FSDP, one shared workdir, against one process
 x 4 devices: the same metrics, only process 0 writing records, checkpoints that resume across the
-change of process count in both directions, and a peer killed mid-epoch, mid-evaluation or on
-entering the checkpoint save: with the default settings the survivor ends within two minutes
+change of process count in both directions, and a peer killed mid-epoch, mid-evaluation or
+mid-checkpoint-save: with the default settings the survivor ends within two minutes
 saying to relaunch (exit code 75), and the relaunch resumes to the same metrics. And the
 compressed exchange (``grad_compression="sign"``, replicated): 2 x 2 against 1 x 4.
 
@@ -101,7 +101,7 @@ def test_two_processes_match_one_and_checkpoints_cross_the_process_count(
   _assert_same_metrics(_records(str(one_then_two)), want)
 
 
-PHASES = ("train", "evaluate", "save")  # mid-epoch, mid-evaluation, on entering the save
+PHASES = ("train", "evaluate", "save")  # mid-epoch, mid-evaluation, mid-checkpoint-save
 DEAD_PEER_LIMIT_S = 120  # from a peer's death to the survivor's exit, with the default settings
 
 
@@ -109,7 +109,7 @@ def test_a_peer_killed_in_each_phase_ends_the_survivor_and_the_relaunch_resumes(
   tmp_path, data_and_reference
 ):
   """Process 1 SIGKILLs itself in epoch 1 (``watchdog.FAULT_ENV``): after its first step, after its
-  first evaluation batch, or on entering the checkpoint save. With the default settings (no
+  first evaluation batch, or in the checkpoint save once its writes started. With the default settings (no
   ``collective_timeout_s`` given) process 0 ends within two minutes with the relaunch line and
   exit code 75. The three launches run at once, so that their start-ups and waits overlap."""
   data_dir, _, want = data_and_reference

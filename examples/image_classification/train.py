@@ -638,6 +638,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
         shared={"step": step, "lr": float(schedule(step - 1)), **running},
         seconds=time.time() - started,
       )
-      dog.phase("save", epoch)  # the save must fit the watchdog's bound
+      dog.phase("save", epoch)  # a save has no beats: it must fit the watchdog's bound
       run.save(epoch, state, {name: shipped for name, (_, shipped) in results.items()})
   return skeleton.finish(run)
