@@ -103,27 +103,39 @@ def test_two_processes_match_one_and_checkpoints_cross_the_process_count(
 
 PHASES = ("train", "evaluate", "save")  # mid-epoch, mid-evaluation, mid-checkpoint-save
 DEAD_PEER_LIMIT_S = 120  # from a peer's death to the survivor's exit, with the default settings
+RELAUNCHED = (
+  "evaluate"  # the workdir relaunched (while the survivor of a dead peer in "save" waits)
+)
+
+
+def _start_two(data_dir, workdir, logs, env) -> list:
+  port = free_port()
+  return [
+    start(trainer_command(data_dir, workdir, 2, VIEWS, *distributed_flags(2, i, port)), env, log)
+    for i, log in enumerate(logs)
+  ]
 
 
 def test_a_peer_killed_in_each_phase_ends_the_survivor_and_the_relaunch_resumes(
   tmp_path, data_and_reference
 ):
   """Process 1 SIGKILLs itself in epoch 1 (``watchdog.FAULT_ENV``): after its first step, after its
-  first evaluation batch, or in the checkpoint save once its writes started. With the default settings (no
-  ``collective_timeout_s`` given) process 0 ends within two minutes with the relaunch line and
-  exit code 75. The three launches run at once, so that their start-ups and waits overlap."""
+  first evaluation batch, or in the checkpoint save once its writes started. With the default
+  settings (no ``collective_timeout_s`` given) process 0 ends within two minutes with the relaunch
+  line and exit code 75: at once where its collective fails, at the watchdog's bound in the save
+  (it waits in Orbax's barrier). The three launches run at once, and one workdir is relaunched
+  while the save's survivor still waits, so that the waits overlap."""
   data_dir, _, want = data_and_reference
   env = process_env(2)
   launches = {}
   for phase in PHASES:
-    port = free_port()
-    workdir = str(tmp_path / phase)
     logs = [str(tmp_path / f"{phase}-process{i}.log") for i in range(2)]
-    procs = []
-    for i in range(2):
-      command = trainer_command(data_dir, workdir, 2, VIEWS, *distributed_flags(2, i, port))
-      procs.append(start(command, {**env, watchdog.FAULT_ENV: f"{phase}:1:1"}, logs[i]))
+    procs = _start_two(
+      data_dir, str(tmp_path / phase), logs, {**env, watchdog.FAULT_ENV: f"{phase}:1:1"}
+    )
     launches[phase] = (procs, logs)
+  relaunch_logs = [str(tmp_path / f"relaunch-process{i}.log") for i in range(2)]
+  relaunched: list = []
   died: dict[str, float] = {}
   ended: dict[str, float] = {}
   deadline = time.monotonic() + TIMEOUT_S + DEAD_PEER_LIMIT_S
@@ -135,28 +147,31 @@ def test_a_peer_killed_in_each_phase_ends_the_survivor_and_the_relaunch_resumes(
           died[phase] = now
         if phase not in ended and survivor.poll() is not None:
           ended[phase] = now
+      if RELAUNCHED in ended and not relaunched:
+        # Relaunching both processes with the same command.
+        relaunched = _start_two(data_dir, str(tmp_path / RELAUNCHED), relaunch_logs, env)
       time.sleep(0.1)
   finally:
     for procs, _ in launches.values():
       kill(procs)
-  for phase, ((survivor, peer), logs) in launches.items():
-    with open(logs[0]) as f:
-      output = f.read()
-    assert peer.returncode == -signal.SIGKILL, (phase, _tail(logs[1]))
-    assert phase in ended, f"{phase}: the survivor still ran {DEAD_PEER_LIMIT_S} s after the kill"
-    waited = ended[phase] - died[phase]
-    assert survivor.returncode == watchdog.EXIT_CODE, (phase, output[-3000:])
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and watchdog.RELAUNCH in errors[0], (phase, output[-3000:])
-    assert waited < DEAD_PEER_LIMIT_S, (phase, waited)
-    print(f"{phase}: the survivor ended {waited:.1f} s after its peer's death")
-
-  # Relaunching both processes with the same command, where the save of epoch 1 was cut off,
-  # resumes from epoch 0 and ends where an uninterrupted run does.
-  workdir = str(tmp_path / "save")
-  outputs = _launch(data_dir, workdir, 2, num_processes=2)
+  try:
+    for phase, ((survivor, peer), logs) in launches.items():
+      with open(logs[0]) as f:
+        output = f.read()
+      assert peer.returncode == -signal.SIGKILL, (phase, _tail(logs[1]))
+      assert phase in ended, f"{phase}: the survivor ran {DEAD_PEER_LIMIT_S} s after the kill"
+      waited = ended[phase] - died[phase]
+      assert survivor.returncode == watchdog.EXIT_CODE, (phase, output[-3000:])
+      errors = [line for line in output.splitlines() if line.startswith("error:")]
+      assert len(errors) == 1 and watchdog.RELAUNCH in errors[0], (phase, output[-3000:])
+      assert waited < DEAD_PEER_LIMIT_S, (phase, waited)
+      print(f"{phase}: the survivor ended {waited:.1f} s after its peer's death")
+  finally:
+    codes, outputs = wait_then_read(relaunched, relaunch_logs, TIMEOUT_S)
+  # The relaunch resumes and ends where an uninterrupted run does.
+  assert codes == [0, 0], outputs[0][-3000:]
   assert all(RESUMED in output for output in outputs), outputs[0][-3000:]
-  _assert_same_metrics(_records(workdir), want)
+  _assert_same_metrics(_records(str(tmp_path / RELAUNCHED)), want)
 
 
 def _tail(path: str) -> str:
