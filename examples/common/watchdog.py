@@ -29,20 +29,23 @@ minutes; every phase of a healthy run must beat within it:
   ahead of time through :class:`CompiledAhead`, with the watchdog paused (:func:`compiling`), and
   the compiled executables are then called (a plain jitted call would compile without pausing);
 - a checkpoint save or restore beats before and after, and must fit the bound;
-- JAX's heartbeat timeout is set past the bound (:mod:`examples.common.distributed`), so that the
-  watchdog, not JAX's abort with a C++ stack, ends a run whose peer stopped.
+- JAX's heartbeat timeout is set well past the bound (:mod:`examples.common.distributed`), so that
+  the watchdog, not JAX's abort with a C++ stack, ends a run whose peer stopped.
 
 Where a survivor waits when its peer dies (measured with gloo on the CPU): a step, an evaluation
-batch and Orbax's barriers in a checkpoint save (collectives too) all fail within a second with
-``JaxRuntimeError`` ("Connection reset by peer"). Left to itself the process would print the
-traceback and wait in ``jax.distributed.shutdown`` for the dead peer until JAX aborts it
+batch, and a save the peer had not yet entered (Orbax's first barriers are collectives) fail within
+a second with ``JaxRuntimeError`` ("Connection reset by peer"). Left to itself the process would
+print the traceback and wait in ``jax.distributed.shutdown`` for the dead peer until JAX aborts it
 (SIGABRT, exit code 134). The watchdog's ``with`` block turns that error into one line saying to
-relaunch, and ends the process at once. A wait that does not fail (a stalled peer, a transport
-that does not notice) ends at the bound. When process 0 (JAX's coordinator) dies, JAX's client in
-each survivor also ends its process at once ("the JAX distributed service detected fatal
-errors"), by an abort that first prints a C++ stack: on the CPU the failed collective reached the
-watchdog first in every run measured, but where the collective does not fail, the survivors end
-with that abort (exit code 134); JAX's public API gives no hook to print the relaunch line there.
+relaunch, and ends the process at once. A peer that dies within a save, once its writes started,
+leaves the survivor's Orbax thread waiting in a barrier of JAX's distributed service that fails
+only after Orbax's timeout (minutes): the watchdog ends it at its bound (measured: 93 s after the
+death with the default bound). So does any other wait that does not fail (a stalled peer, a
+transport that does not notice). When process 0 (JAX's coordinator) dies, JAX's client in each
+survivor also ends its process at once ("the JAX distributed service detected fatal errors"), by an
+abort that first prints a C++ stack: on the CPU the failed collective reached the watchdog first in
+every run measured, but where the collective does not fail, the survivors end with that abort
+(exit code 134); JAX's public API gives no hook to print the relaunch line there.
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
 :data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see
