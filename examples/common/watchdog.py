@@ -211,6 +211,10 @@ class CompiledAhead:
     self.jitted = jitted
     self._compiled: dict[tuple, list[Any]] = {}
 
+  def lower(self, *args: Any, **static: Any) -> Any:
+    """``jitted.lower``: the program for these arguments (to read its HLO, say)."""
+    return self.jitted.lower(*args, **static)
+
   def __call__(self, *args: Any, **static: Any) -> Any:
     key = tuple(sorted(static.items()))
     executables = self._compiled.setdefault(key, [])
