@@ -43,9 +43,11 @@ only after Orbax's timeout (minutes): the watchdog ends it at its bound (measure
 death with the default bound). So does any other wait that does not fail (a stalled peer, a
 transport that does not notice). When process 0 (JAX's coordinator) dies, JAX's client in each
 survivor also ends its process at once ("the JAX distributed service detected fatal errors"), by an
-abort that first prints a C++ stack: on the CPU the failed collective reached the watchdog first in
-every run measured, but where the collective does not fail, the survivors end with that abort
-(exit code 134); JAX's public API gives no hook to print the relaunch line there.
+abort that first prints a C++ stack: on the CPU, mid-epoch and mid-evaluation, the failed
+collective reached the watchdog first in every run measured, but where the survivor waits on
+something that does not fail (Orbax's barrier within a save; any collective on accelerators), it
+ends with that abort (exit code 134). JAX's public API gives no hook to print the relaunch line
+there (its client takes a handler, but cannot pass it the status from C++).
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
 :data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see
