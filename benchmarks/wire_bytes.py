@@ -211,18 +211,29 @@ def run_in_subprocess(width_scale: float, stage_blocks: tuple[int, ...], rounds:
 SCALING_DEVICES = (8, 16, 32, 64)
 
 
-def scaling_exchanges() -> dict[str, tuple[Any, str | None]]:
-  """Name -> (scheme, exchange) of the rows; ``psum_f32`` (None, None) is the float32 all-reduce."""
-  return {
+def scaling_exchanges(block_size: int | None = None) -> dict[str, tuple[Any, str | None]]:
+  """Name -> (scheme, exchange) of the rows; ``psum_f32`` (None, None) is the float32 all-reduce.
+
+  With ``block_size``, two more rows: ``signblock_all_gather`` and ``signblock_two_phase``, scaled
+  sign with one scale per block of ``block_size`` entries (``rsgd.scaled_sign(block_size=...)``).
+  """
+  rows: dict[str, tuple[Any, str | None]] = {
     "psum_f32": (None, None),
     "sign_all_gather": (rsgd.scaled_sign(), "all_gather"),
     "sign_two_phase": (rsgd.scaled_sign(), "two_phase"),
     "topk1pct_all_gather": (rsgd.top_k(TOPK_FRACTION), "all_gather"),
     "topk1pct_two_phase": (rsgd.top_k(TOPK_FRACTION), "two_phase"),
   }
+  if block_size is not None:
+    blocks = rsgd.scaled_sign(block_size=block_size)
+    rows["signblock_all_gather"] = (blocks, "all_gather")
+    rows["signblock_two_phase"] = (blocks, "two_phase")
+  return rows
 
 
-def formula_bytes(name: str, sizes: list[int], devices: int) -> float:
+def formula_bytes(
+  name: str, sizes: list[int], devices: int, block_size: int | None = None
+) -> float:
   """Bytes one device sends per step by the ring formulas, from the exchange's wire format.
 
   float32 all-reduce of ``d`` entries: ``2 (P - 1) / P 4 d``. All-gather exchange: ``(P - 1)`` times
@@ -231,11 +242,22 @@ def formula_bytes(name: str, sizes: list[int], devices: int) -> float:
   to each of the other devices once in each phase: sign ``2 (P - 1) ceil(c / 8)`` bytes, plus the
   scales (an all-gather of the senders' and an all-reduce of the server's); top-k
   ``2 (P - 1) 8 K``, ``K`` the entries kept in a chunk (``top_k_count`` of each leaf's piece).
+  Block-wise sign (``signblock_*``, blocks of ``B = block_size``): all-gather sends a float32 scale
+  per block of each leaf, ``sum_l ceil(d_l / B)``, instead of one a leaf; two-phase cuts each piece
+  into blocks, ``b = sum_l ceil(ceil(d_l / P) / B)`` scales a chunk, sent with the chunk in both
+  phases: ``2 (P - 1) (ceil(c / 8) + 4 b)``.
   """
   p, leaves = devices, len(sizes)
   if name == "psum_f32":
     return 2 * (p - 1) / p * 4 * sum(sizes)
   pieces = [-(-d // p) for d in sizes]
+  if name.startswith("signblock_"):
+    if block_size is None:
+      raise ValueError(f"{name!r} needs the block size.")
+    if name == "signblock_all_gather":
+      return (p - 1) * (-(-sum(sizes) // 8) + 4 * sum(-(-d // block_size) for d in sizes))
+    blocks = sum(-(-n // block_size) for n in pieces)
+    return 2 * (p - 1) * (-(-sum(pieces) // 8) + 4 * blocks)
   if name == "sign_all_gather":
     return (p - 1) * (-(-sum(sizes) // 8) + 4 * leaves)
   if name == "sign_two_phase":
@@ -246,7 +268,9 @@ def formula_bytes(name: str, sizes: list[int], devices: int) -> float:
   return 2 * (p - 1) * 8 * kept
 
 
-def scaling_row(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+def scaling_row(
+  shapes: dict[str, tuple[int, ...]], block_size: int | None = None
+) -> dict[str, Any]:
   """Every exchange of :func:`scaling_exchanges` on one ``data`` axis of all the devices."""
   devices = len(jax.devices())
   kind = (jax.sharding.AxisType.Explicit,)
@@ -260,7 +284,7 @@ def scaling_row(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
   }
   rows = {}
   with jax.set_mesh(mesh):
-    for name, (scheme, exchange) in scaling_exchanges().items():
+    for name, (scheme, exchange) in scaling_exchanges(block_size).items():
       if scheme is None:
         front, pmean_axes = optax.identity(), ("data",)
       else:
@@ -296,7 +320,7 @@ def scaling_row(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
       rows[name] = {
         "collectives": [{k: v for k, v in op.items() if k != "group"} for op in ops],
         "bytes_sent_per_device": sent,
-        "formula_bytes_per_device": formula_bytes(name, sizes, devices),
+        "formula_bytes_per_device": formula_bytes(name, sizes, devices, block_size),
         "temp_bytes_per_device": temp,
         "temp_per_gradient": temp / gradient_bytes,
         "compile_seconds": compile_seconds,

@@ -37,6 +37,23 @@ def test_two_phase_bytes_read_from_the_compiled_hlo_are_the_wire_formats():
   assert "all-to-all" in ops and "all-gather" in ops
 
 
+def test_block_wise_sign_bytes_read_from_the_compiled_hlo_are_the_wire_format():
+  """Blocks of 4 on 8 devices: the scales a block adds, in both exchanges, read from the HLO.
+
+  Leaves of 35, 6 and 4,000 entries: 9 + 2 + 1,000 blocks of the leaves (all-gather); pieces of
+  5, 1 and 500 entries cut into 2 + 1 + 125 blocks (two-phase: with the chunk, both phases).
+  """
+  shapes = {"a": (5, 7), "b": (6,), "c": (40, 100)}
+  rows = wire_bytes.scaling_row(shapes, block_size=4)["exchanges"]
+  expected = {
+    "signblock_all_gather": 7 * (506 + 4 * 1011),
+    "signblock_two_phase": 2 * 7 * (64 + 4 * 128),
+  }
+  for name, value in expected.items():
+    assert rows[name]["bytes_sent_per_device"] == pytest.approx(value), name
+    assert rows[name]["formula_bytes_per_device"] == pytest.approx(value), name
+
+
 RECORD = pathlib.Path(__file__).parent / "results" / "wire-bytes-cpu.json"
 
 

@@ -29,8 +29,10 @@ from rsgd_optax._averaging import (
 )
 from rsgd_optax._compressed import (
   CompressedMeanState,
+  ExactStepsState,
   TwoPhaseMeanState,
   compressed_mean,
+  memory_ratio,
   memory_specs,
   resize_memory,
 )
@@ -54,6 +56,7 @@ __all__ = (
   "CompressState",
   "CompressedMeanState",
   "ErrorFeedbackState",
+  "ExactStepsState",
   "ResidualState",
   "Scheme",
   "StepAwareScheme",
@@ -67,6 +70,7 @@ __all__ = (
   "find_averaging_state",
   "find_residual_state",
   "iterate_averaging",
+  "memory_ratio",
   "memory_specs",
   "nonmonotone_trigger",
   "proximity",

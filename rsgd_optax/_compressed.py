@@ -34,7 +34,8 @@ class CompressedMeanState(NamedTuple):
       ``(devices, *leaf.shape)`` outside :func:`jax.shard_map`, where ``devices`` is the size of the
       compressed mesh axis, and ``(1, *leaf.shape)`` (this device's own row) inside it. Pass it
       through ``shard_map`` with the partition spec ``P(axis_name)`` (see
-      :func:`rsgd_optax.memory_specs`). :class:`optax.MaskedNode` for leaves with no memory.
+      :func:`rsgd_optax.memory_specs`). :class:`optax.MaskedNode` for leaves with no memory
+      (not floating point, or averaged exactly: ``exact_below``).
   """
 
   memory: PyTree
@@ -56,6 +57,20 @@ class TwoPhaseMeanState(NamedTuple):
 
   memory: PyTree
   server_memory: PyTree
+
+
+class ExactStepsState(NamedTuple):
+  """State of :func:`rsgd_optax.compressed_mean` with ``exact_steps``: a step count around the rest.
+
+  Attributes:
+    count: the number of updates so far (int32, the same on every device: ``P()``, which
+      :func:`rsgd_optax.memory_specs` gives it).
+    inner: the state without ``exact_steps``: :class:`CompressedMeanState`,
+      :class:`TwoPhaseMeanState` or :class:`optax.EmptyState` (without error feedback).
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count
+  inner: Any
 
 
 EXCHANGES = ("all_gather", "two_phase")
@@ -106,12 +121,14 @@ def _memory_rows(names: tuple[str, ...]) -> int:
   return math.prod(mesh.shape[n] for n in names)
 
 
-def _bound_axis_size(names: tuple[str, ...], what: str) -> int:
+def _bound_axis_size(
+  names: tuple[str, ...], what: str, caller: str = "compressed_mean's update"
+) -> int:
   try:
     return math.prod(jax.lax.axis_size(n) for n in names)
   except NameError as e:
     raise ValueError(
-      f"compressed_mean's update runs inside jax.shard_map, where each device holds its own "
+      f"{caller} runs inside jax.shard_map, where each device holds its own "
       f"gradient: {what} {names!r} is not a bound axis here. Wrap the train step in "
       "jax.shard_map over a mesh with that axis."
     ) from e
@@ -168,31 +185,55 @@ def _check_per_device(grad: jax.Array, memory: jax.Array, names: tuple[str, ...]
 # axis of the senders) into the sum over senders, per leaf, in the accumulation dtype.
 
 
-def _encode_sign(per_leaf: bool, vs: list[jax.Array]) -> tuple[tuple[jax.Array, ...], list]:
+def _encode_sign(
+  per_leaf: bool, vs: list[jax.Array], block_size: int | None = None
+) -> tuple[tuple[jax.Array, ...], list]:
+  """Packed ``v >= 0`` bits and float32 scales: per leaf, for the tree, or per block of a leaf."""
   acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
-  sums = jnp.stack([jnp.sum(jnp.abs(v), dtype=acc) for v in vs])
-  sizes = jnp.asarray([max(v.size, 1) for v in vs], acc)
-  if per_leaf:
-    scales = sums / sizes
+  if block_size is not None:
+    scales = jnp.concatenate([_schemes.block_scales(v, block_size, acc) for v in vs])
   else:
-    scales = (jnp.sum(sums) / jnp.asarray(max(sum(v.size for v in vs), 1), acc))[None]
+    sums = jnp.stack([jnp.sum(jnp.abs(v), dtype=acc) for v in vs])
+    sizes = jnp.asarray([max(v.size, 1) for v in vs], acc)
+    if per_leaf:
+      scales = sums / sizes
+    else:
+      scales = (jnp.sum(sums) / jnp.asarray(max(sum(v.size for v in vs), 1), acc))[None]
   # One bit an entry cannot carry sign(0) = 0: an entry with v = 0 is sent as +scale, and the error
   # memory keeps the difference.
   bits = jnp.packbits(jnp.concatenate([(v >= 0).ravel() for v in vs]))
-  own = [
-    (scales[i if per_leaf else 0] * jnp.where(v >= 0, 1, -1).astype(acc)).astype(v.dtype)
-    for i, v in enumerate(vs)
-  ]
+  own = []
+  for v, scale in zip(vs, _entry_scales(scales[None], vs, per_leaf, block_size), strict=True):
+    scale = scale[0, 0] if block_size is None else scale[0].reshape(v.shape)
+    own.append((scale * jnp.where(v >= 0, 1, -1).astype(acc)).astype(v.dtype))
   return (bits, scales), own
 
 
-def _sum_sign(per_leaf: bool, vs: list, payload: tuple, acc: Any) -> list:
+def _entry_scales(
+  scales: jax.Array, vs: list, per_leaf: bool, block_size: int | None
+) -> list[jax.Array]:
+  """Per leaf, each sender's scale of every entry: ``(senders, leaf.size)`` (or broadcastable).
+
+  ``scales`` is ``(senders, leaves)``, ``(senders, 1)`` (one for the tree) or, with blocks,
+  ``(senders, sum_l ceil(d_l / block_size))``: every leaf's block scales, leaf after leaf.
+  """
+  out, first = [], 0
+  for i, v in enumerate(vs):
+    if block_size is None:
+      out.append(scales[:, i if per_leaf else 0, None])
+      continue
+    blocks = -(-v.size // block_size)
+    out.append(_by_entry(scales[:, first : first + blocks], block_size, v.size))
+    first += blocks
+  return out
+
+
+def _sum_sign(per_leaf: bool, vs: list, payload: tuple, acc: Any, block_size: int | None) -> list:
   """The senders' ``scale * (+-1)``, each rounded into its leaf's dtype as its sender did, summed."""
-  bits, scales = payload  # (senders, bytes), (senders, leaves or 1)
+  bits, scales = payload  # (senders, bytes), (senders, leaves or 1 or blocks)
   signs = jnp.unpackbits(bits, axis=1, count=sum(v.size for v in vs)).astype(acc) * 2 - 1
   sums, start = [], 0
-  for i, v in enumerate(vs):
-    scale = scales[:, i if per_leaf else 0, None]
+  for v, scale in zip(vs, _entry_scales(scales, vs, per_leaf, block_size), strict=True):
     sent = (scale * signs[:, start : start + v.size]).astype(v.dtype).astype(acc)
     sums.append(jnp.sum(sent, axis=0).reshape(v.shape))
     start += v.size
@@ -372,6 +413,37 @@ def _decode_top_k(
   return out
 
 
+def _block_counts(layout: _Layout, devices: int, block_size: int) -> list[np.ndarray]:
+  """Per leaf, ``(devices, blocks)``: entries of the leaf (not padding) in block ``b`` of piece ``j``.
+
+  Each piece of ``n`` entries is cut into ``ceil(n / block_size)`` blocks, the last one shorter.
+  """
+  out = []
+  for d, piece in zip(layout.sizes, layout.pieces, strict=True):
+    inside = np.clip(d - piece * np.arange(devices), 0, piece)[:, None]  # entries of row j
+    starts = block_size * np.arange(-(-piece // block_size))[None, :]
+    out.append(np.clip(inside - starts, 0, block_size).astype(np.int32))
+  return out
+
+
+def _piece_block_scales(rows: jax.Array, counts: Any, block_size: int, acc: Any) -> jax.Array:
+  """``mean |x|`` over the leaf's entries of each block of the last axis (padding is zero)."""
+  piece = rows.shape[-1]
+  blocks = -(-piece // block_size)
+  pad = [(0, 0)] * (rows.ndim - 1) + [(0, blocks * block_size - piece)]
+  magnitudes = jnp.pad(jnp.abs(rows).astype(acc), pad)
+  sums = jnp.sum(magnitudes.reshape(*rows.shape[:-1], blocks, block_size), axis=-1)
+  return sums / jnp.maximum(jnp.asarray(counts), 1).astype(acc)
+
+
+def _by_entry(scales: jax.Array, block_size: int, size: int) -> jax.Array:
+  """Block scales along the last axis repeated to one per entry, cut to ``size`` entries."""
+  blocks = scales.shape[-1]
+  return jnp.repeat(scales, block_size, axis=-1, total_repeat_length=blocks * block_size)[
+    ..., :size
+  ]
+
+
 def _sign_scales(per_leaf: bool, sums: list, sizes: list[int], acc: Any) -> jax.Array:
   """``mean |v|`` per leaf (or over the tree) from each leaf's ``sum |v|``."""
   stacked = jnp.stack(sums)
@@ -401,6 +473,7 @@ def _two_phase(
     vs = [_dtypes.wider_float(g.dtype, e.dtype) for g, e in zip(grads, errors, strict=True)]
     vs = [jax.ShapeDtypeStruct(g.shape, dtype) for g, dtype in zip(grads, vs, strict=True)]
   layout = _Layout.of([g.size for g in grads], devices)
+  blocks = getattr(scheme, "block_size", None)
   index = jax.lax.axis_index(names)
   acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
   valid = _valid(layout, index)
@@ -435,20 +508,37 @@ def _two_phase(
       vs = [
         g.astype(v.dtype) + e.astype(v.dtype) for g, e, v in zip(grads, errors, vs, strict=True)
       ]
-    sums = [jnp.sum(jnp.abs(v), dtype=acc) for v in vs]
-    scales = _sign_scales(scheme.per_leaf, sums, list(layout.sizes), acc)
-    residuals = []
-    for i, v in enumerate(vs):
-      sign = jnp.where(v >= 0, 1, -1).astype(acc)
-      residuals.append(v - (scales[i if scheme.per_leaf else 0] * sign).astype(v.dtype))
     bits = _pack(_chunked([v >= 0 for v in vs], layout, devices, jnp.bool_))
     bits_in = jax.lax.all_to_all(bits, names, 0, 0)  # (senders, bytes of a chunk)
-    scales_in = jax.lax.all_gather(scales, names)  # (senders, leaves or 1)
     signs = _signs(bits_in, layout.chunk, acc)
-    totals = []
-    for i, (v, piece) in enumerate(zip(vs, _pieces(signs.T, layout), strict=True)):
-      scale = scales_in[:, i if scheme.per_leaf else 0]
-      totals.append(jnp.sum((piece * scale).astype(v.dtype).astype(acc), axis=1))
+    residuals, totals = [], []
+    if blocks is None:
+      sums = [jnp.sum(jnp.abs(v), dtype=acc) for v in vs]
+      scales = _sign_scales(scheme.per_leaf, sums, list(layout.sizes), acc)
+      for i, v in enumerate(vs):
+        sign = jnp.where(v >= 0, 1, -1).astype(acc)
+        residuals.append(v - (scales[i if scheme.per_leaf else 0] * sign).astype(v.dtype))
+      scales_in = jax.lax.all_gather(scales, names)  # (senders, leaves or 1)
+      for i, (v, piece) in enumerate(zip(vs, _pieces(signs.T, layout), strict=True)):
+        scale = scales_in[:, i if scheme.per_leaf else 0]
+        totals.append(jnp.sum((piece * scale).astype(v.dtype).astype(acc), axis=1))
+    else:
+      # One scale per block of each piece: the scales of chunk j go to device j with its bits.
+      v_rows = _leaf_rows(vs, layout, devices)
+      worker_scales = [
+        _piece_block_scales(r, counts, blocks, acc)
+        for r, counts in zip(v_rows, _block_counts(layout, devices, blocks), strict=True)
+      ]
+      for v, r, scale, d in zip(vs, v_rows, worker_scales, layout.sizes, strict=True):
+        c = _by_entry(scale, blocks, r.shape[-1]) * jnp.where(r >= 0, 1, -1).astype(acc)
+        residuals.append(v - _from_rows(c.astype(v.dtype), v, d))
+      scales_in = jax.lax.all_to_all(jnp.concatenate(worker_scales, axis=1), names, 0, 0)
+      first = 0
+      for v, piece, scale in zip(vs, _pieces(signs.T, layout), worker_scales, strict=True):
+        own = scales_in[:, first : first + scale.shape[1]]
+        first += scale.shape[1]
+        entry = _by_entry(own, blocks, piece.shape[0]).T  # (piece, senders)
+        totals.append(jnp.sum((piece * entry).astype(v.dtype).astype(acc), axis=1))
   # The server: the average of its chunk, plus its memory, compressed again.
   ws = []
   for i, (v, total, ok) in enumerate(zip(vs, totals, valid, strict=True)):
@@ -469,18 +559,38 @@ def _two_phase(
     decoded = _decode_top_k(index_all, values_all, vs, layout, scheme.fraction, scheme.per_leaf)
     means = [m.astype(v.dtype) for m, v in zip(decoded, vs, strict=True)]
   else:
-    sums = [jnp.sum(jnp.abs(w), dtype=acc) for w in ws]
-    scales = jax.lax.psum(_sign_scales(scheme.per_leaf, sums, list(layout.sizes), acc), names)
+    if blocks is None:
+      sums = [jnp.sum(jnp.abs(w), dtype=acc) for w in ws]
+      scales = jax.lax.psum(_sign_scales(scheme.per_leaf, sums, list(layout.sizes), acc), names)
+      entries = [scales[i if scheme.per_leaf else 0] for i in range(len(ws))]
+    else:
+      # The server's blocks are its piece's: their scales need no psum, and travel with the bits.
+      server_counts = [jnp.asarray(c)[index] for c in _block_counts(layout, devices, blocks)]
+      server_scales = [
+        _piece_block_scales(w, c, blocks, acc) for w, c in zip(ws, server_counts, strict=True)
+      ]
+      entries = [_by_entry(c, blocks, w.shape[0]) for c, w in zip(server_scales, ws, strict=True)]
+      scales_all = jax.lax.all_gather(jnp.concatenate(server_scales), names, to="invarying")
     c_pieces = []
-    for i, (v, w, ok) in enumerate(zip(vs, ws, valid, strict=True)):
+    for v, w, ok, scale in zip(vs, ws, valid, entries, strict=True):
       sign = jnp.where(w >= 0, 1, -1).astype(acc)
-      c = (scales[i if scheme.per_leaf else 0] * sign).astype(v.dtype)
+      c = (scale * sign).astype(v.dtype)
       c_pieces.append(jnp.where(ok, c, jnp.zeros_like(c)))
     bits = _pack(jnp.concatenate([w >= 0 for w in ws]))
     signs = _signs(jax.lax.all_gather(bits, names, to="invarying"), layout.chunk, acc)
     means = []
-    for i, (v, rows) in enumerate(zip(vs, _unchunked(signs, vs, layout), strict=True)):
-      means.append((scales[i if scheme.per_leaf else 0] * rows).astype(v.dtype))
+    if blocks is None:
+      for i, (v, rows) in enumerate(zip(vs, _unchunked(signs, vs, layout), strict=True)):
+        means.append((scales[i if scheme.per_leaf else 0] * rows).astype(v.dtype))
+    else:
+      first = 0
+      for v, d, piece, start, scale in zip(
+        vs, layout.sizes, layout.pieces, layout.offsets, server_scales, strict=True
+      ):
+        own = scales_all[:, first : first + scale.shape[0]]
+        first += scale.shape[0]
+        signed = _by_entry(own, blocks, piece) * signs[:, start : start + piece]
+        means.append(_from_rows(signed.astype(v.dtype), v, d))
   if servers is None:
     return means, residuals, None
   new_servers = []
@@ -501,6 +611,8 @@ def compressed_mean(
   average_axis: AxisName | None = None,
   memory_dtype: Any = None,
   exchange: str = "all_gather",
+  exact_below: int = 0,
+  exact_steps: int = 0,
 ) -> optax.GradientTransformation:
   r"""The mean of the devices' gradients, exchanged compressed, with error feedback.
 
@@ -538,12 +650,42 @@ def compressed_mean(
     error feedback neither memory is kept.
 
   - :func:`rsgd_optax.scaled_sign`: one bit an entry (``v >= 0``, packed eight to a byte) and one
-    float32 scale ``mean |v|`` per leaf (or one for the tree with ``per_leaf=False``). One bit cannot
+    float32 scale ``mean |v|`` per leaf (or one for the tree with ``per_leaf=False``, or one per
+    block of ``B`` entries with ``scaled_sign(block_size=B)``: see below). One bit cannot
     carry ``sign(0) = 0``: an entry with ``v = 0`` is sent as ``+scale`` (the memory keeps the
     difference; without error feedback such an entry moves).
   - :func:`rsgd_optax.top_k`: ``k`` (int32 index, value) pairs per leaf (or for the tree), ``k``
     as in the scheme, ties toward the lower index; values in the widest dtype of the tree (with
     ``"two_phase"``: per piece or chunk, indices within the chunk).
+
+  **The anchors' recipe** (each part off by default). The systems that train with compressed
+  gradients near the exact mean's accuracy (PowerSGD's sign reducer, Deep Gradient Compression,
+  1-bit Adam) add a few measures around the compressor; each is an option here, and works with
+  both exchanges:
+
+  - ``exact_below=N``: leaves with fewer than ``N`` entries (biases, normalization scales) are
+    averaged exactly, ``jax.lax.pmean`` in float32 (``2 (P - 1) / P * 4`` bytes an entry), and keep
+    no memory. The compressed leaves are exchanged as if the tree held no others (with
+    ``per_leaf=False``, the tree's scale or top-k is theirs).
+  - ``exact_steps=T``: the first ``T`` updates are the exact mean of every leaf (a float32
+    ``pmean``), with every memory left as it is (zero); compression starts at update ``T + 1``.
+    The state is an :class:`ExactStepsState`: the update ``count`` (replicated) around the state
+    without the option. A ``lax.cond`` on the count picks the branch, so a step pays for one of
+    the two exchanges, not both.
+  - block-wise scales for sign: ``scaled_sign(block_size=B)`` sends one float32 scale per block of
+    ``B`` consecutive entries, ``R(v)_b = mean |v_b| sign(v_b)``: ``4 / B`` more bytes an entry
+    (``B = 256``: 1/64 on top of the 1/8 of the bits). With ``"all_gather"`` the blocks cut the
+    flattened leaf; with ``"two_phase"`` they cut each device's piece of it (a block never spans
+    two servers), in both phases, whose scales then travel with their chunk (no ``psum``).
+  - :func:`rsgd_optax.memory_ratio`: ``max_i ||e_i|| / ||g_i + e_i||``, to log, for example,
+    every epoch: the memory growing past what it is added to comes before a collapse.
+
+  With ``d_l`` the entries of leaf ``l`` and ``t`` the update's number (from 1):
+
+  .. math::
+    \text{update}_l = \frac{1}{n} \sum_{i=1}^{n} g_{i,l}
+    \quad \text{and} \quad e_{i,l},\ s_{j,l} \text{ unchanged}
+    \qquad \text{if } d_l < N_{\text{exact\_below}} \text{ or } t \le T_{\text{exact\_steps}}.
 
   Leaves that are not floating point, and empty leaves, are not exchanged: they pass through,
   made the same on every device (a leaf that varies along the axes takes the first device's value,
@@ -583,12 +725,17 @@ def compressed_mean(
       sends fewer bytes (about ``P / 2`` times fewer), and its temporaries do not grow with the
       devices; on 2 devices the bytes are the same and
       ``"all_gather"`` compresses once instead of twice.
+    exact_below: leaves with fewer entries than this are averaged exactly (``pmean``) and keep no
+      memory; 0 (default) compresses every leaf.
+    exact_steps: the first this many updates are the exact mean of every leaf, memories untouched;
+      0 (default) compresses from the first update. With it the state is an
+      :class:`ExactStepsState`, the step ``count`` around the state without it.
 
   Returns:
     An :class:`optax.GradientTransformation`; its state is a :class:`CompressedMeanState` with error
     feedback (:class:`TwoPhaseMeanState` with ``exchange="two_phase"``), :class:`optax.EmptyState`
-    without. Updates keep the gradients' dtypes; leaves that are
-    not floating point pass through unchanged.
+    without; with ``exact_steps``, that state inside an :class:`ExactStepsState`. Updates keep the
+    gradients' dtypes; leaves that are not floating point pass through unchanged.
 
   Example:
     >>> import functools
@@ -650,10 +797,24 @@ def compressed_mean(
     )
   if not isinstance(error_feedback, bool):
     raise ValueError(f"`error_feedback` must be True or False, got {error_feedback!r}.")
+  for name, value in (("exact_below", exact_below), ("exact_steps", exact_steps)):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+      raise ValueError(
+        f"`{name}` must be a non-negative integer (0, the default, turns it off), got {value!r}."
+      )
+  exact_below, exact_steps = int(exact_below), int(exact_steps)
   dtype = _tree.validated_dtype(memory_dtype, "memory_dtype")
   spec = PartitionSpec(names if len(names) > 1 else names[0])
+  block_size = getattr(scheme, "block_size", None)
+
+  def compressed_leaf(p: Any) -> bool:
+    return _tree.is_float(p) and p.size >= exact_below
 
   def init_fn(params: PyTree) -> Any:
+    inner = init_inner(params)
+    return ExactStepsState(jnp.zeros([], jnp.int32), inner) if exact_steps else inner
+
+  def init_inner(params: PyTree) -> Any:
     if not error_feedback:
       return optax.EmptyState()
     rows = _memory_rows(names)
@@ -669,18 +830,19 @@ def compressed_mean(
       return jnp.zeros(shape, dtype or p.dtype)
 
     def worker(p: Any) -> Any:
-      return zeros(p, (rows, *p.shape)) if _tree.is_float(p) else optax.MaskedNode()
+      return zeros(p, (rows, *p.shape)) if compressed_leaf(p) else optax.MaskedNode()
 
     memory = jax.tree.map(worker, params, is_leaf=lambda x: x is None)
     if not two_phase:
       return CompressedMeanState(memory)
 
     def server(p: Any) -> Any:
-      if not _tree.is_float(p):
+      if not compressed_leaf(p):
         return optax.MaskedNode()
       return zeros(p, (rows, server_piece(p.size, devices)))
 
-    return TwoPhaseMeanState(memory, jax.tree.map(server, params, is_leaf=lambda x: x is None))
+    servers = jax.tree.map(server, params, is_leaf=lambda x: x is None)
+    return TwoPhaseMeanState(memory, servers)
 
   def check_rows(memory: list, servers: list | None, slots: list[int], devices: int) -> None:
     for i in slots:
@@ -697,36 +859,19 @@ def compressed_mean(
           f"{axis_name!r} now: call rsgd.resize_memory(state, {devices}) after restoring it."
         )
 
-  def update_fn(updates: PyTree, state: Any, params: PyTree = None) -> tuple[PyTree, Any]:
-    del params
-    devices = _bound_axis_size(names, "axis_name")
-    if fast:
-      _bound_axis_size(fast, "average_axis")
-    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-    floats = [i for i, g in enumerate(leaves) if _tree.is_float(g)]
-    slots = [i for i in floats if leaves[i].size > 0]
-    memory = servers = None
-    if error_feedback:
-      memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
-      if two_phase:
-        servers = treedef.flatten_up_to(state.server_memory)  # type: ignore[attr-defined]
-      check_rows(memory, servers, floats, devices)
-    # Leaves that are not exchanged (not floating point, or empty) pass through, the same on every
-    # device so that the caller's replicated out_specs hold.
-    out = [g if i in slots else _same_everywhere(g, (*names, *fast)) for i, g in enumerate(leaves)]
-    if not slots:
-      return jax.tree.unflatten(treedef, out), state
-    grads = [leaves[i] for i in slots]
-    if memory is not None:
-      _check_per_device(grads[0], memory[slots[0]], names)
-    if fast:
-      grads = [jax.lax.pmean(g, fast) for g in grads]
-    errors = None if memory is None else [memory[i][0] for i in slots]
-    new_servers = None
+  def exact_mean(g: jax.Array) -> jax.Array:
+    """The exact mean over ``names``, summed in at least float32, in ``g``'s dtype."""
+    acc = _dtypes.accumulation_dtype(g.dtype)
+    return jax.lax.pmean(g.astype(acc), names).astype(g.dtype)
+
+  def exchange_fn(
+    grads: list, errors: list | None, pieces: list | None, devices: int
+  ) -> tuple[list, list | None, list | None]:
+    """The compressed mean per leaf (in the gradients' dtypes), new worker and server memories."""
     if two_phase:
-      pieces = None if servers is None else [servers[i][0] for i in slots]
       means, residuals, new_servers = _two_phase(scheme, grads, errors, pieces, names, devices)
     else:
+      new_servers = None
       vs = grads
       if errors is not None:
         vs = []
@@ -736,34 +881,98 @@ def compressed_mean(
       if isinstance(scheme, _schemes._TopK):
         payload, own = _encode_top_k(scheme.fraction, scheme.per_leaf, vs)
       else:
-        payload, own = _encode_sign(scheme.per_leaf, vs)
+        payload, own = _encode_sign(scheme.per_leaf, vs, block_size)
       gathered = tuple(jax.lax.all_gather(x, names, to="invarying") for x in payload)
       acc = _dtypes.accumulation_dtype(*(v.dtype for v in vs))
       if isinstance(scheme, _schemes._TopK):
         sums = _sum_top_k(vs, gathered, acc)
       else:
-        sums = _sum_sign(scheme.per_leaf, vs, gathered, acc)
+        sums = _sum_sign(scheme.per_leaf, vs, gathered, acc, block_size)
       means = [total / jnp.asarray(devices, acc) for total in sums]
-    for i, mean, g in zip(slots, means, grads, strict=True):
-      out[i] = mean.astype(g.dtype)
-    mean_tree = jax.tree.unflatten(treedef, out)
-    if memory is None:
-      return mean_tree, state
-    if not two_phase:
       residuals = [v - c for v, c in zip(vs, own, strict=True)]
-    new_memory = list(memory)
-    for i, r in zip(slots, residuals, strict=True):
-      new_memory[i] = r.astype(memory[i].dtype)[None]
-    if not two_phase:
-      return mean_tree, CompressedMeanState(jax.tree.unflatten(treedef, new_memory))
-    assert servers is not None and new_servers is not None
-    new_server = list(servers)
-    for i, s in zip(slots, new_servers, strict=True):
-      new_server[i] = s[None]
-    new_state = TwoPhaseMeanState(
-      jax.tree.unflatten(treedef, new_memory), jax.tree.unflatten(treedef, new_server)
-    )
-    return mean_tree, new_state
+    means = [m.astype(g.dtype) for m, g in zip(means, grads, strict=True)]
+    if errors is None:
+      return means, None, None
+    residuals = [r.astype(e.dtype) for r, e in zip(residuals, errors, strict=True)]
+    return means, residuals, new_servers
+
+  def update_fn(updates: PyTree, state: Any, params: PyTree = None) -> tuple[PyTree, Any]:
+    del params
+    devices = _bound_axis_size(names, "axis_name")
+    if fast:
+      _bound_axis_size(fast, "average_axis")
+    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+    floats = [i for i, g in enumerate(leaves) if _tree.is_float(g)]
+    slots = [i for i in floats if leaves[i].size > 0]
+    exact = [i for i in slots if leaves[i].size < exact_below]
+    squeezed = [i for i in slots if i not in exact]
+    count = None
+    if exact_steps:
+      count, state = state.count, state.inner
+    memory = servers = None
+    if error_feedback:
+      memory = treedef.flatten_up_to(state.memory)  # type: ignore[attr-defined]
+      if two_phase:
+        servers = treedef.flatten_up_to(state.server_memory)  # type: ignore[attr-defined]
+      check_rows(memory, servers, [i for i in floats if compressed_leaf(leaves[i])], devices)
+    # Leaves that are not exchanged (not floating point, or empty) pass through, the same on every
+    # device so that the caller's replicated out_specs hold.
+    out = [g if i in slots else _same_everywhere(g, (*names, *fast)) for i, g in enumerate(leaves)]
+
+    def new_state(new_memory: list | None, new_server: list | None) -> Any:
+      inner = state
+      if new_memory is not None:
+        inner = CompressedMeanState(jax.tree.unflatten(treedef, new_memory))
+        if two_phase:
+          inner = TwoPhaseMeanState(inner.memory, jax.tree.unflatten(treedef, new_server or []))
+      if count is None:
+        return inner
+      return ExactStepsState(optax.safe_int32_increment(count), inner)
+
+    if not slots:
+      return jax.tree.unflatten(treedef, out), new_state(memory, servers)
+    if memory is not None and squeezed:
+      _check_per_device(leaves[squeezed[0]], memory[squeezed[0]], names)
+    grads = {i: leaves[i] for i in slots}
+    if fast:
+      grads = {i: jax.lax.pmean(g, fast) for i, g in grads.items()}
+    for i in exact:
+      out[i] = exact_mean(grads[i])
+    new_memory, new_server = memory, servers
+    if squeezed:
+      g_list = [grads[i] for i in squeezed]
+      errors = None if memory is None else [memory[i][0] for i in squeezed]
+      pieces = None if servers is None else [servers[i][0] for i in squeezed]
+      if count is None:
+        means, errors, pieces = exchange_fn(g_list, errors, pieces, devices)
+      else:
+        # Warm-up: the exact mean, memories kept as they are. lax.cond on the replicated count runs
+        # one branch on every device (the same one everywhere, so the collectives in it match): a
+        # warm-up step costs a float32 pmean and no compression, a later step no pmean. Both
+        # branches return the same types: the means are the same on every device in both, the
+        # memories vary in both. (Computing both and selecting would pay both exchanges.)
+        def warm(g_list: list, errors: Any, pieces: Any) -> tuple:
+          return [exact_mean(g) for g in g_list], errors, pieces
+
+        def cold(g_list: list, errors: Any, pieces: Any) -> tuple:
+          return exchange_fn(g_list, errors, pieces, devices)
+
+        means, errors, pieces = jax.lax.cond(
+          count < exact_steps, warm, cold, g_list, errors, pieces
+        )
+      for i, mean in zip(squeezed, means, strict=True):
+        out[i] = mean
+      if memory is not None:
+        assert errors is not None
+        new_memory = list(memory)
+        for i, e in zip(squeezed, errors, strict=True):
+          new_memory[i] = e[None]
+      if servers is not None:
+        assert pieces is not None
+        new_server = list(servers)
+        for i, piece in zip(squeezed, pieces, strict=True):
+          new_server[i] = piece[None]
+    return jax.tree.unflatten(treedef, out), new_state(new_memory, new_server)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -849,9 +1058,80 @@ def resize_memory(opt_state: PyTree, devices: int) -> PyTree:
   def resize(node: Any) -> Any:
     if isinstance(node, TwoPhaseMeanState):
       memory = jax.tree.map(fold, node.memory)
-      return TwoPhaseMeanState(memory, jax.tree.map(recut, node.memory, node.server_memory))
+      servers = jax.tree.map(recut, node.memory, node.server_memory)
+      return TwoPhaseMeanState(memory, servers)
     if _is_state(node):
       return CompressedMeanState(jax.tree.map(fold, node.memory))
     return node
 
   return jax.tree.map(resize, opt_state, is_leaf=_is_state)
+
+
+def memory_ratio(opt_state: PyTree, grads: PyTree, axis_name: AxisName) -> jax.Array:
+  r"""How large the error-feedback memory is against what it is added to: a collapse warning.
+
+  For device ``i`` with gradient ``g_i`` and worker memory ``e_i`` (over every leaf that keeps a
+  memory, as one vector), and the largest over the devices along ``axis_name``:
+
+  .. math::
+    \rho = \max_i \frac{\lVert e_i \rVert_2}{\lVert g_i + e_i \rVert_2}
+    \quad (0 \text{ where } g_i + e_i = 0).
+
+  While error feedback keeps up, the memory stays a bounded share of what is compressed; a ratio
+  that climbs to 1 and beyond (it can exceed 1: ``g_i`` may point against ``e_i``) and stays there
+  says the memory is growing faster than the compressor sends it, the sign that precedes a
+  collapse. The
+  maximum, not the mean, because one device's runaway memory is enough to spoil the common mean.
+  Call it inside :func:`jax.shard_map`, next to ``update``, with the state ``update`` receives and
+  the same gradients; log it, for example, once an epoch. It costs one ``pmax`` of a float.
+
+  Args:
+    opt_state: an optimizer state holding the state of :func:`rsgd_optax.compressed_mean` with
+      error feedback, in any nesting (the first one found is read), as passed to ``update``.
+    grads: this device's gradients, the tree given to ``update``.
+    axis_name: the mesh axis (or axes) given to :func:`rsgd_optax.compressed_mean`.
+
+  Returns:
+    A float32 scalar, the same on every device.
+
+  Example:
+    >>> import functools
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import rsgd_optax as rsgd
+    >>> from jax.sharding import PartitionSpec as P
+    >>> auto = (jax.sharding.AxisType.Auto,)
+    >>> mesh = jax.make_mesh((1,), ("data",), axis_types=auto, devices=jax.devices()[:1])
+    >>> state = rsgd.CompressedMeanState({"w": jnp.array([[3.0, 0.0]])})
+    >>> @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P("data"), P()), out_specs=P())
+    ... def ratio(state, grads):
+    ...   return rsgd.memory_ratio(state, grads, "data")
+    >>> ratio(state, {"w": jnp.array([1.0, 3.0])})  # ||(3, 0)|| / ||(4, 3)||
+    Array(0.6, dtype=float32)
+  """
+  names = _validate_axis(axis_name, "axis_name")
+  found = [node for node in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(node)]
+  if not found:
+    raise ValueError(
+      "memory_ratio found no error-feedback memory in `opt_state`: pass the optimizer state that "
+      "holds rsgd.compressed_mean(..., error_feedback=True)'s state."
+    )
+  _bound_axis_size(names, "axis_name", "memory_ratio")
+  leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
+  memory = treedef.flatten_up_to(found[0].memory)  # type: ignore[attr-defined]
+  e_sq = v_sq = jnp.zeros([], jnp.float32)
+  for g, m in zip(leaves, memory, strict=True):
+    if isinstance(m, optax.MaskedNode) or not _tree.is_float(g) or g.size == 0:
+      continue
+    if m.shape[0] != 1:
+      raise ValueError(
+        f"memory_ratio runs inside jax.shard_map with the memory's spec P({axis_name!r}) "
+        f"(rsgd.memory_specs): it got {m.shape[0]} rows of memory on one device instead of one."
+      )
+    acc = _dtypes.accumulation_dtype(g.dtype, m.dtype)
+    e = m[0].astype(acc)
+    e_sq = e_sq + jnp.sum(e * e).astype(jnp.float32)
+    v = g.astype(acc) + e
+    v_sq = v_sq + jnp.sum(v * v).astype(jnp.float32)
+  ratio = jnp.where(v_sq > 0, jnp.sqrt(e_sq / jnp.where(v_sq > 0, v_sq, 1)), 0.0)
+  return jax.lax.pmax(ratio, names)

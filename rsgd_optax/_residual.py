@@ -187,12 +187,14 @@ def residual_scale(
 
 
 def residual_sign(
-  per_leaf: bool = True, *, residual_dtype: Any = None
+  per_leaf: bool = True, *, block_size: int | None = None, residual_dtype: Any = None
 ) -> optax.GradientTransformation:
   """:func:`residual` with the scaled sign scheme (RSGD(m)-sign).
 
   Args:
     per_leaf: see :func:`rsgd_optax.scaled_sign`.
+    block_size: one scale per block of this many entries, or None (default); see
+      :func:`rsgd_optax.scaled_sign`.
     residual_dtype: see :func:`residual`.
 
   Returns:
@@ -203,7 +205,9 @@ def residual_sign(
     >>> import rsgd_optax as rsgd
     >>> tx = optax.chain(optax.sgd(0.1, momentum=0.9), rsgd.residual_sign())
   """
-  return residual(_schemes.scaled_sign(per_leaf), residual_dtype=residual_dtype)
+  return residual(
+    _schemes.scaled_sign(per_leaf, block_size=block_size), residual_dtype=residual_dtype
+  )
 
 
 def residual_topk(

@@ -36,11 +36,25 @@ def scaling(alpha: float) -> Scheme:
   return lambda leaves: [alpha * v for v in _f64(leaves)]
 
 
-def scaled_sign(per_leaf: bool = True) -> Scheme:
-  """``R(v) = (||v||_1 / d) sign(v)``, ``d`` the size of the leaf (or of the whole tree)."""
+def scaled_sign(per_leaf: bool = True, block_size: int | None = None) -> Scheme:
+  """``R(v) = (||v||_1 / d) sign(v)``, ``d`` the size of the leaf (or of the whole tree).
+
+  With ``block_size=B``: each leaf flattened and cut into blocks of ``B`` consecutive entries (the
+  last one shorter), each block ``b`` scaled by its own ``||v_b||_1 / |b|`` (Zheng et al., 2019).
+  """
+
+  def blockwise(v: np.ndarray) -> np.ndarray:
+    flat = v.reshape(-1)
+    out = np.zeros_like(flat)
+    for start in range(0, flat.size, block_size):
+      block = flat[start : start + block_size]
+      out[start : start + block_size] = np.abs(block).mean() * np.sign(block)
+    return out.reshape(v.shape)
 
   def scheme(leaves: Leaves) -> Leaves:
     leaves = _f64(leaves)
+    if block_size is not None:
+      return [blockwise(v) for v in leaves]
     if per_leaf:
       return [np.abs(v).sum() / v.size * np.sign(v) for v in leaves]
     scale = sum(np.abs(v).sum() for v in leaves) / sum(v.size for v in leaves)
@@ -241,12 +255,29 @@ def _as_rows(leaf: np.ndarray, devices: int) -> np.ndarray:
   return flat.reshape(devices, piece)
 
 
-def _sign_compress(rows: Sequence[np.ndarray], sizes: list[int], per_leaf: bool) -> Leaves:
+def _sign_compress(
+  rows: Sequence[np.ndarray], sizes: list[int], per_leaf: bool, block_size: int | None = None
+) -> Leaves:
   """Scaled sign of leaves given as ``(devices, piece)`` rows (zero padding): ``+-mean |v|``.
 
   ``v >= 0`` is sent as ``+scale`` (one bit an entry); the scale is float32, ``mean |v|`` over the
-  leaf's own entries (or over the tree's with ``per_leaf=False``).
+  leaf's own entries (or over the tree's with ``per_leaf=False``). With ``block_size=B`` each row
+  is cut into blocks of ``B`` entries (the last one shorter), each scaled by ``mean |v|`` over its
+  entries that belong to the leaf (a block of padding alone gets scale 0).
   """
+  if block_size is not None:
+    out = []
+    for r, d in zip(rows, sizes, strict=True):
+      devices, n = r.shape
+      inside = np.arange(devices * n).reshape(devices, n) < d
+      scales = np.zeros_like(r)
+      for j in range(devices):
+        for start in range(0, n, block_size):
+          block = slice(start, start + block_size)
+          count = inside[j, block].sum()
+          scales[j, block] = np.float32(np.abs(r[j, block]).sum() / max(count, 1))
+      out.append(scales * np.where(r >= 0, 1.0, -1.0))
+    return out
   sums = [np.abs(r).sum() for r in rows]
   if per_leaf:
     scales = [np.float32(s / max(d, 1)) for s, d in zip(sums, sizes, strict=True)]
@@ -274,6 +305,13 @@ def _top_k_compress(rows: Sequence[np.ndarray], fraction: float, per_leaf: bool)
   return np.split(kept, np.cumsum([r.shape[1] for r in rows])[:-1], axis=1)
 
 
+def _exact_mean(step: Sequence[Sequence[Any]], leaf: int) -> np.ndarray:
+  """The exact mean over workers of one leaf, rounded once into the leaf's dtype, as float64."""
+  dtype = np.asarray(step[0][leaf]).dtype
+  total = sum(np.asarray(g[leaf], np.float64) for g in step)
+  return np.asarray(total / len(step), dtype).astype(np.float64)
+
+
 def two_phase_exchange(
   grads: Sequence[Sequence[Sequence[Any]]],
   scheme: str,
@@ -281,6 +319,8 @@ def two_phase_exchange(
   per_leaf: bool = True,
   fraction: float = 0.01,
   error_feedback: bool = True,
+  block_size: int | None = None,
+  exact_steps: int = 0,
 ) -> tuple[list, list, list]:
   """The two-phase compressed mean over steps; ``grads[t][i]`` is worker ``i``'s leaves at step ``t``.
 
@@ -293,9 +333,12 @@ def two_phase_exchange(
      the whole leaf, ``mean |w|`` over every server's piece), ``s_j = w_j - q_j``; it sends ``q_j``
      to everyone, and the update is the concatenation of the ``q_j``, cut to each leaf's size.
 
-  ``scheme`` is ``"sign"`` or ``"top_k"``. Without error feedback ``e`` and ``s`` stay zero. Returns
-  the update per step (leaves, float64 of the leaves' dtype values), the workers' memories
-  ``e[i]`` (leaves) and the servers' ``s[j]`` (one ``piece`` vector per leaf) after the last step.
+  ``scheme`` is ``"sign"`` or ``"top_k"``. Without error feedback ``e`` and ``s`` stay zero. With
+  ``block_size`` (sign), both compressions scale each block of ``block_size`` entries of each piece
+  on its own. The first ``exact_steps`` steps return the exact mean and leave ``e`` and ``s`` as
+  they are. Returns the update per step (leaves, float64 of the leaves' dtype values), the
+  workers' memories ``e[i]`` (leaves) and the servers' ``s[j]`` (one ``piece`` vector per leaf)
+  after the last step.
   """
   workers = len(grads[0])
   first = [np.asarray(g) for g in grads[0][0]]
@@ -308,7 +351,7 @@ def two_phase_exchange(
 
   def compress(rows: Leaves) -> Leaves:
     if scheme == "sign":
-      return rounded(_sign_compress(rows, sizes, per_leaf))
+      return rounded(_sign_compress(rows, sizes, per_leaf, block_size))
     return rounded(_top_k_compress(rows, fraction, per_leaf))
 
   valid = [
@@ -317,7 +360,10 @@ def two_phase_exchange(
   e = [[np.zeros((workers, n)) for n in pieces] for _ in range(workers)]  # in rows, like the pieces
   s = [np.zeros((workers, n)) for n in pieces]  # row j: server j's piece
   updates = []
-  for step in grads:
+  for t, step in enumerate(grads):
+    if t < exact_steps:
+      updates.append([_exact_mean(step, leaf) for leaf in range(len(sizes))])
+      continue
     sent = []
     for i, g in enumerate(step):
       rows = [_as_rows(leaf, workers) for leaf in g]
@@ -340,3 +386,107 @@ def two_phase_exchange(
     for e_i in e
   ]
   return updates, memories, s
+
+
+def all_gather_exchange(
+  grads: Sequence[Sequence[Sequence[Any]]],
+  scheme: str,
+  *,
+  per_leaf: bool = True,
+  fraction: float = 0.01,
+  error_feedback: bool = True,
+  block_size: int | None = None,
+  exact_steps: int = 0,
+) -> tuple[list, list]:
+  """The all-gather compressed mean over steps; ``grads[t][i]`` is worker ``i``'s leaves at step ``t``.
+
+  Worker ``i``: ``v_i = g_i + e_i`` (rounded into the leaf's dtype), ``c_i = R(v_i)`` with ``R``
+  applied to the whole leaf (scaled sign: one float32 scale a leaf, a tree, or a block of
+  ``block_size`` entries of the flattened leaf; top-k: ties toward the lower index), rounded into
+  the leaf's dtype, ``e_i = v_i - c_i``; the update is ``mean_i c_i`` (exact sum, rounded once).
+  The first ``exact_steps`` steps return the exact mean and leave ``e`` as it is. Returns the
+  update per step and the workers' memories after the last step (float64 of the dtype's values).
+  """
+  workers = len(grads[0])
+  first = [np.asarray(g) for g in grads[0][0]]
+  dtypes = [g.dtype for g in first]
+
+  def rounded(leaves: Leaves) -> Leaves:
+    return [np.asarray(v, dt).astype(np.float64) for v, dt in zip(leaves, dtypes, strict=True)]
+
+  def compress(leaves: Leaves) -> Leaves:
+    if scheme == "top_k":
+      return rounded(top_k(fraction, per_leaf)(leaves))
+    if block_size is None:
+      scales = [np.abs(v).sum() / v.size for v in leaves]
+      if not per_leaf:
+        scales = [sum(np.abs(v).sum() for v in leaves) / sum(v.size for v in leaves)] * len(leaves)
+      return rounded(
+        [np.float32(c) * np.where(v >= 0, 1.0, -1.0) for c, v in zip(scales, leaves, strict=True)]
+      )
+    out = []
+    for v in leaves:
+      flat = v.reshape(-1)
+      scale = np.zeros_like(flat)
+      for start in range(0, flat.size, block_size):
+        block = slice(start, start + block_size)
+        scale[block] = np.float32(np.abs(flat[block]).mean())
+      out.append((scale * np.where(flat >= 0, 1.0, -1.0)).reshape(v.shape))
+    return rounded(out)
+
+  e = [[np.zeros(np.shape(g)) for g in first] for _ in range(workers)]
+  updates = []
+  for t, step in enumerate(grads):
+    if t < exact_steps:
+      updates.append([_exact_mean(step, leaf) for leaf in range(len(first))])
+      continue
+    sent = []
+    for i, g in enumerate(step):
+      v = rounded(_f64(g))
+      if error_feedback:
+        v = rounded([a + m for a, m in zip(v, e[i], strict=True)])
+      c = compress(v)
+      if error_feedback:
+        e[i] = rounded([a - b for a, b in zip(v, c, strict=True)])
+      sent.append(c)
+    updates.append(rounded([sum(c[leaf] for c in sent) / workers for leaf in range(len(first))]))
+  return updates, e
+
+
+def with_exact_leaves(
+  exchange: Callable[..., tuple], grads: Sequence[Sequence[Sequence[Any]]], exact_below: int, **kw
+) -> tuple[list, list, list[int]]:
+  """Runs ``exchange`` on the leaves of ``exact_below`` entries or more; the others get the mean.
+
+  Leaves with fewer than ``exact_below`` entries are averaged exactly at every step and keep no
+  memory; ``exchange`` (:func:`two_phase_exchange` or :func:`all_gather_exchange`) sees only the
+  other leaves, as if the tree held no more. Returns the update per step (every leaf), the
+  exchange's other results (memories of the compressed leaves only), and the compressed leaves'
+  positions in the tree.
+  """
+  sizes = [np.size(g) for g in grads[0][0]]
+  kept = [i for i, d in enumerate(sizes) if d >= exact_below]
+  sub = [[[g[i] for i in kept] for g in step] for step in grads]
+  updates, *rest = exchange(sub, **kw)
+  full = []
+  for step, update in zip(grads, updates, strict=True):
+    row = [_exact_mean(step, leaf) for leaf in range(len(sizes))]
+    for i, u in zip(kept, update, strict=True):
+      row[i] = u
+    full.append(row)
+  return full, rest, kept
+
+
+def memory_ratio(grads: Sequence[Sequence[Any]], memories: Sequence[Sequence[Any]]) -> float:
+  """``max_i ||e_i|| / ||g_i + e_i||`` (norms over all leaves of worker ``i``; 0 when both vanish)."""
+  ratios = []
+  for g, e in zip(grads, memories, strict=True):
+    e_norm = np.sqrt(sum(np.sum(np.asarray(m, np.float64) ** 2) for m in e))
+    v_norm = np.sqrt(
+      sum(
+        np.sum((np.asarray(a, np.float64) + np.asarray(m, np.float64)) ** 2)
+        for a, m in zip(g, e, strict=True)
+      )
+    )
+    ratios.append(e_norm / v_norm if v_norm > 0 else 0.0)
+  return max(ratios)

@@ -53,6 +53,8 @@ SCHEMES = {
   "scale_quarter": (lambda: rsgd.scaling(0.25), reference.scaling(0.25)),
   "sign": (lambda: rsgd.scaled_sign(), reference.scaled_sign(True)),
   "sign_global": (lambda: rsgd.scaled_sign(per_leaf=False), reference.scaled_sign(False)),
+  # Blocks of 4: "w" (30 entries) ends with a block of 2, "b" (5) with a block of 1.
+  "sign_blocks": (lambda: rsgd.scaled_sign(block_size=4), reference.scaled_sign(True, 4)),
   "topk": (lambda: rsgd.top_k(0.1), reference.top_k(0.1, True)),
   "topk_global": (lambda: rsgd.top_k(0.2, per_leaf=False), reference.top_k(0.2, False)),
 }
@@ -74,6 +76,22 @@ def test_matches_algorithm_1_in_float64(name, momentum):
         np.testing.assert_allclose(xs[t][key], ref_xs[t][i], rtol=0, atol=1e-9, err_msg=f"x {t}")
     # The residual is not trivially zero: x and y really differ.
     assert np.abs(np.asarray(xs[-1]["w"]) - np.asarray(ys[-1]["w"])).max() > 1e-6
+
+
+def test_residual_sign_with_blocks_matches_algorithm_1_with_the_blockwise_scheme():
+  lr, steps = 0.01, 4
+  with enable_x64(True):
+    tx = optax.chain(optax.sgd(lr, momentum=0.9), rsgd.residual_sign(block_size=4))
+    _, xs, _ = run_optax(tx, steps)
+    ref_xs, _ = reference.rsgd(
+      X0, np_grad, reference.sgd(lr, 0.9), reference.scaled_sign(True, 4), steps
+    )
+  one_scale, _ = reference.rsgd(X0, np_grad, reference.sgd(lr, 0.9), reference.scaled_sign(), steps)
+  for t in range(steps):
+    for key, i in (("w", 0), ("b", 1)):
+      np.testing.assert_allclose(xs[t][key], ref_xs[t][i], rtol=0, atol=1e-9, err_msg=f"x {t}")
+  # The blocks change the trajectory: one scale a leaf would not give these points.
+  assert np.abs(ref_xs[-1][0] - one_scale[-1][0]).max() > 1e-6
 
 
 def test_scaling_is_an_ema_of_the_base_iterates_and_params_are_plain_sgd():

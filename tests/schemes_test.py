@@ -106,7 +106,9 @@ def test_scale_and_sign_steps_split_the_difference(ru, alpha, use_sign):
       lambda: rsgd.residual_scale(alpha), reference.scaling(alpha), r, u
     )
   scale = np.abs(delta).max() + np.abs(p).max() + 1.0
-  np.testing.assert_allclose(p + r_new, delta, rtol=0, atol=4 * np.finfo(np.float32).eps * scale)
+  # r_new = fl32(delta - fl32(p)): half an ulp for the subtraction, and the float32 mean |delta|
+  # of the sign's scale carries a few ulps of its own (4.3 eps * scale seen on a 263-sized value).
+  np.testing.assert_allclose(p + r_new, delta, rtol=0, atol=8 * np.finfo(np.float32).eps * scale)
 
 
 def test_global_schemes_pool_all_leaves():

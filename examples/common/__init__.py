@@ -15,7 +15,8 @@ family.
 - ``sharding``: the ``data`` mesh and where arrays live: batches split, state replicated or FSDP.
 - ``cpu_runtime``: XLA's CPU scheduling flag for fewer and smaller temporaries.
 - ``distributed``: starting JAX on several processes.
-- ``watchdog``: the stall watchdog that ends a multi-process run whose peer died.
+- ``watchdog``: the stall watchdog that ends a multi-process run whose peer died, and the steps
+  compiled ahead of time with it paused.
 - ``config_checks``: ranges of config values and one rule for numbers (none may be non-finite),
   checked before anything is written.
 - ``compression``: ``config.grad_compression`` by name (the compressed gradient exchange).

@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from examples.common import watchdog
 from examples.common.fileio import atomic_write_text, run_io_error
 
 logger = logging.getLogger(__name__)
@@ -325,6 +326,7 @@ class Checkpointer:
     with _holding_orbax_logs() as held:
       try:
         self._manager.save(epoch, args=ocp.args.Composite(**args))
+        watchdog.fault_point("save", epoch)  # tests: a process killed mid-save
         self._manager.wait_until_finished()
       except Exception as error:
         failure = error

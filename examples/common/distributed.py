@@ -27,7 +27,9 @@ def initialize(config: Any) -> None:
   Must run before any other JAX call. ``config.distributed`` switches it on. With
   ``coordinator_address``, ``num_processes`` and ``process_id`` all set, they are used and cluster
   detection is off; with none of them set (``""``, ``0``, ``-1``, or absent), JAX detects the
-  cluster. CPU processes talk over gloo. ``distributed_timeout_s`` bounds the wait for the peers.
+  cluster. CPU processes talk over gloo. ``distributed_timeout_s`` bounds the wait for the peers
+  at the start; :func:`heartbeat_timeout_s` and :func:`shutdown_timeout_s` set JAX's heartbeat
+  and its wait for the peers at exit from the stall watchdog's bound.
 
   Raises:
     ValueError: some but not all of the three are set, they are set without ``distributed``, or a
@@ -49,7 +51,11 @@ def initialize(config: Any) -> None:
   heartbeat = heartbeat_timeout_s(config)
   if not given:
     _use_gloo_on_cpu()
-    jax.distributed.initialize(initialization_timeout=timeout, heartbeat_timeout_seconds=heartbeat)
+    jax.distributed.initialize(
+      initialization_timeout=timeout,
+      heartbeat_timeout_seconds=heartbeat,
+      shutdown_timeout_seconds=shutdown_timeout_s(config),
+    )
     return
   missing = [name for name in _EXPLICIT if name not in given]
   if missing:
@@ -76,21 +82,38 @@ def initialize(config: Any) -> None:
     cluster_detection_method="deactivate",
     initialization_timeout=timeout,
     heartbeat_timeout_seconds=heartbeat,
+    shutdown_timeout_seconds=shutdown_timeout_s(config),
   )
 
 
 JAX_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's default
+JAX_SHUTDOWN_TIMEOUT_S = 300  # jax.distributed.initialize's default
+# More than the watchdog's poll (5 s) and a loaded machine's slack.
+MARGIN_S = 25
 
 
 def heartbeat_timeout_s(config: Any) -> int:
-  """JAX's heartbeat timeout: past the stall watchdog's bound (``config.collective_timeout_s``).
+  """JAX's heartbeat timeout: twice the stall watchdog's bound and a margin.
 
-  When a peer stops sending heartbeats, JAX aborts the survivors with a C++ stack and no word on
-  what to do; with the watchdog's bound below JAX's, the watchdog ends a stalled run first, with
-  the line that says to relaunch every process (:mod:`examples.common.watchdog`).
+  When a peer stops sending heartbeats, JAX aborts the survivors (SIGABRT) with a C++ stack and no
+  word on what to do; the watchdog (:mod:`examples.common.watchdog`, ``config.collective_timeout_s``)
+  must end a run whose peer died first, with the line that says to relaunch every process. A
+  process sends a heartbeat every half timeout, and the timeout counts from its last one: JAX
+  can notice a death half a timeout after it (measured: 70 s with a timeout of 115 s). Twice the
+  bound and a margin keeps that after the watchdog's bound (90 s by default: 205 s).
   """
   bound = int(config.get("collective_timeout_s", 0) or 0)
-  return max(JAX_HEARTBEAT_TIMEOUT_S, bound + 60) if bound > 0 else JAX_HEARTBEAT_TIMEOUT_S
+  if bound <= 0:
+    return JAX_HEARTBEAT_TIMEOUT_S
+  return max(JAX_HEARTBEAT_TIMEOUT_S, 2 * (bound + MARGIN_S) - MARGIN_S)
+
+
+def shutdown_timeout_s(config: Any) -> int:
+  """How long ``jax.distributed.shutdown`` waits for the peers at exit: the watchdog's bound and a
+  margin (90 s by default: 115 s), so that a survivor whose peer died after the last checkpoint
+  ends (with JAX's abort) within two minutes of reaching the exit, not five."""
+  bound = int(config.get("collective_timeout_s", 0) or 0)
+  return bound + MARGIN_S if bound > 0 else JAX_SHUTDOWN_TIMEOUT_S
 
 
 def _use_gloo_on_cpu() -> None:

@@ -36,6 +36,13 @@ def test_not_distributed_starts_nothing():
   distributed.initialize(ConfigDict({"distributed": False, "coordinator_address": ""}))
 
 
-@pytest.mark.parametrize(("bound", "heartbeat"), [(0, 100), (10, 100), (600, 660)])
-def test_jax_heartbeat_timeout_comes_after_the_stall_watchdog(bound, heartbeat):
-  assert distributed.heartbeat_timeout_s(ConfigDict({"collective_timeout_s": bound})) == heartbeat
+@pytest.mark.parametrize(
+  ("bound", "heartbeat", "shutdown"),
+  [(0, 100, 300), (10, 100, 35), (90, 205, 115), (600, 1225, 625)],
+)
+def test_jax_heartbeat_timeout_comes_after_the_stall_watchdog(bound, heartbeat, shutdown):
+  config = ConfigDict({"collective_timeout_s": bound})
+  assert distributed.heartbeat_timeout_s(config) == heartbeat
+  assert distributed.shutdown_timeout_s(config) == shutdown
+  if bound:  # JAX may notice a death half a heartbeat timeout after it; the watchdog comes first
+    assert heartbeat / 2 > bound + 5

@@ -13,7 +13,9 @@ from examples.common import watchdog
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run_child(body: str, timeout_s: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+def _run_child(
+  body: str, timeout_s: float = 60, **env: str
+) -> tuple[subprocess.CompletedProcess, float]:
   script = "import time\nfrom examples.common import watchdog\n" + textwrap.dedent(body)
   started = time.monotonic()
   child = subprocess.run(
@@ -22,7 +24,7 @@ def _run_child(body: str, timeout_s: float = 60) -> tuple[subprocess.CompletedPr
     capture_output=True,
     text=True,
     timeout=timeout_s,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
   )
   return child, time.monotonic() - started
 
@@ -110,3 +112,78 @@ def test_other_errors_pass_through_the_watchdog():
     """
   )
   assert child.returncode == 1 and "ValueError: a bug" in child.stderr
+
+
+def test_compilation_does_not_count_against_the_bound():
+  # A "compilation" of 1.5 s under a bound of 0.5 s: the watchdog is paused while it runs, and its
+  # clock starts again after it (a 1.5 s silence after the compiled call still ends the process).
+  child, _ = _run_child(
+    """
+    class Lowered:
+      def __init__(self, counts):
+        self.counts = counts
+      def compile(self):
+        self.counts.append(1)
+        time.sleep(1.5)
+        return lambda x: x + 1
+
+    class Jitted:
+      counts = []
+      def lower(self, x):
+        return Lowered(self.counts)
+
+    ahead = watchdog.CompiledAhead(Jitted())
+    with watchdog.Watchdog(0.5, poll_s=0.05):
+      print(ahead(1), ahead(2), len(Jitted.counts), flush=True)
+      time.sleep(1.5)
+    print("not reached")
+    """
+  )
+  assert child.returncode == watchdog.EXIT_CODE, child.stderr
+  assert child.stdout.split() == ["2", "3", "1"]  # compiled once, then the executable reused
+  (line,) = [line for line in child.stderr.splitlines() if line.startswith("error:")]
+  assert "no progress for" in line
+
+
+def test_compiled_ahead_equals_the_jitted_function_and_compiles_once_per_signature():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  def scaled(x, y, which="double"):
+    return x * (2.0 if which == "double" else 3.0) + y
+
+  ahead = watchdog.CompiledAhead(jax.jit(scaled, static_argnames="which"))
+  a, b = np.arange(3.0, dtype=np.float32), np.ones(3, np.float32)
+  np.testing.assert_array_equal(ahead(a, b), a * 2 + b)
+  np.testing.assert_array_equal(ahead(a, b, which="triple"), a * 3 + b)
+  np.testing.assert_array_equal(ahead(a + 1, b), (a + 1) * 2 + b)  # same signature: reused
+  c = np.arange(5.0, dtype=np.float32)
+  np.testing.assert_array_equal(ahead(c, c), c * 3)  # another shape: compiled anew
+  np.testing.assert_array_equal(ahead(jnp.asarray(a), b), a * 2 + b)
+  assert {key: len(found) for key, found in ahead._compiled.items()} == {
+    (("which", "triple"),): 1,
+    (): 2,
+  }
+
+
+def test_the_fault_point_kills_the_process_in_the_named_phase_and_epoch():
+  body = """
+    with watchdog.Watchdog(100) as dog:
+      for epoch in range(3):
+        for phase in ("train", "evaluate"):
+          dog.phase(phase, epoch)
+          print(phase, epoch, flush=True)
+          dog.beat()
+          print("beat", flush=True)
+        dog.phase("save", epoch)
+        watchdog.fault_point("save", epoch)
+        print("saved", flush=True)
+    """
+  for fault, last in [("evaluate:1:0", ["evaluate", "1"]), ("save:2:0", ["evaluate", "2", "beat"])]:
+    child, _ = _run_child(body, **{watchdog.FAULT_ENV: fault})
+    assert child.returncode == -9, child.stderr
+    assert child.stdout.split()[-len(last) :] == last, child.stdout
+  # Another process's fault point: this one (process 0) runs to the end.
+  child, _ = _run_child(body, **{watchdog.FAULT_ENV: "evaluate:1:1"})
+  assert child.returncode == 0 and child.stdout.split()[-3:] == ["2", "beat", "saved"]

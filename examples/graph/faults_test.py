@@ -106,6 +106,7 @@ def test_a_resume_on_moved_data_corrupt_checkpoint_and_other_data(graphs, tmp_pa
     resumed = train.train_and_evaluate(config, workdir)
   assert "Skipping the checkpoint of epoch 1" in caplog.text
   assert "differ from the checksums written with it" in caplog.text
+
   def without_seconds(results):
     return {
       name: [{k: v for k, v in r.items() if k != "seconds"} for r in records]

@@ -262,16 +262,21 @@ def make_steps(
     train = jax.jit(train_step, donate_argnums=0)
   else:  # the state and the two scalars replicate
     train = jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
+  # Each compiled ahead of its first run, with the stall watchdog paused: its bound then covers
+  # only the running steps, which is what waits on the other processes (examples/common/watchdog.py).
+  ahead = watchdog.CompiledAhead
   return Steps(
-    train=train,
-    evaluate=jax.jit(eval_step, out_shardings=replicated),
-    batch_moments=jax.jit(batch_moments, out_shardings=replicated),
-    mean_moments=jax.jit(
-      lambda moments: jax.tree.map(lambda *m: sum(m) / len(m), *moments),
-      out_shardings=replicated,
+    train=ahead(train),
+    evaluate=ahead(jax.jit(eval_step, out_shardings=replicated)),
+    batch_moments=ahead(jax.jit(batch_moments, out_shardings=replicated)),
+    mean_moments=ahead(
+      jax.jit(
+        lambda moments: jax.tree.map(lambda *m: sum(m) / len(m), *moments),
+        out_shardings=replicated,
+      )
     ),
-    view_point=jax.jit(rsgd.eval_params, static_argnames="which"),
-    proximity=jax.jit(rsgd.proximity, static_argnames="which", out_shardings=replicated),
+    view_point=ahead(jax.jit(rsgd.eval_params, static_argnames="which")),
+    proximity=ahead(jax.jit(rsgd.proximity, static_argnames="which", out_shardings=replicated)),
   )
 
 
@@ -612,6 +617,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
       )
     for epoch in range(run.start_epoch, config.num_epochs):
       started = time.time()
+      dog.phase("train", epoch)
       # A divergence raises inside train_epoch, before anything of this epoch is written.
       state, running = train_epoch(
         steps,
@@ -623,6 +629,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
         progress_bar=config.progress_bar,
         beat=dog.beat,
       )
+      dog.phase("evaluate", epoch)
       results = evaluate_views(config, steps, state, data, batch_sharding, run.views, dog.beat)
       step = int(state["step"])
       run.write(
@@ -631,5 +638,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> skele
         shared={"step": step, "lr": float(schedule(step - 1)), **running},
         seconds=time.time() - started,
       )
+      dog.phase("save", epoch)  # a save has no beats: it must fit the watchdog's bound
       run.save(epoch, state, {name: shipped for name, (_, shipped) in results.items()})
   return skeleton.finish(run)

@@ -5,6 +5,8 @@ Not a run of its own: the experiment configs start from :func:`get_config` and c
 
 import ml_collections
 
+from examples.common import watchdog
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -49,8 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.process_id = -1  # this process's index in [0, num_processes)
   config.distributed_timeout_s = 300  # seconds to wait for the other processes at start-up
   # A stalled collective (a dead or stuck peer) ends a multi-process run after this long without
-  # progress, with a message to relaunch every process (examples/common/watchdog.py).
-  config.collective_timeout_s = 600  # seconds without progress before the run stops (0: never)
+  # progress, with a message to relaunch every process (examples/common/watchdog.py): 90 s, so that
+  # the survivors of a dead peer end within two minutes. Compilation does not count against it.
+  config.collective_timeout_s = watchdog.DEFAULT_TIMEOUT_S  # seconds without progress (0: never)
   config.recompute_bn_stats = False  # re-estimate BN statistics at eval_params (see train.py)
   config.bn_recompute_batches = 50  # training batches used by recompute_bn_stats
   config.log_every_steps = 50  # steps between loss checks (non-finite stop, progress bar)
