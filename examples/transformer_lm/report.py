@@ -125,7 +125,7 @@ def plot(runs: Sequence[report.Run], path: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from matplotlib.ticker import FuncFormatter
+  from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
   groups = report.group_runs(runs)
   order = view_order(runs, groups)
@@ -134,10 +134,12 @@ def plot(runs: Sequence[report.Run], path: str) -> None:
     run.config.get("seed"): {r["step"]: r["val_ppl"] for r in run.records} for run in groups[BASE]
   }
   for index, name in enumerate(order):
-    colour = f"C{index % 10}"
+    # AdamW in black, drawn over the views: most of them lie on it.
+    colour = "black" if name == BASE else f"C{index % 10}"
     steps, values = _curves(groups[name])
     mean, std = values.mean(axis=0), report.sample_std(values)
-    left.plot(steps, mean, color=colour, label=name, linewidth=1.4)
+    on_top = {"linestyle": "--", "linewidth": 1.6, "zorder": 5} if name == BASE else {}
+    left.plot(steps, mean, color=colour, label=name, **{"linewidth": 1.4, **on_top})
     left.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     if name == BASE:
       continue
@@ -151,8 +153,9 @@ def plot(runs: Sequence[report.Run], path: str) -> None:
     right.plot(steps, mean, color=colour, label=f"{name} - {BASE}", linewidth=1.4)
     right.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
   left.set_yscale("log")
+  left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
   left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-  left.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v < 1000 else ""))
+  left.yaxis.set_minor_formatter(NullFormatter())
   left.set_title("Validation perplexity at each view's point (mean ± std over seeds)", fontsize=10)
   right.axhline(0.0, color="black", linewidth=0.8)
   right.set_yscale("symlog", linthresh=10)
