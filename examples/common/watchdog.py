@@ -93,6 +93,18 @@ def collective_failure_message(error: BaseException) -> str:
   )
 
 
+def coordinator_died_message() -> str:
+  """The line printed when JAX's client aborted a process because process 0 died.
+
+  Printed by the parent of each process (:mod:`examples.common.supervisor`): the abort itself ends
+  the process before any Python code runs.
+  """
+  return (
+    "error: JAX's distributed service failed (a peer process, the coordinator (process 0), "
+    f"died); {RELAUNCH}"
+  )
+
+
 def _is_runtime_failure(error: BaseException | None) -> bool:
   """Whether ``error`` is XLA's runtime error (a failed collective), not a Python-level error."""
   return error is not None and type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
