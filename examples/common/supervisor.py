@@ -136,6 +136,7 @@ def exit_like(status: int) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   signum = -status
-  signal.signal(signum, signal.SIG_DFL)
+  with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP take no handler
+    signal.signal(signum, signal.SIG_DFL)
   os.kill(os.getpid(), signum)
   sys.exit(128 + signum)  # a signal whose default action does not end the process

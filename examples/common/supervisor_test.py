@@ -75,13 +75,17 @@ def test_the_child_runs_with_the_marker_and_the_same_stdout(capfd):
   assert capfd.readouterr().out == "1\n"
 
 
-def test_a_crash_of_the_child_is_a_crash_of_the_parent():
-  parent = _parent(_child("sys.stderr.write('other failure\\n'); os.abort()"))
+@pytest.mark.parametrize("signum", [signal.SIGABRT, signal.SIGKILL])
+def test_a_crash_of_the_child_is_a_crash_of_the_parent(signum):
+  body = (
+    f"sys.stderr.write('other failure\\n'); sys.stderr.flush(); os.kill(os.getpid(), {int(signum)})"
+  )
+  parent = _parent(_child(body))
   try:
     _, err = parent.communicate(timeout=60)
   finally:
     _kill(parent)
-  assert parent.returncode == -signal.SIGABRT
+  assert parent.returncode == -signum
   assert b"other failure" in err and b"error:" not in err
 
 
@@ -109,7 +113,9 @@ def test_stderr_is_streamed_live_and_sigterm_is_forwarded(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_killed_parent_takes_the_child_with_it():
-  parent = _parent(_child("sys.stderr.write(f'{os.getpid()}\\n'); sys.stderr.flush(); time.sleep(60)"))
+  parent = _parent(
+    _child("sys.stderr.write(f'{os.getpid()}\\n'); sys.stderr.flush(); time.sleep(60)")
+  )
   try:
     assert parent.stderr is not None
     child_pid = int(parent.stderr.readline())
