@@ -46,8 +46,10 @@ survivor also ends its process at once ("the JAX distributed service detected fa
 abort that first prints a C++ stack: on the CPU, mid-epoch and mid-evaluation, the failed
 collective reached the watchdog first in every run measured, but where the survivor waits on
 something that does not fail (Orbax's barrier within a save; any collective on accelerators), it
-ends with that abort (exit code 134). JAX's public API gives no hook to print the relaunch line
-there (its client takes a handler, but cannot pass it the status from C++).
+ends with that abort (SIGABRT). JAX's public API gives no hook to print the relaunch line there
+(its client takes a handler, but cannot pass it the status from C++): the parent that the entry
+point puts above each process of such a run prints it (:mod:`examples.common.supervisor`,
+:func:`coordinator_died_message`) and exits with :data:`EXIT_CODE` too.
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
 :data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see
