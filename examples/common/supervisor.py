@@ -28,7 +28,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from examples.common import watchdog
 
@@ -62,15 +62,18 @@ def is_coordinator_abort(returncode: int, stderr_tail: bytes) -> bool:
   return aborted and any(marker in text for marker in JAX_SERVICE_FAILURE)
 
 
-def _die_with_parent() -> None:
-  """In the child, before it runs: SIGKILL when the parent dies (Linux; elsewhere nothing)."""
-  if not sys.platform.startswith("linux"):
-    return
-  import ctypes
+def _dying_with(parent: int) -> Callable[[], None]:
+  """What the child runs before the command: SIGKILL for it when ``parent`` dies (Linux)."""
 
-  pr_set_pdeathsig = 1
-  libc = ctypes.CDLL(None, use_errno=True)
-  libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+  def die_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call
+      os._exit(128 + signal.SIGKILL)
+
+  return die_with_parent
 
 
 @contextlib.contextmanager
@@ -101,7 +104,7 @@ def run_child(command: Sequence[str], env: dict[str, str] | None = None) -> int:
     list(command),
     env=child_env,
     stderr=subprocess.PIPE,
-    preexec_fn=_die_with_parent if linux else None,
+    preexec_fn=_dying_with(os.getpid()) if linux else None,
     process_group=0 if linux else None,  # without PDEATHSIG, stay in the parent's group
   )
   assert child.stderr is not None
