@@ -20,7 +20,8 @@ run that has several processes (``config.distributed``) as a child of a thin par
   :data:`~examples.common.watchdog.EXIT_CODE` (75);
 * otherwise ends as the child did: the same exit code, or the same signal (a crash stays a crash).
 
-A single-process run is not wrapped: it has no coordinator to lose.
+A single-process run is not wrapped: it has no coordinator to lose. The parent costs one more
+start of Python with the trainer's imports (measured: about 2 s and 230 MB resident on 2 CPU cores).
 """
 
 import contextlib
