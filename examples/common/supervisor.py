@@ -14,7 +14,7 @@ run that has several processes (``config.distributed``) as a child of a thin par
 * forwards SIGINT and SIGTERM to the child (the child has its own process group, so a Ctrl-C in
   the terminal reaches it once, through the parent); on Linux the child is SIGKILLed when the
   parent dies (``PR_SET_PDEATHSIG``), so a SIGKILLed parent leaves nothing running;
-* when the child ended by SIGABRT and its stderr ends with JAX's message that the distributed
+* when the child ended by SIGABRT and the end of its stderr holds JAX's message that the distributed
   service failed (:data:`JAX_SERVICE_FAILURE`), prints the watchdog's relaunch line
   (:func:`examples.common.watchdog.coordinator_died_message`) and exits with
   :data:`~examples.common.watchdog.EXIT_CODE` (75);
