@@ -10,6 +10,9 @@ module does, once for all of them:
 * the CPU runtime flags (:func:`examples.common.cpu_runtime.prefer_small_temporaries`), logging
   (the examples' INFO lines shown, Orbax's INFO filtered once), and the start of several processes
   (:func:`examples.common.distributed.initialize`) for a config that has ``distributed``.
+* several processes (``config.distributed``, from the command line): each runs as the child of a
+  thin parent (:mod:`examples.common.supervisor`) that turns JAX's abort on a dead coordinator
+  into the relaunch line and exit code 75.
 * errors: :class:`~examples.common.errors.UserError` and the data and IO errors each module defines
   (:data:`USER_ERRORS`) print as one ``error: ...`` line with exit status 1;
   any other exception is a bug and keeps its traceback.
@@ -26,7 +29,7 @@ import tokenize
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from examples.common import cpu_runtime, errors
+from examples.common import cpu_runtime, errors, supervisor
 from examples.common.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
 from examples.common.config_record import flat_fields, is_group
 from examples.common.fileio import RunIOError
@@ -163,11 +166,13 @@ def run(
     doc: the family's usage text (its ``main.py`` docstring).
     train_and_evaluate: the family's ``train.train_and_evaluate(config, workdir)``.
     config_module: the family's default config module (dotted), whose fields ``--help`` lists.
-    argv: the command line (default ``sys.argv``).
+    argv: the command line (default ``sys.argv``). Given, the run is never wrapped in the
+      supervising parent (tests call this in-process).
   """
   from absl import flags
   from ml_collections import config_flags
 
+  from_command_line = argv is None
   argv = list(sys.argv if argv is None else argv)
   if any(arg in HELP_ARGS for arg in argv[1:]):
     sys.stdout.write(help_text(doc, config_module))
@@ -197,9 +202,13 @@ def run(
     _fail(f"unexpected arguments {rest[1:]}; fields are set as --config.FIELD=VALUE.")
   if not flags.FLAGS.is_parsed():  # absl's own flags (logging): their defaults
     flags.FLAGS.mark_as_parsed()
+  config = config_flag.value
+  if from_command_line and supervisor.wanted(config):
+    command = supervisor.child_command(argv)
+    if command is not None:  # this process only watches the one that trains
+      supervisor.exit_like(supervisor.run_child(command))
   cpu_runtime.prefer_small_temporaries()
   setup_logging()
-  config = config_flag.value
   try:
     if "distributed" in config:
       _start_processes(config)

@@ -46,8 +46,10 @@ survivor also ends its process at once ("the JAX distributed service detected fa
 abort that first prints a C++ stack: on the CPU, mid-epoch and mid-evaluation, the failed
 collective reached the watchdog first in every run measured, but where the survivor waits on
 something that does not fail (Orbax's barrier within a save; any collective on accelerators), it
-ends with that abort (exit code 134). JAX's public API gives no hook to print the relaunch line
-there (its client takes a handler, but cannot pass it the status from C++).
+ends with that abort (SIGABRT). JAX's public API gives no hook to print the relaunch line there
+(its client takes a handler, but cannot pass it the status from C++): the parent that the entry
+point puts above each process of such a run prints it (:mod:`examples.common.supervisor`,
+:func:`coordinator_died_message`) and exits with :data:`EXIT_CODE` too.
 
 Tests make a process SIGKILL itself at a given phase and epoch with the environment variable
 :data:`FAULT_ENV` (``<phase>:<epoch>:<process index>``, e.g. ``save:1:1``); see
@@ -90,6 +92,18 @@ def collective_failure_message(error: BaseException) -> str:
   cause = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
   return (
     f"error: a step across processes failed ({cause}); a peer process may have died; {RELAUNCH}"
+  )
+
+
+def coordinator_died_message() -> str:
+  """The line printed when JAX's client aborted a process because process 0 died.
+
+  Printed by the parent of each process (:mod:`examples.common.supervisor`): the abort itself ends
+  the process before any Python code runs.
+  """
+  return (
+    "error: JAX's distributed service failed (a peer process, the coordinator (process 0), "
+    f"died); {RELAUNCH}"
   )
 
 

@@ -102,6 +102,10 @@ def test_two_processes_match_one_and_checkpoints_cross_the_process_count(
 
 
 PHASES = ("train", "evaluate", "save")  # mid-epoch, mid-evaluation, mid-checkpoint-save
+# Each launch: the phase in which a process kills itself, and which process. Process 0 dying within
+# the save makes JAX's client abort the survivor (its coordination service is gone); the parent that
+# supervises each process turns that into the relaunch line (examples.common.supervisor).
+DEATHS = {phase: (phase, 1) for phase in PHASES} | {"save-coordinator": ("save", 0)}
 DEAD_PEER_LIMIT_S = 120  # from a peer's death to the survivor's exit, with the default settings
 RELAUNCHED = (
   "evaluate"  # the workdir relaunched (while the survivor of a dead peer in "save" waits)
@@ -120,33 +124,36 @@ def test_a_peer_killed_in_each_phase_ends_the_survivor_and_the_relaunch_resumes(
   tmp_path, data_and_reference
 ):
   """Process 1 SIGKILLs itself in epoch 1 (``watchdog.FAULT_ENV``): after its first step, after its
-  first evaluation batch, or in the checkpoint save once its writes started. With the default
-  settings (no ``collective_timeout_s`` given) process 0 ends within two minutes with the relaunch
-  line and exit code 75: at once where its collective fails, at the watchdog's bound in the save
-  (it waits in Orbax's barrier). The three launches run at once, and one workdir is relaunched
-  while the save's survivor still waits, so that the waits overlap."""
+  first evaluation batch, or in the checkpoint save once its writes started; and process 0 (JAX's
+  coordinator) in the save. With the default settings (no ``collective_timeout_s`` given) the
+  survivor ends within two minutes with the relaunch line and exit code 75: at once where its
+  collective fails, at the watchdog's bound in the save (it waits in Orbax's barrier), at once
+  through its supervising parent when JAX aborts it for the dead coordinator. The four launches run
+  at once, and one workdir is relaunched while the save's survivor still waits, so that the waits
+  overlap."""
   data_dir, _, want = data_and_reference
   env = process_env(2)
   launches = {}
-  for phase in PHASES:
-    logs = [str(tmp_path / f"{phase}-process{i}.log") for i in range(2)]
+  for name, (phase, dead) in DEATHS.items():
+    logs = [str(tmp_path / f"{name}-process{i}.log") for i in range(2)]
     procs = _start_two(
-      data_dir, str(tmp_path / phase), logs, {**env, watchdog.FAULT_ENV: f"{phase}:1:1"}
+      data_dir, str(tmp_path / name), logs, {**env, watchdog.FAULT_ENV: f"{phase}:1:{dead}"}
     )
-    launches[phase] = (procs, logs)
+    # (survivor, peer) and (the survivor's log, the peer's log)
+    launches[name] = (procs[::-1], logs[::-1]) if dead == 0 else (procs, logs)
   relaunch_logs = [str(tmp_path / f"relaunch-process{i}.log") for i in range(2)]
   relaunched: list = []
   died: dict[str, float] = {}
   ended: dict[str, float] = {}
   deadline = time.monotonic() + TIMEOUT_S + DEAD_PEER_LIMIT_S
   try:
-    while len(ended) < len(PHASES) and time.monotonic() < deadline:
+    while len(ended) < len(DEATHS) and time.monotonic() < deadline:
       now = time.monotonic()
-      for phase, ((survivor, peer), _) in launches.items():
-        if phase not in died and peer.poll() is not None:
-          died[phase] = now
-        if phase not in ended and survivor.poll() is not None:
-          ended[phase] = now
+      for name, ((survivor, peer), _) in launches.items():
+        if name not in died and peer.poll() is not None:
+          died[name] = now
+        if name not in ended and survivor.poll() is not None:
+          ended[name] = now
       if RELAUNCHED in ended and not relaunched:
         # Relaunching both processes with the same command.
         relaunched = _start_two(data_dir, str(tmp_path / RELAUNCHED), relaunch_logs, env)
@@ -155,17 +162,17 @@ def test_a_peer_killed_in_each_phase_ends_the_survivor_and_the_relaunch_resumes(
     for procs, _ in launches.values():
       kill(procs)
   try:
-    for phase, ((survivor, peer), logs) in launches.items():
+    for name, ((survivor, peer), logs) in launches.items():
       with open(logs[0]) as f:
         output = f.read()
-      assert peer.returncode == -signal.SIGKILL, (phase, _tail(logs[1]))
-      assert phase in ended, f"{phase}: the survivor ran {DEAD_PEER_LIMIT_S} s after the kill"
-      waited = ended[phase] - died[phase]
-      assert survivor.returncode == watchdog.EXIT_CODE, (phase, output[-3000:])
+      assert peer.returncode == -signal.SIGKILL, (name, _tail(logs[1]))
+      assert name in ended, f"{name}: the survivor ran {DEAD_PEER_LIMIT_S} s after the kill"
+      waited = ended[name] - died[name]
+      assert survivor.returncode == watchdog.EXIT_CODE, (name, output[-3000:])
       errors = [line for line in output.splitlines() if line.startswith("error:")]
-      assert len(errors) == 1 and watchdog.RELAUNCH in errors[0], (phase, output[-3000:])
-      assert waited < DEAD_PEER_LIMIT_S, (phase, waited)
-      print(f"{phase}: the survivor ended {waited:.1f} s after its peer's death")
+      assert len(errors) == 1 and watchdog.RELAUNCH in errors[0], (name, output[-3000:])
+      assert waited < DEAD_PEER_LIMIT_S, (name, waited)
+      print(f"{name}: the survivor ended {waited:.1f} s after its peer's death")
   finally:
     codes, outputs = wait_then_read(relaunched, relaunch_logs, TIMEOUT_S)
   # The relaunch resumes and ends where an uninterrupted run does.
