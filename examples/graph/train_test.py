@@ -154,7 +154,7 @@ def test_multiclass_graph_reports_accuracy_equal_to_micro_f1(tmp_path):
 @pytest.mark.parametrize(
   ("overrides", "error", "message"),
   [
-    ({"optimizer": "adamw"}, UserError, "Unknown optimizer 'adamw'"),
+    ({"optimizer": "adamx"}, UserError, "Unknown optimizer 'adamx'"),
     ({"dropout": 1.5}, UserError, r"config\.dropout=1\.5 \(must be in \[0, 1\)\)"),
     ({"clusters_per_batch": 9}, UserError, "clusters_per_batch=9 .* between 1 and the 4 clusters"),
     ({"num_clusters": 55}, UserError, r"num_clusters=55 .* between 1 and the 54 training nodes"),

@@ -197,7 +197,6 @@ def write_report(trainings: Sequence[str], output_dir: str, *, unigram: bool = T
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "transformer_report", "where table.md and curves.png go")
 
 
 def main(argv: list[str]) -> None:
@@ -207,4 +206,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: the families' reports share a test process.
+  flags.DEFINE_string("output_dir", "transformer_report", "Where table.md and curves.png go.")
   app.run(main)
