@@ -203,6 +203,8 @@ def run(
   if not flags.FLAGS.is_parsed():  # absl's own flags (logging): their defaults
     flags.FLAGS.mark_as_parsed()
   config = config_flag.value
+  if from_command_line:
+    supervisor.die_with_parent()  # a no-op unless this process is a supervised child
   if from_command_line and supervisor.wanted(config):
     command = supervisor.child_command(argv)
     if command is not None:  # this process only watches the one that trains

@@ -12,8 +12,9 @@ run that has several processes (``config.distributed``) as a child of a thin par
   :data:`CHILD_ENV` set, stdin and stdout shared, the child's stderr passed through live (and its
   last :data:`TAIL_BYTES` kept);
 * forwards SIGINT and SIGTERM to the child (the child has its own process group, so a Ctrl-C in
-  the terminal reaches it once, through the parent); on Linux the child is SIGKILLed when the
-  parent dies (``PR_SET_PDEATHSIG``), so a SIGKILLed parent leaves nothing running;
+  the terminal reaches it once, through the parent); on Linux the child asks to be SIGKILLed when
+  the parent dies (``PR_SET_PDEATHSIG``, :func:`die_with_parent`), so a SIGKILLed parent leaves
+  nothing running;
 * when the child ended by SIGABRT and the end of its stderr holds JAX's message that the distributed
   service failed (:data:`JAX_SERVICE_FAILURE`), prints the watchdog's relaunch line
   (:func:`examples.common.watchdog.coordinator_died_message`) and exits with
@@ -29,11 +30,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from examples.common import watchdog
 
-CHILD_ENV = "EXAMPLES_SUPERVISED"  # set in the child: it trains instead of starting another child
+# Set in the child to the parent's pid: it trains instead of starting another child.
+CHILD_ENV = "EXAMPLES_SUPERVISED"
 TAIL_BYTES = 16384  # the end of the child's stderr that is searched for JAX's message
 # What JAX's client writes before its abort when the coordination service (process 0) is gone.
 JAX_SERVICE_FAILURE = (
@@ -63,18 +65,22 @@ def is_coordinator_abort(returncode: int, stderr_tail: bytes) -> bool:
   return aborted and any(marker in text for marker in JAX_SERVICE_FAILURE)
 
 
-def _dying_with(parent: int) -> Callable[[], None]:
-  """What the child runs before the command: SIGKILL for it when ``parent`` dies (Linux)."""
+def die_with_parent() -> None:
+  """In the child (:data:`CHILD_ENV` holds the parent's pid): SIGKILL for it when the parent dies.
 
-  def die_with_parent() -> None:
-    import ctypes
+  Linux's ``PR_SET_PDEATHSIG``, set by the child itself at its start rather than in a
+  ``preexec_fn``: a ``preexec_fn`` makes ``subprocess`` fork the parent's Python, which JAX (already
+  imported there) warns against. A parent that died before the call ends the child at once.
+  """
+  parent = os.environ.get(CHILD_ENV, "")
+  if not sys.platform.startswith("linux") or not parent.isdigit():
+    return
+  import ctypes
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the call
-      os._exit(128 + signal.SIGKILL)
-
-  return die_with_parent
+  pr_set_pdeathsig = 1
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+  if os.getppid() != int(parent):  # the parent died before the call
+    os._exit(128 + signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -99,13 +105,12 @@ def run_child(command: Sequence[str], env: dict[str, str] | None = None) -> int:
   dead coordinator, else the child's ``returncode`` (negative: the signal that ended it).
   Must be called from the main thread (it sets signal handlers).
   """
-  child_env = {**(os.environ if env is None else env), CHILD_ENV: "1"}
+  child_env = {**(os.environ if env is None else env), CHILD_ENV: str(os.getpid())}
   linux = sys.platform.startswith("linux")
   child = subprocess.Popen(
     list(command),
     env=child_env,
     stderr=subprocess.PIPE,
-    preexec_fn=_dying_with(os.getpid()) if linux else None,
     process_group=0 if linux else None,  # without PDEATHSIG, stay in the parent's group
   )
   assert child.stderr is not None

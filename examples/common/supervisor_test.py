@@ -72,7 +72,7 @@ def test_other_endings_pass_through(capfd):
 def test_the_child_runs_with_the_marker_and_the_same_stdout(capfd):
   body = f"print(os.environ.get({supervisor.CHILD_ENV!r}), flush=True)"
   assert supervisor.run_child(_child(body)) == 0
-  assert capfd.readouterr().out == "1\n"
+  assert capfd.readouterr().out == f"{os.getpid()}\n"  # the parent's pid
 
 
 @pytest.mark.parametrize("signum", [signal.SIGABRT, signal.SIGKILL])
@@ -114,7 +114,11 @@ def test_stderr_is_streamed_live_and_sigterm_is_forwarded(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_killed_parent_takes_the_child_with_it():
   parent = _parent(
-    _child("sys.stderr.write(f'{os.getpid()}\\n'); sys.stderr.flush(); time.sleep(60)")
+    _child(
+      "from examples.common import supervisor\n"
+      "supervisor.die_with_parent()  # as the entry point does first in the child\n"
+      "sys.stderr.write(f'{os.getpid()}\\n'); sys.stderr.flush(); time.sleep(60)"
+    )
   )
   try:
     assert parent.stderr is not None
