@@ -17,6 +17,8 @@ family.
 - ``distributed``: starting JAX on several processes.
 - ``watchdog``: the stall watchdog that ends a multi-process run whose peer died, and the steps
   compiled ahead of time with it paused.
+- ``supervisor``: the parent of each process of a multi-process run, which turns JAX's abort on a
+  dead coordinator into the relaunch line.
 - ``config_checks``: ranges of config values and one rule for numbers (none may be non-finite),
   checked before anything is written.
 - ``compression``: ``config.grad_compression`` by name (the compressed gradient exchange).
