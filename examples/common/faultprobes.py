@@ -36,7 +36,8 @@ def run_main(capsys: Any, family: str, argv: Sequence[str]) -> tuple[int, str]:
 
 
 def tree_digest(directory: str) -> dict[str, str]:
-  """Every file's bytes and every folder under ``directory`` (``{}`` when it does not exist)."""
+  """Every file's bytes and mode, and every folder, under ``directory`` (``{}`` when it does not
+  exist)."""
   out = {}
   for root, dirs, files in os.walk(directory):
     for name in dirs:
@@ -44,7 +45,9 @@ def tree_digest(directory: str) -> dict[str, str]:
     for name in files:
       path = os.path.join(root, name)
       with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+        out[os.path.relpath(path, directory)] = (
+          f"{hashlib.sha256(f.read()).hexdigest()} {os.stat(path).st_mode:o}"
+        )
   return out
 
 

@@ -1,7 +1,6 @@
 """The run directory on a toy family: records, resume, unreadable checkpoints, stops, the config
 lock, file modes and the machine record. The toy trainer owns its loop, as the real ones do."""
 
-import hashlib
 import json
 import os
 
@@ -13,7 +12,7 @@ import pytest
 from examples.common import optimizers, rundir
 from examples.common.checkpoint import Checkpointer, NoReadableCheckpointError
 from examples.common.errors import UserError
-from examples.common.faultprobes import SYSFS_REFUSAL
+from examples.common.faultprobes import SYSFS_REFUSAL, tree_digest
 from examples.common.metrics import MetricsWriter, read_metrics
 from examples.common.nonfinite import NonFiniteLossError
 from examples.common.progress import StepLosses
@@ -50,21 +49,6 @@ def _train(workdir, config, fail_at_epoch=None):
       run.write(epoch, records)
       run.save(epoch, state, models)
     return run.records
-
-
-def _tree_digest(directory) -> dict[str, str]:
-  """Every file's bytes and mode, and every folder, under ``directory``."""
-  out = {}
-  for root, dirs, files in os.walk(directory):
-    for name in dirs:
-      out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = (
-          f"{hashlib.sha256(f.read()).hexdigest()} {os.stat(path).st_mode:o}"
-        )
-  return out
 
 
 def test_records_per_view_and_checkpointed_models(tmp_path):
@@ -149,12 +133,12 @@ def test_one_view_keeps_the_flat_layout(tmp_path):
 )
 def test_a_changed_config_is_refused_and_the_workdir_left_byte_for_byte(tmp_path, change, named):
   _train(tmp_path, _config(num_epochs=2))
-  before = _tree_digest(tmp_path)
+  before = tree_digest(tmp_path)
   config = _config(num_epochs=2)
   config.update(change)
   with pytest.raises(UserError, match=rf"trained with another config .*Differing: {named}"):
     _train(tmp_path, config)
-  assert _tree_digest(tmp_path) == before  # no empty view folders, no rewritten config.json
+  assert tree_digest(tmp_path) == before  # no empty view folders, no rewritten config.json
   # The documented way to change a locked field: a new workdir.
   assert _train(tmp_path / "new", config)
 
@@ -240,11 +224,11 @@ def _workdir_faults(tmp_path):
 )
 def test_every_workdir_fault_is_one_line_and_nothing_is_written(tmp_path, fault):
   workdir, message = _workdir_faults(tmp_path)[fault]
-  before = _tree_digest(tmp_path)
+  before = tree_digest(tmp_path)
   with pytest.raises(UserError) as error:
     _train(workdir, _config(num_epochs=1))
   assert message in str(error.value) and "\n" not in str(error.value)
-  assert _tree_digest(tmp_path) == before
+  assert tree_digest(tmp_path) == before
 
 
 def test_a_workdir_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch):
@@ -277,11 +261,11 @@ def test_a_run_resumes_on_its_data_wherever_it_lies_and_refuses_other_data(tmp_p
   _train_on(tmp_path, _config(num_epochs=1), data)
   recorded = json.loads((tmp_path / "data.json").read_text())
   assert (recorded["arrays"], recorded["bytes"]) == (2, 12 + data["labels"].nbytes)
-  before = _tree_digest(tmp_path)
+  before = tree_digest(tmp_path)
   other = {**data, "train": data["train"] + 1}
   with pytest.raises(UserError, match=r"was trained on other data \(.*data\.json: 2 arrays, "):
     _train_on(tmp_path, _config(num_epochs=2), other)
-  assert _tree_digest(tmp_path) == before
+  assert tree_digest(tmp_path) == before
   # The same data (another copy, as loaded from another folder) resumes.
   moved = {name: array.copy() for name, array in data.items()}
   assert _train_on(tmp_path, _config(num_epochs=2), moved) == 1
