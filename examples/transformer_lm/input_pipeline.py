@@ -49,9 +49,10 @@ def steps_per_epoch(num_tokens: int, context: int, batch_size: int) -> int:
 
 
 def train_batches(
-  tokens: np.ndarray, *, context: int, batch_size: int, seed: int, epoch: int
+  tokens: np.ndarray, *, context: int, batch_size: int, seed: int, epoch: int, start: int = 0
 ) -> Iterator[Batch]:
-  """The shuffled training batches of ``epoch`` (see the module docstring)."""
+  """The shuffled training batches of ``epoch`` (see the module docstring), from batch ``start``
+  on (the earlier ones are not built)."""
   steps = steps_per_epoch(len(tokens), context, batch_size)
   rng = np.random.default_rng([seed, epoch])
   offset = int(rng.integers(0, context))
@@ -59,7 +60,7 @@ def train_batches(
   stream = tokens[offset : offset + windows * (context + 1)].reshape(windows, context + 1)
   order = rng.permutation(windows)[: steps * batch_size].reshape(steps, batch_size)
   mask = np.ones((batch_size, context), np.float32)
-  for rows in order:
+  for rows in order[start:]:
     chunk = stream[rows]
     yield Batch(chunk[:, :-1].astype(np.int32), chunk[:, 1:].astype(np.int32), mask)
 

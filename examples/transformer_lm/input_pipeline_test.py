@@ -59,3 +59,13 @@ def test_evaluation_scores_every_target_once():
 def test_too_little_text_for_one_batch_is_one_clear_error():
   with pytest.raises(CorpusError, match="fewer than one batch of 64"):
     input_pipeline.steps_per_epoch(500, 32, 64)
+
+
+def test_an_epoch_from_a_later_batch_is_the_rest_of_the_same_epoch():
+  whole = _epoch(7, 1)
+  rest = list(
+    input_pipeline.train_batches(TOKENS, context=8, batch_size=4, seed=7, epoch=1, start=5)
+  )
+  assert len(rest) == len(whole) - 5
+  for a, b in zip(rest, whole[5:], strict=True):
+    np.testing.assert_array_equal(a.inputs, b.inputs)

@@ -21,6 +21,7 @@ inserts the reductions, so the numbers do not depend on the device count up to f
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -211,13 +212,14 @@ def batches_for_steps(
   while step < last:
     epoch, index = divmod(step, schedule.steps_per_epoch)
     epoch_batches = input_pipeline.train_batches(
-      tokens, context=config.context, batch_size=config.batch_size, seed=config.seed, epoch=epoch
+      tokens,
+      context=config.context,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      epoch=epoch,
+      start=index,
     )
-    for i, batch in enumerate(epoch_batches):
-      if i < index:
-        continue
-      if step >= last:
-        return
+    for batch in itertools.islice(epoch_batches, last - step):
       yield batch
       step += 1
 
