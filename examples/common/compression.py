@@ -9,8 +9,9 @@ One string names the compressor and whether error feedback is on:
 * ``"sign-noef"``, ``"topk-noef@F"``: the same without error feedback (each device sends ``R(g_i)``
   and keeps no memory): the ablation of the memory.
 
-:func:`exchange` builds :func:`rsgd_optax.compressed_mean` from it; the trainer chains it in front
-of the optimizer the registry builds (:mod:`examples.common.optimizers`).
+:func:`exchange` builds :func:`rsgd_optax.compressed_mean` from it, with the exchange's options
+(:class:`Options`: the two-phase exchange and the anchors' recipe, each off by default); the
+trainer chains it in front of the optimizer the registry builds (:mod:`examples.common.optimizers`).
 """
 
 import dataclasses
@@ -22,6 +23,26 @@ import rsgd_optax as rsgd
 from examples.common import config_checks
 
 NONE = "none"
+EXCHANGES = ("all_gather", "two_phase")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How the compressed gradient travels, besides its compressor (the library's defaults).
+
+  Attributes:
+    exchange: ``"all_gather"`` (every device decodes every sender: best on a few devices) or
+      ``"two_phase"`` (a compressed all-reduce with a server memory: bytes a device that do not grow
+      with the device count).
+    exact_below: leaves with fewer entries are averaged exactly and keep no memory (0: none).
+    exact_steps: the first this many steps exchange the exact mean (0: none).
+    block_size: sign only: one scale per block of this many entries (0: one scale a leaf).
+  """
+
+  exchange: str = "all_gather"
+  exact_below: int = 0
+  exact_steps: int = 0
+  block_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +59,22 @@ class Compression:
   fraction: float | None
   error_feedback: bool
 
-  def transform(self, axis_name: str) -> optax.GradientTransformation:
+  def transform(self, axis_name: str, options: Options = Options()) -> optax.GradientTransformation:
     """:func:`rsgd_optax.compressed_mean` across ``axis_name``, used inside ``jax.shard_map``."""
-    scheme = rsgd.scaled_sign() if self.scheme == "sign" else rsgd.top_k(self.fraction)
-    return rsgd.compressed_mean(scheme, axis_name, error_feedback=self.error_feedback)
+    if self.scheme == "sign":
+      scheme = rsgd.scaled_sign(block_size=options.block_size or None)
+    elif options.block_size:
+      raise ValueError("block-wise scales are for sign: top-k sends its values, not a scale")
+    else:
+      scheme = rsgd.top_k(self.fraction)
+    return rsgd.compressed_mean(
+      scheme,
+      axis_name,
+      error_feedback=self.error_feedback,
+      exchange=options.exchange,
+      exact_below=options.exact_below,
+      exact_steps=options.exact_steps,
+    )
 
 
 def parse(value: str) -> Compression | None:
@@ -102,7 +135,9 @@ class Choices:
 CHOICES = Choices()
 
 
-def exchange(value: str, axis_name: str) -> optax.GradientTransformation | None:
+def exchange(
+  value: str, axis_name: str, options: Options = Options()
+) -> optax.GradientTransformation | None:
   """The exchange ``config.grad_compression`` names across ``axis_name``; ``None`` for ``"none"``."""
   parsed = parse(value)
-  return None if parsed is None else parsed.transform(axis_name)
+  return None if parsed is None else parsed.transform(axis_name, options)

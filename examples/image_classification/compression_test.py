@@ -1,5 +1,6 @@
-"""The image trainer with ``config.grad_compression``: the compressed step against NumPy, the
-exact-mean limit against the uncompressed trainer, views on top, resume, refusals."""
+"""The compressed image trainer (``config.grad_compression``): the compressed step and its memory
+ratio against NumPy, the exact-mean limits of every option against the plain trainer, views on top,
+resume on another device count, refusals."""
 
 import logging
 import os
@@ -11,11 +12,12 @@ import optax
 import pytest
 from flax import nnx
 
+import rsgd_optax as rsgd
 from examples.common import sharding
 from examples.common.checkpoint import stored_shapes
 from examples.common.errors import UserError
 from examples.common.metrics import read_metrics
-from examples.image_classification import testdata, train
+from examples.image_classification import compressed_train, testdata, train, trainers
 from examples.image_classification.train_test import FIELDS, tiny_config
 
 DEVICES = 4
@@ -61,10 +63,10 @@ def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
   )
   config.model_kwargs.use_batch_norm = False
   mesh = sharding.create_mesh(DEVICES, "cpu")
-  spec = train.OptimizerSpec.from_config(config, steps_per_epoch=100)
+  spec = compressed_train.CompressedSpec.from_config(config, steps_per_epoch=100)
   tx, _ = spec.build()
-  graphdef, state = train.init_state(config, 10, (8, 8, 1), tx, mesh, spec)
-  steps = train.make_steps(graphdef, spec, (127.5,), (64.0,), mesh)
+  graphdef, state = compressed_train.init_state(config, 10, (8, 8, 1), tx, mesh, spec.axis)
+  steps = compressed_train.make_steps(graphdef, spec, (127.5,), (64.0,), mesh)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda p: np.asarray(p, np.float64), state["params"])
   memory = [jax.tree.map(np.zeros_like, params) for _ in range(DEVICES)]
@@ -81,11 +83,14 @@ def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
     images = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, 16).astype(np.int32)
     current = jax.tree.map(jnp.float32, params)
-    sent = []
+    sent, ratios = [], []
     for i in range(DEVICES):
       share = slice(i * 4, (i + 1) * 4)
       g = local_grad(current, images[share], labels[share])
       v = jax.tree.map(lambda g, e: np.asarray(g, np.float64) + e, g, memory[i])
+      # The memory ratio ||e_i|| / ||g_i + e_i||, over the whole tree, before the update.
+      norm = lambda tree: np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(tree)))
+      ratios.append(norm(memory[i]) / norm(v))
       c = jax.tree.map(compress, v)
       if error_feedback:
         memory[i] = jax.tree.map(np.subtract, v, c)
@@ -93,7 +98,13 @@ def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
     mean = jax.tree.map(lambda *c: sum(c) / DEVICES, *sent)
     trace = jax.tree.map(lambda m, t, p: m + DECAY * p + MOMENTUM * t, mean, trace, params)
     params = jax.tree.map(lambda p, t: p - LR * t, params, trace)
-    state, loss, _ = steps.train(state, *sharding.put_local(steps_sharding(mesh), images, labels))
+    state, loss, values = steps.train(
+      state, *sharding.put_local(steps_sharding(mesh), images, labels)
+    )
+    if error_feedback:  # the largest over the devices (zero at the first step: no memory yet)
+      assert float(values["memory_ratio"]) == pytest.approx(max(ratios), rel=1e-4, abs=1e-7)
+    else:
+      assert "memory_ratio" not in values
     want_loss = np.mean(
       [
         float(jit_loss(current, images[i * 4 : (i + 1) * 4], labels[i * 4 : (i + 1) * 4]))
@@ -121,7 +132,7 @@ def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
   else:
     assert got_state == optax.EmptyState()
   # The residual view's point is computed from the same chain, behind the exchange.
-  point = train.rsgd.eval_params(state["opt_state"], state["params"])
+  point = rsgd.eval_params(state["opt_state"], state["params"])
   assert jax.tree.structure(point) == jax.tree.structure(state["params"])
 
 
@@ -129,48 +140,89 @@ def steps_sharding(mesh):
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
-def test_top_k_of_everything_is_the_uncompressed_trainer(fmnist_dir, tmp_path):
-  """``topk@1`` sends every entry, so the exchange is the exact mean: with batch norm (statistics of
-  the global batch) and views, every metric equals the ordinary all-reduce trainer's."""
-  views = "sgdm,rsgdm-scale"
-  runs = {
-    setting: train.train_and_evaluate(
-      tiny_config(
-        fmnist_dir, optimizer=views, num_epochs=1, num_devices=DEVICES, grad_compression=setting
-      ),
-      str(tmp_path / setting),
-    ).records
-    for setting in ("none", "topk@1")
-  }
+@pytest.fixture(scope="module")
+def exact_records(fmnist_dir, tmp_path_factory):
+  """One epoch of the plain trainer (the exact mean) on 4 devices, with a view."""
+  config = tiny_config(fmnist_dir, optimizer="sgdm,rsgdm-scale", num_epochs=1, num_devices=DEVICES)
+  return train.train_and_evaluate(config, str(tmp_path_factory.mktemp("exact"))).records
+
+
+@pytest.mark.parametrize(
+  ("setting", "options"),
+  [
+    # Every entry sent, through either exchange.
+    ("topk@1", {}),
+    ("topk@1", {"compression_exchange": "two_phase"}),
+    # Sign, with every step inside the exact warm-up, or every leaf below the exact size.
+    ("sign", {"compression_exact_steps": 10**6, "compression_exchange": "two_phase"}),
+    ("sign", {"compression_exact_below": 10**9, "compression_block_size": 4}),
+  ],
+)
+def test_each_option_has_the_exact_mean_as_its_limit(
+  fmnist_dir, tmp_path, exact_records, setting, options
+):
+  """Settings whose exchange is the exact mean: with batch norm (statistics of the global batch)
+  and views, every metric equals the plain all-reduce trainer's. Each option reaches the library:
+  sign compresses otherwise (and ``topk@1`` of the two-phase exchange sends its pieces whole)."""
+  config = tiny_config(
+    fmnist_dir,
+    optimizer="sgdm,rsgdm-scale",
+    num_epochs=1,
+    num_devices=DEVICES,
+    grad_compression=setting,
+    **options,
+  )
+  records = trainers.train_and_evaluate(config, str(tmp_path)).records
   for name in ("sgdm", "rsgdm-scale"):
-    (exact,), (full,) = runs["none"][name], runs["topk@1"][name]
+    (exact,), (got,) = exact_records[name], records[name]
     for key in FIELDS - {"seconds"}:
-      assert full[key] == pytest.approx(exact[key], rel=1e-4, abs=1e-6), (name, key)
+      assert got[key] == pytest.approx(exact[key], rel=1e-4, abs=1e-6), (name, key)
+    assert got["memory_ratio"] == 0.0  # nothing was ever kept back
 
 
-def test_a_resume_on_another_device_count_folds_the_memory(fmnist_dir, tmp_path, caplog):
+@pytest.mark.parametrize("exchange", ["all_gather", "two_phase"])
+def test_a_resume_on_another_device_count_folds_the_memory(fmnist_dir, tmp_path, caplog, exchange):
+  """Saved on 4 devices, resumed on 2: each worker memory gets 2 rows; with the two-phase exchange
+  each server memory (10 bias entries: pieces of 3 on 4 devices) is cut into 2 pieces of 5."""
   workdir = str(tmp_path)
-  config = tiny_config(fmnist_dir, optimizer="sgdm,rsgdm-scale", grad_compression="sign")
+  config = tiny_config(
+    fmnist_dir,
+    optimizer="sgdm,rsgdm-scale",
+    grad_compression="sign",
+    compression_exchange=exchange,
+    compression_exact_steps=1,  # the memory sits one level deeper, in ExactStepsState
+  )
   config.num_epochs, config.num_devices = 1, DEVICES
-  train.train_and_evaluate(config, workdir)
-  assert stored_shapes(os.path.join(workdir, "checkpoints"), "state")[1]["opt_state"][0]["memory"][
-    "fc2"
-  ]["bias"] == (DEVICES, 10)
+
+  def bias_memories() -> tuple[int, dict[str, tuple[int, ...]]]:
+    epoch, shapes = stored_shapes(os.path.join(workdir, "checkpoints"), "state")
+    inner = shapes["opt_state"][0]["inner"]
+    return epoch, {k: v["fc2"]["bias"] for k, v in inner.items()}
+
+  trainers.train_and_evaluate(config, workdir)
+  two_phase = exchange == "two_phase"
+  assert bias_memories() == (
+    0,
+    {"memory": (DEVICES, 10), **({"server_memory": (DEVICES, 3)} if two_phase else {})},
+  )
   config.num_epochs, config.num_devices = 2, 2
   with caplog.at_level(logging.INFO, logger="examples"):
-    resumed = train.train_and_evaluate(config, workdir).records
+    resumed = trainers.train_and_evaluate(config, workdir).records
   assert "memory was saved on 4 devices; folded onto 2" in caplog.text
-  epoch, shapes = stored_shapes(os.path.join(workdir, "checkpoints"), "state")
-  assert epoch == 1 and shapes["opt_state"][0]["memory"]["fc2"]["bias"] == (2, 10)
+  assert bias_memories() == (
+    1,
+    {"memory": (2, 10), **({"server_memory": (2, 5)} if two_phase else {})},
+  )
   for name in ("sgdm", "rsgdm-scale"):
     assert [r["epoch"] for r in read_metrics(os.path.join(workdir, name))] == [0, 1]
     assert np.isfinite(resumed[name][-1]["train_loss"])
+    assert resumed[name][-1]["memory_ratio"] > 0
 
 
 def test_fsdp_with_compression_is_refused_in_one_line(fmnist_dir, tmp_path):
   config = tiny_config(fmnist_dir, sharding="fsdp", grad_compression="sign")
   with pytest.raises(UserError, match=r"needs config.sharding='replicated'") as error:
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    trainers.train_and_evaluate(config, str(tmp_path / "run"))
   assert "\n" not in str(error.value)
   assert not (tmp_path / "run").exists()
 
@@ -182,11 +234,42 @@ def test_bad_compression_values_are_refused_naming_the_forms(fmnist_dir, tmp_pat
     UserError,
     match=rf"config\.grad_compression='{value}' \(must be one of none, sign, sign-noef, topk@F",
   ):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    trainers.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_compression_axis_is_refused(fmnist_dir, tmp_path):
   config = tiny_config(fmnist_dir, grad_compression="sign", compression_axis="model")
   with pytest.raises(UserError, match=r"config\.compression_axis='model' \(must be one of data\)"):
+    trainers.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    (
+      {"compression_exchange": "ring"},
+      r"config\.compression_exchange='ring' \(must be one of all_gather, two_phase\)",
+    ),
+    ({"compression_exact_steps": -1}, r"config\.compression_exact_steps=-1 "),
+    (
+      {"grad_compression": "topk@0.01", "compression_block_size": 256},
+      r"config\.compression_block_size=256 is for sign .* set compression_block_size=0\.$",
+    ),
+  ],
+)
+def test_bad_exchange_options_are_refused_before_anything_is_written(
+  fmnist_dir, tmp_path, overrides, message
+):
+  config = tiny_config(fmnist_dir, **{"grad_compression": "sign", **overrides})
+  with pytest.raises(UserError, match=message) as error:
+    trainers.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_plain_trainer_names_the_compressed_one(fmnist_dir, tmp_path):
+  config = tiny_config(fmnist_dir, grad_compression="sign")
+  with pytest.raises(UserError, match=r"is the compressed trainer's .*compressed_train"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -22,6 +22,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags as absl_flags
 
@@ -102,6 +103,11 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std of uint8 images (for standardisation)."""
   pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
   return pixels.mean(axis=0).astype(np.float32), pixels.std(axis=0).astype(np.float32)
+
+
+def standardize(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Array:
+  """uint8 images as float32, standardized per channel (on the device, inside a jitted step)."""
+  return (images.astype(jnp.float32) - mean) / std
 
 
 def _padded_batches(

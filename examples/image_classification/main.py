@@ -9,7 +9,7 @@ anything else).
 """
 
 from examples.common import entry
-from examples.image_classification import train
+from examples.image_classification import trainers
 
 if __name__ == "__main__":
-  entry.run(__doc__, train.train_and_evaluate, "examples.image_classification.configs.default")
+  entry.run(__doc__, trainers.train_and_evaluate, "examples.image_classification.configs.default")

@@ -186,15 +186,21 @@ def _tail(path: str) -> str:
     return f.read()[-3000:]
 
 
-def test_two_processes_with_sign_compression_match_one(tmp_path):
+@pytest.mark.parametrize("exchange", ["all_gather", "two_phase"])
+def test_two_processes_with_sign_compression_match_one(tmp_path, exchange):
   """``grad_compression="sign"`` (error feedback on): 2 processes x 2 devices exchange the packed
-  sign bits over gloo and give the metrics of 1 process x 4 devices. One epoch, one view besides
-  the base: the cheapest run that exercises the exchange, the memory and a view across processes.
-  Both launches run at once (most of each is start-up and compilation)."""
+  sign bits over gloo and give the metrics of 1 process x 4 devices (the memory ratio included),
+  through either exchange (the two-phase one adds an all-to-all and the server memories). One
+  epoch, one view besides the base: the cheapest run that exercises the exchange, the memories and
+  a view across processes. Both launches run at once (most of each is start-up and compilation)."""
   data_dir = str(tmp_path / "data")
   testdata.write_fashion_mnist(data_dir, train=64, test=24, size=8)
   views = ("sgdm", "rsgdm-scale")
-  extra = ("--config.sharding=replicated", "--config.grad_compression=sign")
+  extra = (
+    "--config.sharding=replicated",
+    "--config.grad_compression=sign",
+    f"--config.compression_exchange={exchange}",
+  )
   port = free_port()
   procs, logs = [], []
   for num_processes in (1, 2):
@@ -214,10 +220,12 @@ def test_two_processes_with_sign_compression_match_one(tmp_path):
     workdir = tmp_path / f"processes{num_processes}"
     config = json.loads((workdir / "config.json").read_text())
     assert config["grad_compression"] == "sign" and config["sharding"] == "replicated"
+    assert config["compression_exchange"] == exchange
     assert config["num_processes"] == (2 if num_processes == 2 else 0)
     records[num_processes] = {name: read_metrics(str(workdir / name)) for name in views}
   for name in views:
     (two,), (one,) = records[2][name], records[1][name]
+    assert one["memory_ratio"] > 0
     for field, value in one.items():
       if field != "seconds":
         assert two[field] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, field)

@@ -21,7 +21,7 @@ import ml_collections
 from examples.common import optimizers
 from examples.common.metrics import read_metrics
 from examples.common.nonfinite import NonFiniteLossError
-from examples.image_classification import train
+from examples.image_classification import trainers
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
       continue
     started = time.time()
     try:
-      by_view = train.train_and_evaluate(
+      by_view = trainers.train_and_evaluate(
         run_config(config, label, seed), training_workdir(workdir, group, seed)
       ).records
       accuracies = ", ".join(f"{name} {by_view[name][-1]['test_accuracy']:.4f}" for name in group)

@@ -43,6 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Compressed gradient exchange with error feedback (replicated sharding only; see README).
   config.grad_compression = "none"  # none | sign | sign-noef | topk@0.01 | topk-noef@0.01
   config.compression_axis = "data"  # mesh axis the gradients are exchanged across, compressed
+  # all_gather (best on a few devices) | two_phase (bytes a device independent of the device count)
+  config.compression_exchange = "all_gather"
+  # The anchors' recipe, each off at 0: leaves with fewer entries averaged exactly (biases, batch
+  # norm), the first steps exchanged exactly, and sign's scale per block of entries, not per leaf.
+  config.compression_exact_below = 0  # leaves with fewer entries than this are averaged exactly
+  config.compression_exact_steps = 0  # the first this many steps exchange the exact mean
+  config.compression_block_size = 0  # sign: one scale per block of this many entries (0: a leaf)
   # Several processes (examples/common/distributed.py): with the three below left empty, JAX detects
   # the cluster (SLURM, Open MPI, TPU); set all three on plain machines.
   config.distributed = False  # start several processes (jax.distributed)
