@@ -19,6 +19,12 @@ import tempfile
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICE_FLAG).strip()
+# The CPU scheduler the examples run with (examples/common/cpu_runtime.py). XLA's default one may
+# run a step's independent collectives in another order on each virtual device, which deadlocks
+# (docs/design_notes.md, "Collectives that wait on each other").
+_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
+if _SCHEDULER_FLAG not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += f" {_SCHEDULER_FLAG}=false"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"

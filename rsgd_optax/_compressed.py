@@ -671,7 +671,14 @@ def compressed_mean(
     ``pmean``), with every memory left as it is (zero); compression starts at update ``T + 1``.
     The state is an :class:`ExactStepsState`: the update ``count`` (replicated) around the state
     without the option. A ``lax.cond`` on the count picks the branch, so a step pays for one of
-    the two exchanges, not both.
+    the two exchanges, not both. On XLA:CPU with virtual host devices
+    (``--xla_force_host_platform_device_count``), XLA's concurrency-optimized scheduler can run a
+    step's independent collectives at once and in another order on each device (seen: one device
+    waiting in an all-gather of the conditional and in an all-reduce at the same time), and the
+    rendezvous then wait on each other for good: a step with ``exact_steps``, ``exact_below`` and
+    a few dozen other ``pmean`` calls deadlocked at its first compressed update, every time.
+    ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` in ``XLA_FLAGS`` (which the
+    project's examples set) avoided it.
   - block-wise scales for sign: ``scaled_sign(block_size=B)`` sends one float32 scale per block of
     ``B`` consecutive entries, ``R(v)_b = mean |v_b| sign(v_b)``: ``4 / B`` more bytes an entry
     (``B = 256``: 1/64 on top of the 1/8 of the bits). With ``"all_gather"`` the blocks cut the

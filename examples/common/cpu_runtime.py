@@ -6,6 +6,11 @@ README's Fashion-MNIST job a training step then needs one 41 MiB block of tempor
 afresh and the kernel's share of the run was a third of its wall time (an epoch of 60k images took
 29.5 s, 19.8 s with the memory-saving scheduler; the records were bitwise equal).
 
+The same flag keeps the collectives of a step on several virtual CPU devices in one order: with
+the concurrency-optimized scheduler, independent collectives may run at once and in another order
+on each device, and a step with many of them deadlocked (docs/design_notes.md, "Collectives that
+wait on each other"). The test processes set it too (the root ``conftest.py``).
+
 The example entry points call :func:`prefer_small_temporaries` before JAX starts. It only adds the
 flag to ``XLA_FLAGS`` when the user has not set that flag; it changes nothing on other backends.
 The library itself never sets flags.

@@ -18,20 +18,28 @@ import pytest
 
 from examples.common import datalock, entry
 
-# Entry point of each family: (its train module, its default config module).
+# Entry point of each family: the module whose train_and_evaluate its main.py runs, and its default
+# config module.
 FAMILIES = {
-  "image_classification": "examples.image_classification.configs.default",
-  "language_modeling": "examples.language_modeling.configs.default",
-  "graph": "examples.graph.configs.ppi",
-  "transformer_lm": "examples.transformer_lm.configs.default",
+  "image_classification": (
+    "examples.image_classification.trainers",  # the plain or the compressed trainer
+    "examples.image_classification.configs.default",
+  ),
+  "language_modeling": (
+    "examples.language_modeling.train",
+    "examples.language_modeling.configs.default",
+  ),
+  "graph": ("examples.graph.train", "examples.graph.configs.ppi"),
+  "transformer_lm": ("examples.transformer_lm.train", "examples.transformer_lm.configs.default"),
 }
 
 
 def run_main(capsys: Any, family: str, argv: Sequence[str]) -> tuple[int, str]:
   """Runs ``python -m examples.<family>.main *argv`` in-process; returns (exit status, stderr)."""
-  train = importlib.import_module(f"examples.{family}.train")
+  trainer, config_module = FAMILIES[family]
+  train = importlib.import_module(trainer)
   with pytest.raises(SystemExit) as exited:
-    entry.run("usage", train.train_and_evaluate, FAMILIES[family], argv=["main", *argv])
+    entry.run("usage", train.train_and_evaluate, config_module, argv=["main", *argv])
   return exited.value.code or 0, capsys.readouterr().err
 
 
