@@ -258,6 +258,9 @@ class Panel:
   log_scale: bool = False
   scale: float = 1.0
   same_label: str = "{base}: every view"
+  y_from: float | None = (
+    None  # the linear y axis starts here (scaled units); lower values are off it
+  )
 
 
 LOG_SPAN = 3.0
@@ -340,9 +343,19 @@ def draw_panel(
       ax.yaxis.set_minor_formatter(plain)
     else:
       ax.yaxis.set_minor_formatter(NullFormatter())
+  if panel.y_from is not None:
+    ax.set_ylim(bottom=panel.y_from)
   ax.grid(alpha=0.3)
   if colours:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
+    # Two columns of short labels; long ones (a sweep's exchanges) one under the other.
+    longest = max(len(text) for text in ax.get_legend_handles_labels()[1])
+    ax.legend(
+      loc="upper center",
+      bbox_to_anchor=(0.5, -0.2),
+      ncol=2 if longest <= 28 else 1,
+      fontsize=8,
+      frameon=False,
+    )
   return colours
 
 

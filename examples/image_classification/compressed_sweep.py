@@ -267,6 +267,10 @@ def plot(
   at_y = [f"{exchange_label(v, config)}: {base}" for v in config.sweep.grad_compressions]
   at_x = [f"{exchange_label(v, config)}: {view}" for v in config.sweep.grad_compressions]
   # One colour per exchange in every panel: each panel lists only its view's labels, in order.
+  # ``sweep.accuracy_axis_from`` (%) starts the accuracy axes there, so that a collapsed run at
+  # chance does not flatten the others' differences.
+  floor = config.sweep.get("accuracy_axis_from")
+  from_text = f" (axis from {floor:g}%)" if floor is not None else ""
   panels = [
     report.Panel(
       "train_loss", "training loss at y, the params", at_y, f"{base}: training loss", log_scale=True
@@ -275,8 +279,9 @@ def plot(
       "test_accuracy",
       "test accuracy at y, the params (%)",
       at_y,
-      f"{base}: test accuracy",
+      f"{base}: test accuracy{from_text}",
       scale=100,
+      y_from=floor,
     ),
     report.Panel(
       "train_loss",
@@ -289,8 +294,9 @@ def plot(
       "test_accuracy",
       "test accuracy at x = y + r (%)",
       at_x,
-      f"{view} view: test accuracy",
+      f"{view} view: test accuracy{from_text}",
       scale=100,
+      y_from=floor,
     ),
   ]
   if any(r.records and "memory_ratio" in r.records[-1] for rs in groups.values() for r in rs):

@@ -4,7 +4,9 @@ import math
 
 import pytest
 
+from examples.common import report
 from examples.image_classification import compressed_sweep, testdata
+from examples.image_classification.configs import fashion_mnist_compressed_recipe
 from examples.image_classification.train_test import tiny_config
 
 SHAPES = [(3, 3, 1, 4), (4,), (100, 10)]  # 36 + 4 + 1000 = 1040 entries in 3 leaves
@@ -47,3 +49,53 @@ def test_the_compiled_steps_send_what_the_formats_say(tmp_path):
     none["gradient_bytes"], 2 * 3 / 4 * 4 * none["entries"]
   )
   assert none["hlo_bytes"] / sign["hlo_bytes"] > 4
+
+
+def _sweep_config():
+  """The recipe sweep's config: named variants next to plain ``grad_compression`` names."""
+  return fashion_mnist_compressed_recipe.get_config()
+
+
+def test_variants_set_their_fields_seeds_and_labels():
+  config = _sweep_config()
+  assert compressed_sweep.overrides(config, "none") == {"grad_compression": "none"}
+  assert compressed_sweep.overrides(config, "topk_two_phase") == {
+    "grad_compression": "topk@0.01",
+    "compression_exchange": "two_phase",
+  }
+  assert compressed_sweep.seeds_of(config, "none") == (0, 1, 2)
+  assert compressed_sweep.seeds_of(config, "topk_two_phase") == (0,)
+  assert compressed_sweep.exchange_label("topk_two_phase", config) == "top-1% + EF, two-phase"
+  run = compressed_sweep.run_config(config, "sign_recipe")
+  assert (run.grad_compression, run.compression_exchange, run.compression_block_size) == (
+    "sign",
+    "two_phase",
+    256,
+  )
+  assert run.compression_exact_below == 1000 and run.compression_exact_steps == 0
+
+
+def test_the_table_pairs_each_exchange_with_the_exact_mean_seed_by_seed():
+  """A one-seed variant is compared with the exact mean's run of the same seed, not its mean."""
+  config = _sweep_config()
+  with config.unlocked():
+    config.num_epochs = 3
+    config.sweep.grad_compressions = ("none", "topk_two_phase")
+
+  def run(seed, accuracies, **extra):
+    records = [{"epoch": e, "test_accuracy": a, **extra} for e, a in enumerate(accuracies)]
+    return report.Run(f"seed{seed}", {"seed": seed, "optimizer": "sgdm"}, records)
+
+  groups = {
+    "exact mean: sgdm": [run(0, [0.5, 0.6, 0.7]), run(1, [0.5, 0.6, 0.9])],
+    "top-1% + EF, two-phase: sgdm": [run(0, [0.4, 0.5, 0.65], memory_ratio=0.5)],
+  }
+  wire = {
+    name: {"hlo_bytes": b, "gradient_bytes": None, "devices": 8, "entries": 10, "leaves": 2}
+    for name, b in (("none", 800.0), ("topk_two_phase", 20.0))
+  }
+  table = compressed_sweep.make_table(config, groups, wire)
+  assert "| top-1% + EF, two-phase | sgdm | 1 | -10.00 ± 0.00 | -10.00 ± 0.00 | -5.00 ± 0.00 |" in (
+    table
+  )
+  assert "| 0.50 | 0.0000 | - | 40.0 |" in table  # memory ratio, MiB, no format count, 40x
