@@ -95,6 +95,8 @@ def markdown(results: dict[str, Any], with_goals: bool = True) -> str:
     lines += ["", *fsdp_lines(results["fsdp"])]
   if "wire_bytes" in results:
     lines += ["", *wire_bytes.markdown(results["wire_bytes"])]
+    if "scaling" in results["wire_bytes"]:  # with --scaling-devices: a row per device count
+      lines += ["", *wire_bytes.scaling_markdown(results["wire_bytes"]["scaling"])]
   lines += [
     "",
     f"Machine: {machine_line(results)}; medians of {results['rounds']} interleaved rounds.",

@@ -10,7 +10,10 @@ writes every measurement as JSON to ``--out`` (nothing is written without it). T
 are ``benchmarks/results/<machine>.json``; ``benchmarks/BENCHMARKS.md`` renders its tables from them.
 The FSDP rows (the tree sharded over 8 CPU devices) and the rows of the compressed gradient exchange
 (bytes on the wire read from the compiled HLO, 8 CPU devices) run in subprocesses: see
-``benchmarks/fsdp.py`` and ``benchmarks/wire_bytes.py``.
+``benchmarks/fsdp.py`` and ``benchmarks/wire_bytes.py``. With ``--scaling-devices 8,16,32,64``
+both exchanges of ``rsgd.compressed_mean`` (all-gather and two-phase) are also compiled on each of
+those numbers of host devices, each in a process of its own, for a row per device count (about 10
+minutes at full size on 2 cores).
 Timings are medians over interleaved rounds: each round runs every variant once, back to back, so
 drift of a shared machine cancels in the ratios (each ratio is the median of per-round ratios).
 """
@@ -317,7 +320,9 @@ def topk_rows(size: Size) -> dict[str, Any]:
   return result
 
 
-def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
+def run(
+  size_name: str, cnn_batch: int | None = None, scaling_devices: tuple[int, ...] = ()
+) -> dict[str, Any]:
   size = SIZES[size_name]
   if cnn_batch is not None:
     size = dataclasses.replace(size, cnn_batch=cnn_batch)
@@ -333,6 +338,10 @@ def run(size_name: str, cnn_batch: int | None = None) -> dict[str, Any]:
   results["wire_bytes"] = wire_bytes.run_in_subprocess(
     size.width_scale, size.stage_blocks, size.rounds
   )
+  if scaling_devices:  # both exchanges compiled at each device count, a process each
+    results["wire_bytes"]["scaling"] = wire_bytes.scaling_in_subprocesses(
+      size.width_scale, size.stage_blocks, scaling_devices
+    )
   results["goals"] = goals.goal_rows(results)
   return results
 
@@ -347,8 +356,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     help="batch of the whole-training-step row (default: 8 for full, 4 for tiny; the paper's "
     "CIFAR batch is 128, a fairer load for a GPU)",
   )
+  parser.add_argument(
+    "--scaling-devices",
+    type=device_counts,
+    default=(),
+    help="also compile the compressed exchanges on each of these numbers of host devices, e.g. "
+    "8,16,32,64 (about 10 minutes at full size on 2 cores): a row per device count",
+  )
   args = parser.parse_args(argv)
-  return cli.report(run(args.size, args.cnn_batch), render.markdown, args.out)
+  return cli.report(run(args.size, args.cnn_batch, args.scaling_devices), render.markdown, args.out)
+
+
+def device_counts(text: str) -> tuple[int, ...]:
+  """``"8,16"`` -> ``(8, 16)``: positive integers, comma-separated."""
+  return tuple(cli.positive_int(part) for part in text.split(",") if part.strip())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ No timing is asserted (timings belong to the benchmark, not to CI); only the sha
 
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -128,3 +129,25 @@ def test_machine_records_the_settings_that_change_timings(monkeypatch):
   monkeypatch.delenv("LD_PRELOAD", raising=False)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert run.machine()["settings"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def test_scaling_devices_are_positive_counts(capsys):
+  assert run.device_counts("8,16, 64") == (8, 16, 64)
+  with pytest.raises(SystemExit):
+    run.main(["--size", "tiny", "--scaling-devices", "8,0"])
+  assert "must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_the_report_has_a_row_per_device_count_when_scaling_ran():
+  """The committed run record with the committed scaling entry spliced in: one row per device
+  count and exchange, each with its ratio to the float32 all-reduce."""
+  root = pathlib.Path(run.__file__).parent / "results"
+  results = json.loads((root / "cpu.json").read_text())
+  scaling = json.loads((root / "wire-bytes-cpu.json").read_text())["scaling"]
+  results["wire_bytes"]["scaling"] = scaling
+  table = run.render.markdown(results, with_goals=False)
+  lines = table.splitlines()
+  for row in scaling["rows"]:
+    exchange = row["exchanges"]["sign_two_phase"]
+    (line,) = [x for x in lines if x.startswith(f"| {row['devices']} | sign_two_phase | ")]
+    assert line.split(" | ")[3] == f"{exchange['bytes_ratio']:.1f}"
