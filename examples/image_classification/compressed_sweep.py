@@ -17,7 +17,8 @@ which the paired differences are taken against, is the name ``none``. Then:
   formats (:func:`gradient_bytes`);
 * ``<workdir>/report/curves.png``: training loss and test accuracy per epoch of each exchange, at the
   base's params ``y`` and at the last view's point ``x``, and with error feedback the memory ratio
-  (two panels to a row, for the docs' column).
+  (two panels to a row, for the docs' column; ``config.sweep.accuracy_axis_from``, in %, starts
+  the accuracy axes there when a collapsed run would flatten the others).
 
 The device count is fixed when JAX starts; on a CPU::
 
