@@ -43,8 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Compressed gradient exchange with error feedback (replicated sharding only; see README).
   config.grad_compression = "none"  # none | sign | sign-noef | topk@0.01 | topk-noef@0.01
   config.compression_axis = "data"  # mesh axis the gradients are exchanged across, compressed
-  # all_gather (best on a few devices) | two_phase (bytes a device independent of the device count)
-  config.compression_exchange = "all_gather"
+  config.compression_exchange = "all_gather"  # or two_phase (bytes a device do not grow with P)
   # The anchors' recipe, each off at 0: leaves with fewer entries averaged exactly (biases, batch
   # norm), the first steps exchanged exactly, and sign's scale per block of entries, not per leaf.
   config.compression_exact_below = 0  # leaves with fewer entries than this are averaged exactly
