@@ -26,6 +26,7 @@ import contextlib
 import gc
 import glob
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -227,6 +228,9 @@ def _join_orbax_threads(running_before: set[threading.Thread], timeout_s: float 
       threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
+ABANDONED_READS_WAIT_S = 5.0  # at most this long after a failed restore, for its reads to go
+
+
 def _collect_abandoned_reads(running_before: set[threading.Thread]) -> None:
   """Collects now, quietly, the read coroutines a failed restore left unfinished.
 
@@ -240,7 +244,25 @@ def _collect_abandoned_reads(running_before: set[threading.Thread]) -> None:
     warnings.filterwarnings(
       "ignore", r"coroutine '.*_read_array_index_and_device_put' was never awaited", RuntimeWarning
     )
+    # A read can still be referenced for a moment after Orbax's threads end (by a worker of its
+    # event loop's executor): collect until none is left, so that they go here and not in the
+    # code that runs next (bounded: a read nobody ever lets go of is reported where it goes).
+    deadline = time.monotonic() + ABANDONED_READS_WAIT_S
     gc.collect()
+    while _abandoned_reads_alive() and time.monotonic() < deadline:
+      time.sleep(0.02)
+      gc.collect()
+
+
+def _abandoned_reads_alive() -> bool:
+  """Whether a read of a restore (Orbax's ``_read_array_index_and_device_put``) that never started
+  is alive: collected, such a coroutine warns that it was never awaited."""
+  return any(
+    inspect.iscoroutine(o)
+    and o.cr_code.co_name == "_read_array_index_and_device_put"
+    and inspect.getcoroutinestate(o) == inspect.CORO_CREATED
+    for o in gc.get_objects()
+  )
 
 
 class _DropAbandonedWrites(logging.Filter):
@@ -380,6 +402,9 @@ class Checkpointer:
     try:
       restored = self._manager.restore(epoch, args=ocp.args.Composite(**args))
     except Exception as error:
+      # The failed read's frames, kept by the traceback, may hold the reads that never started:
+      # cleared, those can be collected now rather than whenever the error is let go of.
+      traceback.clear_frames(error.__traceback__)
       _collect_abandoned_reads(running)
       if not isinstance(error, ValueError):
         raise
