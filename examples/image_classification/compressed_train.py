@@ -174,12 +174,7 @@ def init_state(
   graphdef, params, batch_stats = train.init_model(config, num_classes, image_shape)
   with jax.set_mesh(mesh):  # compressed_mean's init sizes the memories by the mesh axis
     opt_state = tx.init(params)
-  state = {
-    "params": params,
-    "batch_stats": batch_stats,
-    "opt_state": opt_state,
-    "step": jnp.zeros((), jnp.int32),
-  }
+  state = train.step_zero(params, batch_stats, opt_state)
   return graphdef, jax.device_put(state, state_shardings(state, mesh, axis))
 
 

@@ -229,13 +229,18 @@ def init_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
   """Builds the model and the training state, laid out on ``mesh`` as ``config.sharding`` says."""
   graphdef, params, batch_stats = init_model(config, num_classes, image_shape)
-  state = {
+  state = step_zero(params, batch_stats, tx.init(params))
+  return graphdef, jax.device_put(state, sharding.shardings(state, mesh, config.sharding))
+
+
+def step_zero(params: Any, batch_stats: Any, opt_state: Any) -> TrainState:
+  """The training state before the first step."""
+  return {
     "params": params,
     "batch_stats": batch_stats,
-    "opt_state": tx.init(params),
+    "opt_state": opt_state,
     "step": jnp.zeros((), jnp.int32),
   }
-  return graphdef, jax.device_put(state, sharding.shardings(state, mesh, config.sharding))
 
 
 def _floats(values: np.ndarray) -> tuple[float, ...]:
