@@ -26,7 +26,6 @@ import contextlib
 import gc
 import glob
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -228,9 +227,6 @@ def _join_orbax_threads(running_before: set[threading.Thread], timeout_s: float 
       threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
-ABANDONED_READS_WAIT_S = 5.0  # at most this long after a failed restore, for its reads to go
-
-
 def _collect_abandoned_reads(running_before: set[threading.Thread]) -> None:
   """Collects now, quietly, the read coroutines a failed restore left unfinished.
 
@@ -244,25 +240,7 @@ def _collect_abandoned_reads(running_before: set[threading.Thread]) -> None:
     warnings.filterwarnings(
       "ignore", r"coroutine '.*_read_array_index_and_device_put' was never awaited", RuntimeWarning
     )
-    # A read can still be referenced for a moment after Orbax's threads end (by a worker of its
-    # event loop's executor): collect until none is left, so that they go here and not in the
-    # code that runs next (bounded: a read nobody ever lets go of is reported where it goes).
-    deadline = time.monotonic() + ABANDONED_READS_WAIT_S
     gc.collect()
-    while _abandoned_reads_alive() and time.monotonic() < deadline:
-      time.sleep(0.02)
-      gc.collect()
-
-
-def _abandoned_reads_alive() -> bool:
-  """Whether a read of a restore (Orbax's ``_read_array_index_and_device_put``) that never started
-  is alive: collected, such a coroutine warns that it was never awaited."""
-  return any(
-    inspect.iscoroutine(o)
-    and o.cr_code.co_name == "_read_array_index_and_device_put"
-    and inspect.getcoroutinestate(o) == inspect.CORO_CREATED
-    for o in gc.get_objects()
-  )
 
 
 class _DropAbandonedWrites(logging.Filter):
