@@ -46,20 +46,35 @@ def _numpy_top_k(v: np.ndarray, fraction: float) -> np.ndarray:
   return out.reshape(v.shape)
 
 
+def _numpy_block_sign(v: np.ndarray, block: int) -> np.ndarray:
+  """Scaled sign with one scale ``mean |v_b|`` per block of ``block`` entries of the flat leaf."""
+  flat = v.ravel()
+  out = np.empty_like(flat)
+  for start in range(0, flat.size, block):
+    b = flat[start : start + block]
+    out[start : start + block] = np.mean(np.abs(b)) * np.where(b >= 0, 1.0, -1.0)
+  return out.reshape(v.shape)
+
+
 @pytest.mark.parametrize(
-  ("setting", "compress", "error_feedback"),
+  ("setting", "compress", "error_feedback", "block_size"),
   [
-    ("sign", _numpy_sign, True),
-    ("topk@0.01", lambda v: _numpy_top_k(v, 0.01), True),
-    ("sign-noef", _numpy_sign, False),
+    ("sign", _numpy_sign, True, 0),
+    ("topk@0.01", lambda v: _numpy_top_k(v, 0.01), True, 0),
+    ("sign-noef", _numpy_sign, False, 0),
+    ("sign", lambda v: _numpy_block_sign(v, 16), True, 16),  # compression_block_size reaches it
   ],
 )
-def test_compressed_steps_equal_numpy(setting, compress, error_feedback):
+def test_compressed_steps_equal_numpy(setting, compress, error_feedback, block_size):
   """Two steps of the trainer's compressed step (4 devices, a BN-free CNN, SGDm with weight decay
   and an RSGDm-scale view) against NumPy: each device's gradient of its quarter of the batch (taken
   by plain ``jax.grad`` outside ``shard_map``), the exchange with error feedback, decay, momentum."""
   config = tiny_config(
-    "", optimizer="sgdm,rsgdm-scale", weight_decay=DECAY, grad_compression=setting
+    "",
+    optimizer="sgdm,rsgdm-scale",
+    weight_decay=DECAY,
+    grad_compression=setting,
+    compression_block_size=block_size,
   )
   config.model_kwargs.use_batch_norm = False
   mesh = sharding.create_mesh(DEVICES, "cpu")

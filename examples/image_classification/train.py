@@ -114,7 +114,7 @@ class Steps(evaluation.EvalSteps):
   step's other values (``accuracy``, and what a trainer adds), each averaged over the epoch.
   """
 
-  train: Any = None
+  train: Any
 
 
 def train_loss(
